@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh machine, then runs the type checker and the whole suite.
+# llama-cpp-python compiles from source the first time (about 5-8 minutes; pip caches the wheel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install --quiet --upgrade pip
+.venv/bin/pip install --quiet -e ".[llama,test]"
+.venv/bin/mypy
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,167 @@
+"""The one exception tree of fabstir, split by where a failure happened.
+
+::
+
+    FabstirError
+     ├── ProtocolError            bad data on the wire; carries an ErrorCode
+     │    ├── LocalProtocolError  we tried something the protocol forbids (illegal state transition)
+     │    └── RemoteProtocolError the peer sent something malformed or out of order
+     ├── NodeError                the node answered a request with a coded ``error``
+     │    ├── TokenLimitExceededError
+     │    └── InvalidMessageIndexError
+     ├── TransportError           the connection itself failed
+     │    ├── ConnectError        could not reach the host
+     │    ├── ConnectionClosedError
+     │    └── RequestTimeoutError (also a built-in ``TimeoutError``)
+     ├── SessionError             the SDK was used out of order (no session, one request at a time)
+     ├── ConfigError              invalid configuration
+     └── EngineError              the inference engine failed
+          └── ModelNotFoundError  (also a built-in ``FileNotFoundError``)
+
+Every error has a ``code`` (a string from :class:`fabstir.protocol.ErrorCode` where
+one applies) and a human ``message``; ``str(error)`` is a one-line description fit
+for a terminal.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ConnectError",
+    "ConnectionClosedError",
+    "EngineError",
+    "FabstirError",
+    "InvalidMessageIndexError",
+    "LocalProtocolError",
+    "ModelNotFoundError",
+    "NodeError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RequestTimeoutError",
+    "SessionError",
+    "TokenLimitExceededError",
+    "TransportError",
+]
+
+
+class FabstirError(Exception):
+    """Root of every error raised by fabstir."""
+
+    default_code = "FABSTIR_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.default_code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class ProtocolError(FabstirError):
+    """Data on the wire broke the protocol.
+
+    Attributes:
+        request_id: the ``id`` of the offending message, when it could be read.
+    """
+
+    default_code = "INVALID_MESSAGE"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, request_id: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.request_id = request_id
+
+
+class LocalProtocolError(ProtocolError):
+    """This side tried to do something the protocol forbids."""
+
+    default_code = "ILLEGAL_TRANSITION"
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent malformed or unexpected data."""
+
+
+class NodeError(FabstirError):
+    """The node rejected a request with a coded ``error`` message.
+
+    Attributes:
+        request_id: the ``id`` of the request the error answers, if known.
+        details: any extra fields of the error message (e.g. ``prompt_tokens``).
+    """
+
+    default_code = "NODE_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        request_id: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.request_id = request_id
+        self.details = details or {}
+
+
+class TokenLimitExceededError(NodeError):
+    """The prompt does not fit in the model's context window."""
+
+    default_code = "TOKEN_LIMIT_EXCEEDED"
+
+
+class InvalidMessageIndexError(NodeError):
+    """The node saw a gap or a repeat in ``message_index``."""
+
+    default_code = "INVALID_MESSAGE_INDEX"
+
+
+class TransportError(FabstirError):
+    """The connection to the host failed."""
+
+    default_code = "TRANSPORT_ERROR"
+
+
+class ConnectError(TransportError):
+    """The host could not be reached."""
+
+    default_code = "CONNECT_FAILED"
+
+
+class ConnectionClosedError(TransportError):
+    """The connection closed while a request was in flight."""
+
+    default_code = "CONNECTION_CLOSED"
+
+
+class RequestTimeoutError(TransportError, TimeoutError):
+    """The host did not answer in time."""
+
+    default_code = "TIMEOUT"
+
+
+class SessionError(FabstirError):
+    """The SDK was used out of order (no session, request already running)."""
+
+    default_code = "SESSION_ERROR"
+
+
+class ConfigError(FabstirError):
+    """A configuration value is invalid."""
+
+    default_code = "CONFIG_ERROR"
+
+
+class EngineError(FabstirError):
+    """The inference engine failed."""
+
+    default_code = "ENGINE_ERROR"
+
+
+class ModelNotFoundError(EngineError, FileNotFoundError):
+    """The model file does not exist or cannot be read."""
+
+    default_code = "MODEL_NOT_FOUND"

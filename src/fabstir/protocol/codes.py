@@ -1,0 +1,46 @@
+"""Error codes and feature names shared by the SDK and the node."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ErrorCode", "Feature", "PROTOCOL_FEATURES"]
+
+
+class ErrorCode(enum.StrEnum):
+    """Codes carried by ``{"type":"error","code":…}`` messages.
+
+    The first group also exists on the public Fabstir node; the rest are ours.
+    """
+
+    TOKEN_LIMIT_EXCEEDED = "TOKEN_LIMIT_EXCEEDED"
+    MISSING_SESSION_ID = "MISSING_SESSION_ID"
+    ENCRYPTION_NOT_SUPPORTED = "ENCRYPTION_NOT_SUPPORTED"
+
+    INVALID_JSON = "INVALID_JSON"
+    INVALID_MESSAGE = "INVALID_MESSAGE"
+    UNKNOWN_MESSAGE_TYPE = "UNKNOWN_MESSAGE_TYPE"
+    BINARY_FRAME = "BINARY_FRAME"
+    FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    INVALID_MESSAGE_INDEX = "INVALID_MESSAGE_INDEX"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS"
+    UNSUPPORTED_ACTION = "UNSUPPORTED_ACTION"
+    ENGINE_ERROR = "ENGINE_ERROR"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class Feature(enum.StrEnum):
+    """Protocol extensions a node can advertise in ``features``."""
+
+    SERVER_CONTEXT = "server-context"
+    MESSAGE_INDEX = "message-index"
+    SESSION_RESUME = "session-resume"
+    STREAM_CANCEL = "stream-cancel"
+    PERMESSAGE_DEFLATE = "permessage-deflate"
+    HTTP_SSE = "http-sse"
+
+
+PROTOCOL_FEATURES: tuple[str, ...] = tuple(f.value for f in Feature)
+"""Every extension this implementation of the protocol supports."""

@@ -1,0 +1,385 @@
+"""Typed messages of the chat protocol, as frozen dataclasses.
+
+Every message knows its wire form (``to_wire()`` returns the JSON object the
+public Fabstir node uses, snake_case, with ``id`` for correlation). Parsing the
+other way lives in :mod:`fabstir.protocol.parse`. Fields that are ``None`` are
+left out of the wire form, except where the public node always sends them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Literal, TypeAlias
+
+__all__ = [
+    "ChatTurn",
+    "ClientMessage",
+    "Connected",
+    "ErrorMessage",
+    "InferenceRequest",
+    "PromptMessage",
+    "ServerMessage",
+    "SessionInit",
+    "SessionInitAck",
+    "SessionResume",
+    "SessionResumed",
+    "StreamCancel",
+    "StreamChunk",
+    "StreamEnd",
+    "UnknownMessage",
+    "Usage",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_TEMPERATURE",
+]
+
+JSONObject: TypeAlias = dict[str, Any]
+Role = Literal["system", "user", "assistant"]
+StreamEndReason = Literal["complete", "cancelled", "error"]
+
+DEFAULT_MAX_TOKENS = 4000
+"""``max_tokens`` when a request gives none (the public node's default)."""
+DEFAULT_TEMPERATURE = 0.7
+
+
+def _drop_none(obj: JSONObject) -> JSONObject:
+    return {k: v for k, v in obj.items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChatTurn:
+    """One message of a conversation."""
+
+    role: Role
+    content: str
+
+    def to_wire(self) -> JSONObject:
+        return {"role": self.role, "content": self.content}
+
+
+def _turns_to_wire(turns: Sequence[ChatTurn] | None) -> list[JSONObject] | None:
+    return None if turns is None else [t.to_wire() for t in turns]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Usage:
+    """Token accounting for one response, counted by the node's tokenizer."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    context_window_size: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_wire(self) -> JSONObject:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "context_window_size": self.context_window_size,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    """What to generate: the nested ``request`` object of ``prompt``/``inference``."""
+
+    prompt: str
+    model: str = ""
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE
+    stream: bool = True
+    conversation_context: tuple[ChatTurn, ...] | None = None
+    thinking: str | None = None
+    job_id: int | None = None
+    session_id: str | None = None
+    chain_id: int | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none(
+            {
+                "model": self.model,
+                "prompt": self.prompt,
+                "max_tokens": self.max_tokens,
+                "temperature": self.temperature,
+                "stream": self.stream,
+                "conversation_context": _turns_to_wire(self.conversation_context),
+                "thinking": self.thinking,
+                "job_id": self.job_id,
+                "session_id": self.session_id,
+                "chain_id": self.chain_id,
+            }
+        )
+
+
+# --- client -> node -------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionInit:
+    """``session_init``: bind the connection to a session (job) id."""
+
+    session_id: str
+    job_id: int | None = None
+    chain_id: int | None = None
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none(
+            {
+                "type": "session_init",
+                "session_id": self.session_id,
+                "jobId": None if self.job_id is None else str(self.job_id),
+                "chain_id": self.chain_id,
+                "id": self.request_id,
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PromptMessage:
+    """``prompt`` or ``inference``: one chat turn to generate.
+
+    ``message_index`` is our extension: the 0-based index of this turn in the
+    session; the node rejects gaps and repeats.
+    """
+
+    request: InferenceRequest
+    wire_type: Literal["prompt", "inference"] = "prompt"
+    session_id: str | None = None
+    job_id: int | None = None
+    chain_id: int | None = None
+    message_index: int | None = None
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        if self.wire_type == "inference":
+            return _drop_none(
+                {"type": "inference", "request": self.request.to_wire(), "id": self.request_id}
+            )
+        return _drop_none(
+            {
+                "type": "prompt",
+                "session_id": self.session_id,
+                "jobId": None if self.job_id is None else str(self.job_id),
+                "chain_id": self.chain_id,
+                "prompt": self.request.prompt,
+                "message_index": self.message_index,
+                "request": self.request.to_wire(),
+                "id": self.request_id,
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamCancel:
+    """``stream_cancel``: stop the response being streamed."""
+
+    session_id: str | None = None
+    reason: str = "user_cancelled"
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none(
+            {
+                "type": "stream_cancel",
+                "session_id": self.session_id,
+                "reason": self.reason,
+                "id": self.request_id,
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionResume:
+    """``session_resume`` (extension): reload the node's context from the client's history."""
+
+    session_id: str
+    conversation_context: tuple[ChatTurn, ...]
+    last_message_index: int
+    job_id: int | None = None
+    chain_id: int | None = None
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none(
+            {
+                "type": "session_resume",
+                "session_id": self.session_id,
+                "job_id": self.job_id,
+                "chain_id": self.chain_id,
+                "conversation_context": _turns_to_wire(self.conversation_context),
+                "last_message_index": self.last_message_index,
+                "id": self.request_id,
+            }
+        )
+
+
+ClientMessage: TypeAlias = SessionInit | PromptMessage | StreamCancel | SessionResume
+
+
+# --- node -> client -------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Connected:
+    """``connected``: sent by the node as soon as the socket opens."""
+
+    message: str = "WebSocket connected successfully"
+    version: str | None = None
+    features: tuple[str, ...] | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none(
+            {
+                "type": "connected",
+                "message": self.message,
+                "version": self.version,
+                "features": None if self.features is None else list(self.features),
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionInitAck:
+    """``session_init_ack``: the session is ready for prompts."""
+
+    session_id: str
+    job_id: int | None = None
+    chain_id: int | None = None
+    status: str = "success"
+    message: str = "Session initialized successfully"
+    features: tuple[str, ...] | None = None
+    message_index: int | None = None
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        wire: JSONObject = {
+            "type": "session_init_ack",
+            "status": self.status,
+            "session_id": self.session_id,
+            "job_id": self.job_id,
+            "chain_id": self.chain_id,
+            "message": self.message,
+        }
+        if self.features is not None:
+            wire["features"] = list(self.features)
+        if self.message_index is not None:
+            wire["message_index"] = self.message_index
+        if self.request_id is not None:
+            wire["id"] = self.request_id
+        return wire
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionResumed:
+    """``session_resumed`` (extension): the node reloaded the context."""
+
+    session_id: str
+    message_index: int
+    kept_messages: int
+    dropped_messages: int
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none(
+            {
+                "type": "session_resumed",
+                "session_id": self.session_id,
+                "message_index": self.message_index,
+                "kept_messages": self.kept_messages,
+                "dropped_messages": self.dropped_messages,
+                "id": self.request_id,
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """``stream_chunk``: one token's text (``tokens`` 0 and empty text for the sentinel)."""
+
+    content: str
+    tokens: int = 1
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        wire: JSONObject = {"type": "stream_chunk", "content": self.content, "tokens": self.tokens}
+        if self.request_id is not None:
+            wire["id"] = self.request_id
+        return wire
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """``stream_end``: the response is over (``reason`` complete, cancelled or error)."""
+
+    reason: StreamEndReason
+    tokens_used: int = 0
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    session_id: str | None = None
+    message_index: int | None = None
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none(
+            {
+                "type": "stream_end",
+                "reason": self.reason,
+                "tokens_used": self.tokens_used,
+                "finish_reason": self.finish_reason,
+                "usage": None if self.usage is None else self.usage.to_wire(),
+                "session_id": self.session_id,
+                "message_index": self.message_index,
+                "id": self.request_id,
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ErrorMessage:
+    """``error``: coded (``code`` + ``message``) or the public node's bare ``error`` text."""
+
+    message: str
+    code: str | None = None
+    request_id: str | None = None
+    session_id: str | None = None
+    details: tuple[tuple[str, Any], ...] = ()
+
+    def to_wire(self) -> JSONObject:
+        wire: JSONObject = {"type": "error"}
+        if self.code is None:
+            wire["error"] = self.message
+        else:
+            wire["code"] = self.code
+            wire["message"] = self.message
+        wire.update(self.details)
+        if self.session_id is not None:
+            wire["session_id"] = self.session_id
+        if self.request_id is not None:
+            wire["id"] = self.request_id
+        return wire
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnknownMessage:
+    """A message whose ``type`` this implementation does not know; kept, never fatal."""
+
+    type: str
+    data: JSONObject = dataclasses.field(default_factory=dict)
+
+    def to_wire(self) -> JSONObject:
+        return {**self.data, "type": self.type}
+
+
+ServerMessage: TypeAlias = (
+    Connected
+    | SessionInitAck
+    | SessionResumed
+    | StreamChunk
+    | StreamEnd
+    | ErrorMessage
+    | UnknownMessage
+)

@@ -1,0 +1,429 @@
+"""Turn raw WebSocket frames into typed messages, and typed messages into frames.
+
+Theory of operation: :func:`parse_client_message` (used by the node) and
+:func:`parse_server_message` (used by the SDK) accept ``str`` or ``bytes``. Any
+malformed input raises :class:`~fabstir.errors.RemoteProtocolError` carrying an
+:class:`ErrorCode` and, when it could be read, the frame's ``id``; nothing else
+ever escapes. Aliases of the public Fabstir node are accepted: ``session_id`` /
+``sessionId``, ``job_id`` / ``jobId`` as a number or decimal string (a trailing
+``n`` is stripped), ``chain_id`` / ``chainId``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from fabstir.errors import RemoteProtocolError
+from fabstir.protocol.codes import ErrorCode
+from fabstir.protocol.messages import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_TEMPERATURE,
+    ChatTurn,
+    ClientMessage,
+    Connected,
+    ErrorMessage,
+    InferenceRequest,
+    JSONObject,
+    PromptMessage,
+    ServerMessage,
+    SessionInit,
+    SessionInitAck,
+    SessionResume,
+    SessionResumed,
+    StreamCancel,
+    StreamChunk,
+    StreamEnd,
+    UnknownMessage,
+    Usage,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "encode_message",
+    "parse_client_message",
+    "parse_server_message",
+]
+
+DEFAULT_MAX_FRAME_BYTES = 1 << 20
+"""Largest frame accepted by default (1 MiB)."""
+
+_MAX_INT = (1 << 63) - 1
+_ROLES = ("system", "user", "assistant")
+_END_REASONS = ("complete", "cancelled", "error")
+
+
+def encode_message(message: ClientMessage | ServerMessage) -> str:
+    """Serialise a message to the compact JSON text of one frame."""
+    return json.dumps(message.to_wire(), separators=(",", ":"), ensure_ascii=False)
+
+
+class _Fields:
+    """Typed reads of one JSON object; any mismatch is a coded protocol error."""
+
+    def __init__(self, obj: JSONObject, request_id: str | None) -> None:
+        self.obj = obj
+        self.request_id = request_id
+
+    def fail(self, text: str, code: ErrorCode = ErrorCode.INVALID_MESSAGE) -> RemoteProtocolError:
+        return RemoteProtocolError(text, code=code, request_id=self.request_id)
+
+    def raw(self, *names: str) -> Any:
+        for name in names:
+            if self.obj.get(name) is not None:
+                return self.obj[name]
+        return None
+
+    def str_(self, *names: str) -> str | None:
+        value = self.raw(*names)
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        raise self.fail(f"field {names[0]!r} must be a string")
+
+    def int_(self, *names: str, minimum: int = 0) -> int | None:
+        value = self.raw(*names)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = _int_from_text(value.strip().removesuffix("n"))
+        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= _MAX_INT:
+            raise self.fail(f"field {names[0]!r} must be an integer >= {minimum}")
+        return value
+
+    def float_(self, name: str, default: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(f"field {name!r} must be a number")
+        return float(value)
+
+    def bool_(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.fail(f"field {name!r} must be a boolean")
+        return value
+
+    def turns(self, name: str) -> tuple[ChatTurn, ...] | None:
+        value = self.raw(name)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise self.fail(f"field {name!r} must be a list of {{role, content}}")
+        return tuple(self._turn(item) for item in value)
+
+    def _turn(self, item: Any) -> ChatTurn:
+        if not isinstance(item, dict):
+            raise self.fail("conversation turns must be objects")
+        role, content = item.get("role"), item.get("content")
+        if role not in _ROLES or not isinstance(content, str):
+            raise self.fail("conversation turns need a role (system|user|assistant) and string content")
+        return ChatTurn(role=role, content=content)
+
+    def obj_(self, name: str) -> JSONObject | None:
+        value = self.raw(name)
+        if value is None or isinstance(value, dict):
+            return value
+        raise self.fail(f"field {name!r} must be an object")
+
+
+def _int_from_text(text: str) -> int | str:
+    return int(text) if text.isdecimal() and len(text) <= 20 else text
+
+
+def _load_object(data: str | bytes, max_bytes: int) -> JSONObject:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        raise RemoteProtocolError("binary frames are not supported; send JSON text", code=ErrorCode.BINARY_FRAME)
+    if len(data) > max_bytes // 4:
+        size = len(data.encode("utf-8", "surrogatepass"))
+        if size > max_bytes:
+            raise RemoteProtocolError(
+                f"frame of {size} bytes exceeds the limit of {max_bytes}", code=ErrorCode.FRAME_TOO_LARGE
+            )
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(f"frame is not valid JSON: {exc}", code=ErrorCode.INVALID_JSON) from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("frame must be a JSON object", code=ErrorCode.INVALID_MESSAGE)
+    return obj
+
+
+def _read_id(obj: JSONObject) -> str | None:
+    value = obj.get("id")
+    if isinstance(value, str):
+        return value[:256]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _read_type(fields: _Fields) -> str:
+    kind = fields.obj.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise fields.fail("message needs a string 'type'")
+    return kind
+
+
+# --- client messages (node side) ------------------------------------------
+
+
+def parse_client_message(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> ClientMessage:
+    """Parse one frame a client sent to the node.
+
+    Raises:
+        RemoteProtocolError: with ``code`` BINARY_FRAME, FRAME_TOO_LARGE,
+            INVALID_JSON, INVALID_MESSAGE, UNKNOWN_MESSAGE_TYPE or VALIDATION_ERROR.
+    """
+    obj = _load_object(data, max_bytes)
+    fields = _Fields(obj, _read_id(obj))
+    kind = _read_type(fields)
+    parser = _CLIENT_PARSERS.get(kind)
+    if parser is None:
+        raise fields.fail(f"unknown message type {kind[:64]!r}", ErrorCode.UNKNOWN_MESSAGE_TYPE)
+    return parser(fields)
+
+
+def _session_id(fields: _Fields) -> str | None:
+    return fields.str_("session_id", "sessionId")
+
+
+def _job_id(fields: _Fields) -> int | None:
+    return fields.int_("job_id", "jobId")
+
+
+def _chain_id(fields: _Fields) -> int | None:
+    return fields.int_("chain_id", "chainId")
+
+
+def _parse_session_init(fields: _Fields) -> SessionInit:
+    session_id = _session_id(fields)
+    job_id = _job_id(fields)
+    if session_id is None and job_id is None:
+        raise fields.fail("session_init needs a session_id", ErrorCode.MISSING_SESSION_ID)
+    return SessionInit(
+        session_id=session_id if session_id is not None else str(job_id),
+        job_id=job_id,
+        chain_id=_chain_id(fields),
+        request_id=fields.request_id,
+    )
+
+
+def _parse_request(fields: _Fields, *, defaults: bool) -> InferenceRequest:
+    """Read an InferenceRequest; ``defaults`` fills the public node's defaults for missing fields."""
+    prompt = fields.str_("prompt")
+    if not prompt:
+        raise fields.fail("Prompt cannot be empty", ErrorCode.VALIDATION_ERROR)
+    max_tokens = fields.int_("max_tokens", minimum=1)
+    if max_tokens is None:
+        if not defaults:
+            raise fields.fail("request needs max_tokens > 0", ErrorCode.VALIDATION_ERROR)
+        max_tokens = DEFAULT_MAX_TOKENS
+    temperature = fields.float_("temperature", DEFAULT_TEMPERATURE)
+    if not 0.0 <= temperature <= 2.0:
+        raise fields.fail("temperature must be between 0 and 2", ErrorCode.VALIDATION_ERROR)
+    return InferenceRequest(
+        prompt=prompt,
+        model=fields.str_("model") or "",
+        max_tokens=max_tokens,
+        temperature=temperature,
+        stream=fields.bool_("stream", True),
+        conversation_context=fields.turns("conversation_context"),
+        thinking=fields.str_("thinking"),
+        job_id=_job_id(fields),
+        session_id=_session_id(fields),
+        chain_id=_chain_id(fields),
+    )
+
+
+def _parse_prompt(fields: _Fields) -> PromptMessage:
+    nested = fields.obj_("request")
+    inner = _Fields(nested, fields.request_id) if nested is not None else fields
+    try:
+        request = _parse_request(inner, defaults=nested is None)
+    except RemoteProtocolError as exc:
+        if exc.code == ErrorCode.INVALID_MESSAGE:
+            exc.code = ErrorCode.VALIDATION_ERROR
+        raise
+    return PromptMessage(
+        request=request,
+        wire_type="prompt",
+        session_id=_session_id(fields),
+        job_id=_job_id(fields),
+        chain_id=_chain_id(fields),
+        message_index=fields.int_("message_index"),
+        request_id=fields.request_id,
+    )
+
+
+def _parse_inference(fields: _Fields) -> PromptMessage:
+    nested = fields.obj_("request")
+    if nested is None:
+        raise fields.fail("inference needs a 'request' object", ErrorCode.VALIDATION_ERROR)
+    request = _parse_request(_Fields(nested, fields.request_id), defaults=False)
+    return PromptMessage(
+        request=request,
+        wire_type="inference",
+        session_id=request.session_id,
+        job_id=request.job_id,
+        chain_id=request.chain_id,
+        message_index=_Fields(nested, None).int_("message_index"),
+        request_id=fields.request_id,
+    )
+
+
+def _parse_stream_cancel(fields: _Fields) -> StreamCancel:
+    return StreamCancel(
+        session_id=_session_id(fields),
+        reason=fields.str_("reason") or "user_cancelled",
+        request_id=fields.request_id,
+    )
+
+
+def _parse_session_resume(fields: _Fields) -> SessionResume:
+    session_id = _session_id(fields)
+    if session_id is None:
+        raise fields.fail("session_resume needs a session_id", ErrorCode.MISSING_SESSION_ID)
+    context = fields.turns("conversation_context")
+    last_index = fields.int_("last_message_index", minimum=-1)
+    return SessionResume(
+        session_id=session_id,
+        conversation_context=context or (),
+        last_message_index=-1 if last_index is None else last_index,
+        job_id=_job_id(fields),
+        chain_id=_chain_id(fields),
+        request_id=fields.request_id,
+    )
+
+
+_CLIENT_PARSERS: dict[str, Callable[[_Fields], ClientMessage]] = {
+    "session_init": _parse_session_init,
+    "prompt": _parse_prompt,
+    "inference": _parse_inference,
+    "stream_cancel": _parse_stream_cancel,
+    "session_resume": _parse_session_resume,
+}
+
+
+# --- server messages (SDK side) -------------------------------------------
+
+
+def parse_server_message(data: str | bytes, *, max_bytes: int = 64 * DEFAULT_MAX_FRAME_BYTES) -> ServerMessage:
+    """Parse one frame the node sent; unknown types become :class:`UnknownMessage`.
+
+    Raises:
+        RemoteProtocolError: the frame is not a JSON object with a ``type``, or a
+            known message has fields of the wrong type.
+    """
+    obj = _load_object(data, max_bytes)
+    fields = _Fields(obj, _read_id(obj))
+    kind = _read_type(fields)
+    parser = _SERVER_PARSERS.get(kind)
+    if parser is None:
+        return UnknownMessage(type=kind, data=obj)
+    return parser(fields)
+
+
+def _features(fields: _Fields) -> tuple[str, ...] | None:
+    value = fields.raw("features")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise fields.fail("'features' must be a list of strings")
+    return tuple(value)
+
+
+def _parse_connected(fields: _Fields) -> Connected:
+    return Connected(
+        message=fields.str_("message") or "",
+        version=fields.str_("version"),
+        features=_features(fields),
+    )
+
+
+def _parse_init_ack(fields: _Fields) -> SessionInitAck:
+    return SessionInitAck(
+        session_id=_session_id(fields) or "",
+        job_id=_job_id(fields),
+        chain_id=_chain_id(fields),
+        status=fields.str_("status") or "success",
+        message=fields.str_("message") or "",
+        features=_features(fields),
+        message_index=fields.int_("message_index"),
+        request_id=fields.request_id,
+    )
+
+
+def _parse_resumed(fields: _Fields) -> SessionResumed:
+    return SessionResumed(
+        session_id=_session_id(fields) or "",
+        message_index=fields.int_("message_index") or 0,
+        kept_messages=fields.int_("kept_messages") or 0,
+        dropped_messages=fields.int_("dropped_messages") or 0,
+        request_id=fields.request_id,
+    )
+
+
+def _parse_chunk(fields: _Fields) -> StreamChunk:
+    return StreamChunk(
+        content=fields.str_("content") or "",
+        tokens=fields.int_("tokens") or 0,
+        request_id=fields.request_id,
+    )
+
+
+def _parse_usage(fields: _Fields) -> Usage | None:
+    usage = fields.obj_("usage")
+    if usage is None:
+        return None
+    inner = _Fields(usage, fields.request_id)
+    return Usage(
+        prompt_tokens=inner.int_("prompt_tokens") or 0,
+        completion_tokens=inner.int_("completion_tokens") or 0,
+        context_window_size=inner.int_("context_window_size") or 0,
+    )
+
+
+def _parse_stream_end(fields: _Fields) -> StreamEnd:
+    reason = fields.str_("reason") or "complete"
+    if reason not in _END_REASONS:
+        reason = "complete"
+    return StreamEnd(
+        reason=reason,  # type: ignore[arg-type]  # narrowed by the membership test above
+        tokens_used=fields.int_("tokens_used") or 0,
+        finish_reason=fields.str_("finish_reason"),
+        usage=_parse_usage(fields),
+        session_id=_session_id(fields),
+        message_index=fields.int_("message_index"),
+        request_id=fields.request_id,
+    )
+
+
+def _parse_error(fields: _Fields) -> ErrorMessage:
+    code = fields.str_("code")
+    text = fields.str_("message") if code is not None else None
+    text = text or fields.str_("error") or fields.str_("message") or "unknown error"
+    known = {"type", "code", "message", "error", "id", "session_id"}
+    details = tuple((k, v) for k, v in fields.obj.items() if k not in known)
+    return ErrorMessage(
+        message=text,
+        code=code,
+        request_id=fields.request_id,
+        session_id=_session_id(fields),
+        details=details,
+    )
+
+
+_SERVER_PARSERS: dict[str, Callable[[_Fields], ServerMessage]] = {
+    "connected": _parse_connected,
+    "session_init_ack": _parse_init_ack,
+    "session_resumed": _parse_resumed,
+    "stream_chunk": _parse_chunk,
+    "stream_end": _parse_stream_end,
+    "error": _parse_error,
+}
