@@ -1,1 +1,21 @@
-"""."""
+"""The client SDK: ``FabstirSDK`` and its managers."""
+
+from fabstir.sdk.client import FabstirSDK
+from fabstir.sdk.config import RetryPolicy, Timeouts, backoff
+from fabstir.sdk.connection import HostConnection, ws_url_for
+from fabstir.sdk.inference import InferenceManager, InferenceStream
+from fabstir.sdk.types import InferenceResult, PromptOptions, TokenCallback
+
+__all__ = [
+    "FabstirSDK",
+    "HostConnection",
+    "InferenceManager",
+    "InferenceResult",
+    "InferenceStream",
+    "PromptOptions",
+    "RetryPolicy",
+    "Timeouts",
+    "TokenCallback",
+    "backoff",
+    "ws_url_for",
+]

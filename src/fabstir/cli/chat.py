@@ -1,0 +1,60 @@
+"""``fabstir chat --host URL``: interactive streaming chat; Ctrl-C cancels an answer, Ctrl-D quits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+import uuid
+
+from fabstir.sdk import FabstirSDK, PromptOptions
+
+__all__ = ["run_chat"]
+
+
+async def run_chat(args: argparse.Namespace) -> int:
+    options = PromptOptions(max_tokens=args.max_tokens, temperature=args.temperature)
+    session_id = args.session or f"chat-{uuid.uuid4().hex[:8]}"
+    lines = _stdin_lines()
+    async with FabstirSDK(default_options=options) as sdk:
+        await sdk.inference.connect_to_session(session_id, args.host, job_id=args.job_id)
+        print(f"connected to {args.host} (session {session_id}); Ctrl-C cancels an answer, Ctrl-D quits",
+              file=sys.stderr)
+        while True:
+            print("you> ", end="", flush=True)
+            line = await lines.get()
+            if line is None:
+                return 0
+            if line.strip():
+                await _answer(sdk, line.strip())
+
+
+def _stdin_lines() -> asyncio.Queue[str | None]:
+    """Lines of stdin, read on a daemon thread (so quitting never waits for input)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=read, daemon=True, name="fabstir-stdin").start()
+    return queue
+
+
+async def _answer(sdk: FabstirSDK, prompt: str) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(sdk.inference.cancel()))
+    try:
+        result = await sdk.inference.send_prompt(prompt, on_token=_echo)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    print(f"\n[{result.completion_tokens} tokens, {result.finish_reason}, {result.tokens_per_s:.1f} tokens/s]",
+          file=sys.stderr)
+
+
+def _echo(text: str) -> None:
+    print(text, end="", flush=True)

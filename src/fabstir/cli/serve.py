@@ -1,0 +1,32 @@
+"""``fabstir node serve``: run a host node until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from fabstir.node.config import load_node_config
+from fabstir.node.server import serve_node
+
+__all__ = ["run_serve"]
+
+_FLAGS = ("model_path", "model_id", "host", "port", "template", "context_window", "parallel", "threads",
+          "max_frame_bytes")
+
+
+async def run_serve(args: argparse.Namespace) -> int:
+    config = load_node_config(args.config, overrides={name: getattr(args, name) for name in _FLAGS})
+    progress = _stderr_progress
+    async with serve_node(config, progress=progress) as server:
+        runtime = server.runtime
+        progress(f"serving {runtime.inference.model_id} on {server.url} (WebSocket {server.ws_url}); Ctrl-C stops")
+        try:
+            await server.serve_forever()
+        except asyncio.CancelledError:
+            pass
+    return 0
+
+
+def _stderr_progress(text: str) -> None:
+    print(f"[fabstir] {text}", file=sys.stderr, flush=True)

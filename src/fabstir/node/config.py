@@ -1,0 +1,133 @@
+"""Typed node configuration with a documented precedence.
+
+Precedence, lowest to highest: built-in defaults < TOML file (``[node]``
+table or top level) < environment variables ``FABSTIR_NODE_<FIELD>`` (e.g.
+``FABSTIR_NODE_PORT=9000``) < explicit overrides (command-line flags).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fabstir.errors import ConfigError
+from fabstir.node.engines.templates import TEMPLATES
+from fabstir.protocol import DEFAULT_MAX_FRAME_BYTES
+
+__all__ = ["NodeConfig", "load_node_config", "ENV_PREFIX"]
+
+ENV_PREFIX = "FABSTIR_NODE_"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything a host node needs to start."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; loopback by default."""
+    port: int = 8080
+    """TCP port for HTTP and ``/v1/ws``; 0 picks a free one."""
+    model_path: str | None = None
+    """GGUF file to serve; ``None`` uses the default model package (Gemma 3 270M)."""
+    model_id: str | None = None
+    """Name clients use for the model; defaults to the file's stem."""
+    template: str = "plain"
+    """Prompt template: plain, raw, chatml or gemma."""
+    context_window: int = 2048
+    """Tokens of context per engine (prompt plus completion)."""
+    parallel: int = 2
+    """Engine instances, i.e. responses generated at the same time."""
+    threads: int | None = None
+    """CPU threads per engine; ``None`` uses all cores."""
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    """Largest WebSocket frame accepted; larger ones get FRAME_TOO_LARGE."""
+    max_sessions: int = 10_000
+    """Sessions whose context is kept in memory (least recently used are dropped)."""
+    ws_compression: bool = True
+    """Offer RFC 7692 permessage-deflate on ``/v1/ws``."""
+    repeat_penalty: float = 1.1
+    """Penalty on recently generated tokens (1.0 turns it off; the public node uses 1.1)."""
+    seed: int = 0
+    """Sampling seed (same seed, prompt and temperature give the same text)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0-65535, got {self.port}")
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"unknown template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
+        for name in ("context_window", "parallel", "max_frame_bytes", "max_sessions"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("threads must be at least 1")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+
+
+def load_node_config(
+    file: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> NodeConfig:
+    """Build a :class:`NodeConfig` from file, environment and overrides (in that order).
+
+    ``None`` values in ``overrides`` mean "not given" and are skipped.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, or a value of the wrong type.
+    """
+    values: dict[str, Any] = {}
+    if file is not None:
+        values.update(_read_file(Path(file)))
+    environ = os.environ if env is None else env
+    for name in _FIELDS:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = raw
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    unknown = set(values) - set(_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown node setting(s): {', '.join(sorted(unknown))}")
+    return NodeConfig(**{name: _coerce(name, value) for name, value in values.items()})
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    table = data.get("node", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [node] must be a table")
+    return table
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = str(_FIELDS[name].type)
+    if value is None or not isinstance(value, str) or kind.startswith("str"):
+        return value
+    try:
+        if kind.startswith("int"):
+            return None if value.lower() in ("", "none") else int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            return _parse_bool(value)
+    except ValueError:
+        raise ConfigError(f"{name}: cannot parse {value!r} as {kind}") from None
+    return value
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)

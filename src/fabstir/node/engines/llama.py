@@ -1,0 +1,134 @@
+"""The llama.cpp engine (``llama-cpp-python``): loads any GGUF file.
+
+Generation uses the token-level API so that every token is counted exactly by
+the model's own tokenizer, cancellation is checked between tokens, and UTF-8
+sequences split across tokens are never emitted half-way.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from fabstir.errors import EngineError, ModelNotFoundError
+from fabstir.node.engines.base import Finished, GenerationEvent, GenerationParams, TokenPiece
+from fabstir.node.engines.stops import StopMatcher
+
+__all__ = ["LlamaCppEngine"]
+
+
+class LlamaCppEngine:
+    """One llama.cpp context over a GGUF file. Not thread-safe: one generation at a time."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        model_id: str | None = None,
+        context_window: int = 2048,
+        threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelNotFoundError(f"model file not found: {path}")
+        self._llama = _load_llama(path, context_window, threads, seed)
+        self._model_id = model_id or path.stem
+        self._eog = _end_of_generation_check(self._llama)
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def context_window(self) -> int:
+        return int(self._llama.n_ctx())
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenize(text))
+
+    def _tokenize(self, text: str) -> list[int]:
+        return list(self._llama.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def generate(
+        self, prompt: str, params: GenerationParams, cancelled: Callable[[], bool]
+    ) -> Iterator[GenerationEvent]:
+        prompt_tokens = self._tokenize(prompt)
+        self._llama.set_seed(params.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopMatcher(params.stop)
+        generated: list[int] = []
+        held_tokens = 0
+        reason = "length"
+        tokens = self._llama.generate(
+            prompt_tokens,
+            temp=params.temperature,
+            top_p=params.top_p,
+            top_k=40,
+            min_p=0.0,
+            repeat_penalty=params.repeat_penalty,
+            reset=True,
+        )
+        try:
+            for token in tokens:
+                if self._eog(token):
+                    reason = "stop"
+                    break
+                generated.append(token)
+                held_tokens += 1
+                piece = self._llama.detokenize([token], prev_tokens=prompt_tokens + generated[:-1])
+                text = stops.feed(decoder.decode(piece))
+                if text:
+                    yield TokenPiece(text, held_tokens)
+                    held_tokens = 0
+                if stops.stopped:
+                    reason = "stop"
+                    break
+                if len(generated) >= params.max_tokens:
+                    break
+                if cancelled():
+                    reason = "cancelled"
+                    break
+        finally:
+            tokens.close()
+        tail = "" if stops.stopped else stops.feed(decoder.decode(b"", final=True)) + stops.flush()
+        if tail:
+            yield TokenPiece(tail, held_tokens)
+        yield Finished(reason, len(generated))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._llama.close()
+
+
+def _load_llama(path: Path, context_window: int, threads: int | None, seed: int) -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise EngineError(
+            "the llama.cpp engine is not installed: pip install 'fabstir[llama]'", code="ENGINE_NOT_INSTALLED"
+        ) from None
+    try:
+        return llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=context_window,
+            n_threads=threads or max(1, os.cpu_count() or 1),
+            seed=seed,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise EngineError(f"could not load model {path}: {exc}", code="MODEL_LOAD_FAILED") from None
+
+
+def _end_of_generation_check(llama: Any) -> Callable[[int], bool]:
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llama.model)
+    eos = llama.token_eos()
+
+    def is_end(token: int) -> bool:
+        return token == eos or bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+
+    return is_end

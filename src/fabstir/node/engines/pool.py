@@ -1,0 +1,108 @@
+"""A pool of engine instances, and the bridge from their threads to asyncio.
+
+Each engine generates on its own worker thread; tokens cross to the event
+loop through an ``asyncio.Queue`` fed with ``call_soon_threadsafe``, so the
+loop is never blocked and other connections keep streaming. With ``n``
+engines, ``n`` responses are generated at once; further requests wait for a
+free engine (FIFO).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+
+from fabstir.errors import EngineError
+from fabstir.node.engines.base import Engine, Finished, GenerationEvent, GenerationParams
+
+__all__ = ["EnginePool"]
+
+_DONE = object()
+
+
+class EnginePool:
+    """Engines that all serve the same model."""
+
+    def __init__(self, engines: Sequence[Engine]) -> None:
+        if not engines:
+            raise EngineError("an engine pool needs at least one engine")
+        self._engines = list(engines)
+        self._executor = ThreadPoolExecutor(max_workers=len(self._engines), thread_name_prefix="fabstir-engine")
+        self._free: asyncio.Queue[Engine] | None = None
+
+    @property
+    def primary(self) -> Engine:
+        """The engine used for token counting (all share one tokenizer)."""
+        return self._engines[0]
+
+    @property
+    def size(self) -> int:
+        return len(self._engines)
+
+    def _queue(self) -> asyncio.Queue[Engine]:
+        if self._free is None:
+            self._free = asyncio.Queue()
+            for engine in self._engines:
+                self._free.put_nowait(engine)
+        return self._free
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Engine]:
+        """Wait for a free engine and hold it for the block."""
+        free = self._queue()
+        engine = await free.get()
+        try:
+            yield engine
+        finally:
+            free.put_nowait(engine)
+
+    async def stream(
+        self, engine: Engine, prompt: str, params: GenerationParams, cancel: threading.Event
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """Run ``engine.generate`` on a worker thread and yield its events here.
+
+        If the consumer stops early, ``cancel`` is set and the thread is awaited,
+        so the engine is idle again when this generator closes.
+        """
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[object] = asyncio.Queue()
+        worker = loop.run_in_executor(
+            self._executor, _produce, engine, prompt, params, cancel.is_set, loop, events.put_nowait)
+        try:
+            while True:
+                item = await events.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise EngineError(f"generation failed: {item}") from item
+                yield item  # type: ignore[misc]
+                if isinstance(item, Finished):
+                    break
+        finally:
+            cancel.set()
+            await asyncio.shield(worker)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        for engine in self._engines:
+            engine.close()
+
+
+def _produce(
+    engine: Engine,
+    prompt: str,
+    params: GenerationParams,
+    cancelled: Callable[[], bool],
+    loop: asyncio.AbstractEventLoop,
+    put: Callable[[object], None],
+) -> None:
+    try:
+        for event in engine.generate(prompt, params, cancelled):
+            loop.call_soon_threadsafe(put, event)
+    except Exception as exc:  # handed to the consumer, who raises EngineError
+        loop.call_soon_threadsafe(put, exc)
+    finally:
+        loop.call_soon_threadsafe(put, _DONE)

@@ -1,0 +1,34 @@
+"""What a running node holds: its configuration, inference service and sessions."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from fabstir import __version__
+from fabstir.node.config import NodeConfig
+from fabstir.node.inference import InferenceService
+from fabstir.node.sessions import SessionStore
+from fabstir.protocol import Feature
+
+__all__ = ["NodeRuntime"]
+
+
+@dataclasses.dataclass
+class NodeRuntime:
+    """Shared state of one node process, handed to every handler."""
+
+    config: NodeConfig
+    inference: InferenceService
+    sessions: SessionStore
+    version: str = __version__
+    started_at: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Extensions this node serves, advertised in ``/v1/version`` and acks."""
+        features = [Feature.SERVER_CONTEXT, Feature.MESSAGE_INDEX, Feature.SESSION_RESUME,
+                    Feature.STREAM_CANCEL, Feature.HTTP_SSE]
+        if self.config.ws_compression:
+            features.append(Feature.PERMESSAGE_DEFLATE)
+        return tuple(str(f) for f in features)

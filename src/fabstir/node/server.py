@@ -1,0 +1,146 @@
+"""Run a node in-process with uvicorn, on a socket we bind ourselves.
+
+Binding the socket first gives a clear error for a busy port and lets
+``port=0`` pick a free one whose number is then known (tests, the demo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from collections.abc import AsyncIterator, Iterator
+import uvicorn
+
+from fabstir.errors import ConfigError
+from fabstir.node.app import Progress, build_app, build_runtime, load_engines
+from fabstir.node.config import NodeConfig
+from fabstir.node.engines.pool import EnginePool
+from fabstir.node.runtime import NodeRuntime
+
+__all__ = ["NodeServer", "bind_socket", "serve_node"]
+
+WS_HARD_LIMIT_FACTOR = 4
+"""Frames up to this multiple of ``max_frame_bytes`` are read and answered with FRAME_TOO_LARGE;
+larger ones close the connection (1009)."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``.
+
+    Raises:
+        ConfigError: the port is in use or the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use; pick another with --port",
+                              code="PORT_IN_USE") from None
+        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}", code="BIND_FAILED") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the embedding program owns Ctrl-C."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class NodeServer:
+    """A running node: ``url`` and ``ws_url`` are valid between :meth:`start` and :meth:`aclose`."""
+
+    def __init__(self, runtime: NodeRuntime, sock: socket.socket | None = None) -> None:
+        self.runtime = runtime
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._socket = sock
+
+    @property
+    def port(self) -> int:
+        assert self._socket is not None, "server not started"
+        port: int = self._socket.getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        host = self.runtime.config.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/v1/ws"
+
+    async def start(self) -> None:
+        """Bind and start serving; returns once the server accepts connections."""
+        config = self.runtime.config
+        if self._socket is None:
+            self._socket = bind_socket(config.host, config.port)
+        uv_config = uvicorn.Config(
+            build_app(self.runtime),
+            log_level="warning",
+            ws="websockets-sansio",
+            ws_max_size=config.max_frame_bytes * WS_HARD_LIMIT_FACTOR,
+            ws_per_message_deflate=config.ws_compression,
+            ws_ping_interval=20.0,
+            ws_ping_timeout=20.0,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = _EmbeddedServer(uv_config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise ConfigError("the node stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def serve_forever(self) -> None:
+        """Wait until the server stops (Ctrl-C in the CLI)."""
+        assert self._task is not None
+        await self._task
+
+    async def aclose(self) -> None:
+        """Stop accepting, close connections and free the engines."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._socket is not None:
+            self._socket.close()
+        self.runtime.inference.pool.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_node(
+    config: NodeConfig, *, pool: EnginePool | None = None, progress: Progress | None = None
+) -> AsyncIterator[NodeServer]:
+    """Bind the port, load the model (unless ``pool`` is given), serve, and stop on exit.
+
+    Raises:
+        ConfigError: the port is busy.
+        ModelNotFoundError, EngineError: the model cannot be loaded.
+    """
+    sock = bind_socket(config.host, config.port)
+    try:
+        if pool is None:
+            pool = await asyncio.to_thread(load_engines, config, progress)
+    except BaseException:
+        sock.close()
+        raise
+    server = NodeServer(build_runtime(config, pool), sock)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.aclose()

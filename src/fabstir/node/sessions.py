@@ -1,0 +1,75 @@
+"""Server-side conversation state, kept per session id across connections.
+
+Sessions survive a disconnect (a client may reconnect and resume on the same
+host, as with the public node). At most ``max_sessions`` are kept; the least
+recently used is forgotten first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+
+from fabstir.protocol import ChatTurn
+
+__all__ = ["SessionContext", "SessionStore"]
+
+
+@dataclasses.dataclass(slots=True)
+class SessionContext:
+    """One session's history and the next expected ``message_index``."""
+
+    session_id: str
+    job_id: int | None = None
+    chain_id: int | None = None
+    history: list[ChatTurn] = dataclasses.field(default_factory=list)
+    next_index: int = 0
+    max_history_chars: int = 4_000_000
+
+    def record_turn(self, prompt: str, answer: str) -> None:
+        """Append a finished exchange and advance the message index."""
+        self.history.append(ChatTurn("user", prompt))
+        if answer:
+            self.history.append(ChatTurn("assistant", answer))
+        self.next_index += 1
+        self._trim()
+
+    def replace_history(self, turns: list[ChatTurn], next_index: int) -> None:
+        """Load a client's own copy of the conversation (``session_resume``)."""
+        self.history = list(turns)
+        self.next_index = next_index
+        self._trim()
+
+    def _trim(self) -> None:
+        total = sum(len(t.content) for t in self.history)
+        while self.history and total > self.max_history_chars:
+            total -= len(self.history.pop(0).content)
+
+
+class SessionStore:
+    """Sessions by id, bounded, least recently used dropped first."""
+
+    def __init__(self, max_sessions: int = 10_000) -> None:
+        self._sessions: OrderedDict[str, SessionContext] = OrderedDict()
+        self._max = max_sessions
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: str) -> SessionContext | None:
+        session = self._sessions.get(session_id)
+        if session is not None:
+            self._sessions.move_to_end(session_id)
+        return session
+
+    def open(self, session_id: str, job_id: int | None = None, chain_id: int | None = None) -> SessionContext:
+        """Return the session, creating it if new; history of an existing one is kept."""
+        session = self.get(session_id)
+        if session is None:
+            session = SessionContext(session_id=session_id)
+            self._sessions[session_id] = session
+            while len(self._sessions) > self._max:
+                self._sessions.popitem(last=False)
+        session.job_id = job_id if job_id is not None else session.job_id
+        session.chain_id = chain_id if chain_id is not None else session.chain_id
+        return session

@@ -1,0 +1,256 @@
+"""The ``/v1/ws`` handler: one instance per WebSocket connection.
+
+Theory of operation: a reader loop parses every frame with the shared
+protocol core. Requests run one at a time per connection, on a task of their
+own, so the reader keeps listening while a response streams: ``stream_cancel``
+stops it between tokens, and any other request gets ``REQUEST_IN_PROGRESS``.
+
+Rules on the wire (PROTOCOL.md part A, plus our extensions):
+- ``connected`` is sent on open (with our ``version`` and ``features``).
+- A response is per-token ``stream_chunk``, an empty sentinel chunk, then
+  ``stream_end`` (``reason`` complete or cancelled, ``usage``, ``message_index``).
+- An error that ends a request is ``error`` then ``stream_end{reason:"error"}``,
+  both carrying the request's ``id``. A bad frame received while another
+  request streams gets only the ``error`` (plus a ``stream_end`` when the frame
+  had its own ``id``), so the running stream is not mistaken for ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from fabstir.errors import EngineError, FabstirError, ProtocolError, TokenLimitExceededError
+from fabstir.node.engines.base import Finished, TokenPiece
+from fabstir.node.inference import PreparedPrompt
+from fabstir.node.runtime import NodeRuntime
+from fabstir.node.sessions import SessionContext
+from fabstir.protocol import (
+    ClientMessage,
+    Connected,
+    ErrorCode,
+    ErrorMessage,
+    InferenceRequest,
+    PromptMessage,
+    ServerMessage,
+    SessionInit,
+    SessionInitAck,
+    SessionResume,
+    SessionResumed,
+    StreamCancel,
+    StreamChunk,
+    StreamEnd,
+    Usage,
+    encode_message,
+    parse_client_message,
+)
+
+__all__ = ["WebSocketConnection"]
+
+log = logging.getLogger("fabstir.node.ws")
+_connection_ids = itertools.count(1)
+
+
+class WebSocketConnection:
+    """Serves one client connection until it closes."""
+
+    def __init__(self, websocket: WebSocket, runtime: NodeRuntime) -> None:
+        self.ws = websocket
+        self.runtime = runtime
+        self.session: SessionContext | None = None
+        self.connection_id = next(_connection_ids)
+        self._send_lock = asyncio.Lock()
+        self._active: asyncio.Task[None] | None = None
+        self._cancel = threading.Event()
+        self._closed = False
+        self._tokens_sent = 0
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        await self.send(Connected(version=self.runtime.version, features=self.runtime.features))
+        try:
+            while True:
+                frame = await self.ws.receive()
+                if frame["type"] == "websocket.disconnect":
+                    break
+                data = frame["text"] if frame.get("text") is not None else frame.get("bytes", b"")
+                await self.on_frame(data)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._closed = True
+            await self._stop_active()
+
+    async def send(self, message: ServerMessage) -> None:
+        if self._closed:
+            return
+        text = encode_message(message)
+        async with self._send_lock:
+            try:
+                await self.ws.send_text(text)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                self._closed = True
+                self._cancel.set()
+
+    async def on_frame(self, data: str | bytes) -> None:
+        try:
+            message = parse_client_message(data, max_bytes=self.runtime.config.max_frame_bytes)
+        except ProtocolError as exc:
+            await self.reject(exc.code, exc.message, exc.request_id, ends_request=not self.streaming)
+            return
+        if self.streaming:
+            await self._while_streaming(message)
+        else:
+            await self.dispatch(message)
+
+    @property
+    def streaming(self) -> bool:
+        return self._active is not None and not self._active.done()
+
+    async def _while_streaming(self, message: ClientMessage) -> None:
+        if isinstance(message, StreamCancel):
+            self._cancel.set()
+            return
+        await self.reject(
+            ErrorCode.REQUEST_IN_PROGRESS,
+            "a response is streaming on this connection; wait for stream_end or send stream_cancel",
+            message.request_id,
+            ends_request=message.request_id is not None,
+        )
+
+    async def dispatch(self, message: ClientMessage) -> None:
+        if isinstance(message, SessionInit):
+            await self.on_session_init(message)
+        elif isinstance(message, SessionResume):
+            await self.on_session_resume(message)
+        elif isinstance(message, PromptMessage):
+            self._cancel = threading.Event()
+            self._active = asyncio.create_task(self.serve_prompt(message))
+        # a stream_cancel with nothing streaming has no effect, as on the public node
+
+    async def reject(self, code: str, text: str, request_id: str | None, *, ends_request: bool = True,
+                     details: dict[str, object] | None = None) -> None:
+        session_id = self.session.session_id if self.session else None
+        await self.send(ErrorMessage(message=text, code=code, request_id=request_id, session_id=session_id,
+                                     details=tuple((details or {}).items())))
+        if ends_request:
+            await self.send(StreamEnd(reason="error", tokens_used=0, session_id=session_id, request_id=request_id))
+
+    async def on_session_init(self, message: SessionInit) -> None:
+        self.session = self.runtime.sessions.open(message.session_id, message.job_id, message.chain_id)
+        await self.send(
+            SessionInitAck(
+                session_id=message.session_id,
+                job_id=message.job_id,
+                chain_id=message.chain_id,
+                features=self.runtime.features,
+                message_index=self.session.next_index,
+                request_id=message.request_id,
+            )
+        )
+
+    async def on_session_resume(self, message: SessionResume) -> None:
+        session = self.runtime.sessions.open(message.session_id, message.job_id, message.chain_id)
+        self.session = session
+        session.replace_history(list(message.conversation_context), message.last_message_index + 1)
+        kept = self._count_fitting(session)
+        await self.send(
+            SessionResumed(
+                session_id=session.session_id,
+                message_index=session.next_index,
+                kept_messages=kept,
+                dropped_messages=len(session.history) - kept,
+                request_id=message.request_id,
+            )
+        )
+
+    def _count_fitting(self, session: SessionContext) -> int:
+        """How many stored messages the next prompt will see, after truncation to the window."""
+        try:
+            prepared = self.runtime.inference.prepare(InferenceRequest(prompt=" ", max_tokens=1), session.history)
+        except TokenLimitExceededError:
+            return 0
+        return prepared.fitted.kept_messages
+
+    def _session_for(self, message: PromptMessage) -> SessionContext:
+        session_id = message.session_id or (self.session.session_id if self.session else None)
+        if session_id is None and message.job_id is not None:
+            session_id = str(message.job_id)
+        if session_id is None:
+            session_id = f"connection-{self.connection_id}"
+        if self.session is None or self.session.session_id != session_id:
+            self.session = self.runtime.sessions.open(session_id, message.job_id, message.chain_id)
+        return self.session
+
+    async def serve_prompt(self, message: PromptMessage) -> None:
+        rid = message.request_id
+        session = self._session_for(message)
+        index = session.next_index
+        if message.message_index is not None and message.message_index != index:
+            await self.reject(
+                ErrorCode.INVALID_MESSAGE_INDEX,
+                f"expected message_index {index}, got {message.message_index}",
+                rid,
+                details={"expected_message_index": index},
+            )
+            return
+        request = message.request
+        try:
+            prepared = self.runtime.inference.prepare(request, session.history)
+        except TokenLimitExceededError as exc:
+            await self.reject(exc.code, exc.message, rid, details=exc.details)
+            return
+        try:
+            text, finished = await self._stream_tokens(prepared, rid)
+        except EngineError as exc:
+            log.warning("generation failed on session %s: %s", session.session_id, exc)
+            await self.reject(ErrorCode.ENGINE_ERROR, str(exc.message), rid)
+            return
+        except FabstirError as exc:  # pragma: no cover - defensive: never leave a request open
+            await self.reject(ErrorCode.INTERNAL_ERROR, exc.message, rid)
+            return
+        if request.conversation_context is not None:
+            session.history = list(request.conversation_context)
+        session.record_turn(request.prompt, text)
+        cancelled = finished.finish_reason == "cancelled"
+        if not cancelled:
+            await self.send(StreamChunk(content="", tokens=0, request_id=rid))
+        usage = Usage(prepared.fitted.prompt_tokens, finished.completion_tokens, self.runtime.inference.context_window)
+        await self.send(
+            StreamEnd(
+                reason="cancelled" if cancelled else "complete",
+                tokens_used=self._tokens_sent,
+                finish_reason=finished.finish_reason,
+                usage=usage,
+                session_id=session.session_id,
+                message_index=index,
+                request_id=rid,
+            )
+        )
+
+    async def _stream_tokens(self, prepared: PreparedPrompt, rid: str | None) -> tuple[str, Finished]:
+        parts: list[str] = []
+        self._tokens_sent = 0
+        finished = Finished("cancelled", 0)
+        async with contextlib.aclosing(self.runtime.inference.generate(prepared, self._cancel)) as events:
+            async for event in events:
+                if isinstance(event, TokenPiece):
+                    parts.append(event.text)
+                    self._tokens_sent += event.tokens
+                    await self.send(StreamChunk(content=event.text, tokens=event.tokens, request_id=rid))
+                else:
+                    finished = event
+        return "".join(parts), finished
+
+    async def _stop_active(self) -> None:
+        task = self._active
+        if task is None or task.done():
+            return
+        self._cancel.set()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

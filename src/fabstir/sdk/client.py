@@ -1,0 +1,60 @@
+"""``FabstirSDK``: the client entry point, holding settings and the managers."""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import TracebackType
+
+from fabstir.sdk.config import RetryPolicy, Timeouts
+from fabstir.sdk.inference import InferenceManager
+from fabstir.sdk.types import PromptOptions
+
+__all__ = ["FabstirSDK"]
+
+
+class FabstirSDK:
+    """The fabstir client.
+
+    Settings are keyword-only; each has a default. Precedence: keyword argument
+    > environment (``FABSTIR_NO_COMPRESSION=1`` turns compression off) > default.
+
+    Use it as an async context manager, or call :meth:`aclose` when done::
+
+        async with FabstirSDK() as sdk:
+            await sdk.inference.connect_to_session("139", "http://127.0.0.1:8080", job_id=139)
+            result = await sdk.inference.send_prompt("Hello!")
+    """
+
+    def __init__(
+        self,
+        *,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        compression: bool | None = None,
+        default_options: PromptOptions | None = None,
+    ) -> None:
+        self.timeouts = timeouts or Timeouts()
+        self.retry = retry or RetryPolicy()
+        if compression is None:
+            compression = os.environ.get("FABSTIR_NO_COMPRESSION", "") not in ("1", "true", "yes")
+        self.compression = compression
+        self.default_options = default_options or PromptOptions()
+
+    @functools.cached_property
+    def inference(self) -> InferenceManager:
+        """Streaming chat with hosts (plan 11.1-11.3)."""
+        return InferenceManager(self)
+
+    async def aclose(self) -> None:
+        """Close every open session."""
+        if "inference" in self.__dict__:
+            await self.inference.aclose()
+
+    async def __aenter__(self) -> FabstirSDK:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

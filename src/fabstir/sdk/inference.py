@@ -1,0 +1,436 @@
+"""``InferenceManager``: streaming chat with hosts, one socket and one state per session.
+
+Theory of operation. Each session (keyed by its id, the on-chain job id as a
+decimal string) owns a :class:`HostConnection`, a :class:`SessionStateMachine`
+and the client's own copy of the conversation. A prompt is sent, then frames
+are fed to a :class:`StreamAccumulator` until ``stream_end``.
+
+Two modes, chosen per host from the features it advertises:
+- *server context* (our extension): the client sends only the new prompt with
+  its ``message_index``; the node keeps and truncates the history.
+- *public subset*: the client re-sends the last messages as
+  ``conversation_context`` with every prompt, as the public Fabstir SDK does.
+
+If the connection drops, the next request reconnects with backoff and
+restores the node's context from the client's copy (``session_resume``, or
+``conversation_context`` on a node without it). A prompt that fails before any
+token arrived is retried once on the new connection; one that fails mid-answer
+raises :class:`ConnectionClosedError` (its partial text is in the history only
+if the node finished it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
+
+from fabstir.errors import (
+    ConnectError,
+    ConnectionClosedError,
+    InvalidMessageIndexError,
+    RemoteProtocolError,
+    SessionError,
+)
+from fabstir.protocol import (
+    ChatTurn,
+    ErrorMessage,
+    Feature,
+    InferenceRequest,
+    PromptMessage,
+    SessionInit,
+    SessionInitAck,
+    SessionResume,
+    SessionResumed,
+    SessionState,
+    SessionStateMachine,
+    StreamAccumulator,
+    StreamCancel,
+    StreamSnapshot,
+    error_from_message,
+)
+from fabstir.sdk.config import backoff
+from fabstir.sdk.connection import HostConnection
+from fabstir.sdk.types import InferenceResult, PromptOptions, TokenCallback
+
+if TYPE_CHECKING:
+    from fabstir.sdk.client import FabstirSDK
+
+__all__ = ["InferenceManager", "InferenceStream", "PUBLIC_CONTEXT_MESSAGES"]
+
+PUBLIC_CONTEXT_MESSAGES = 10
+"""Messages re-sent as ``conversation_context`` to a node without server-side context."""
+
+_request_numbers = itertools.count(1)
+
+
+@dataclasses.dataclass
+class _Session:
+    session_id: str
+    host_url: str
+    job_id: int | None
+    chain_id: int | None
+    state: SessionStateMachine = dataclasses.field(default_factory=SessionStateMachine)
+    connection: HostConnection | None = None
+    history: list[ChatTurn] = dataclasses.field(default_factory=list)
+    next_index: int = 0
+    features: frozenset[str] = frozenset()
+    active_request: str | None = None
+
+    @property
+    def server_context(self) -> bool:
+        return Feature.SERVER_CONTEXT in self.features and Feature.MESSAGE_INDEX in self.features
+
+
+class InferenceManager:
+    """Streams chat answers from hosts. Reach it as ``sdk.inference``."""
+
+    def __init__(self, sdk: FabstirSDK) -> None:
+        self._sdk = sdk
+        self._sessions: dict[str, _Session] = {}
+        self._current: str | None = None
+
+    # --- sessions ---------------------------------------------------------
+
+    async def connect_to_session(
+        self,
+        session_id: str,
+        host_url: str,
+        job_id: int | None = None,
+        conversation_context: Sequence[ChatTurn] | None = None,
+        *,
+        chain_id: int | None = None,
+    ) -> None:
+        """Open a WebSocket to ``host_url`` for ``session_id`` and initialise it.
+
+        With ``conversation_context`` (the client's stored history), the node's
+        context is restored from it: through ``session_resume`` where the node
+        supports it, otherwise by re-sending it with each prompt.
+
+        Raises:
+            ConnectError: the host cannot be reached.
+            RequestTimeoutError: the host did not acknowledge in time.
+            NodeError: the host refused the session.
+        """
+        if session_id in self._sessions:
+            await self.close(session_id)
+        session = _Session(str(session_id), host_url, job_id, chain_id)
+        session.history = list(conversation_context or ())
+        session.next_index = _turns_in(session.history)
+        self._sessions[session.session_id] = session
+        self._current = session.session_id
+        try:
+            await self._connect(session)
+            if conversation_context:
+                await self.resume_session(session.session_id, conversation_context)
+            else:
+                await self.initialize_session(session.session_id)
+        except BaseException:
+            await self.close(session.session_id)
+            raise
+
+    async def initialize_session(self, session_id: str | None = None, job_id: int | None = None) -> SessionInitAck:
+        """Send ``session_init`` and wait for the acknowledgement."""
+        session = self._session(session_id)
+        if job_id is not None:
+            session.job_id = job_id
+        connection = self._connection(session)
+        request_id = _new_request_id()
+        await connection.send(SessionInit(session.session_id, session.job_id, session.chain_id, request_id))
+        ack = await self._await_reply(session, SessionInitAck, request_id)
+        assert isinstance(ack, SessionInitAck)
+        if ack.features is not None:
+            session.features = frozenset(ack.features)
+        if session.server_context and ack.message_index is not None and ack.message_index != session.next_index:
+            # the node remembers this session differently (e.g. it restarted): give it our copy
+            await self._resume_on_node(session)
+        session.state.move(SessionState.READY)
+        return ack
+
+    async def resume_session(self, session_id: str, conversation_context: Sequence[ChatTurn]) -> SessionResumed | None:
+        """Load ``conversation_context`` as the session's history, on the client and the node.
+
+        Returns the node's ``session_resumed`` acknowledgement, or ``None`` for a
+        node without ``session-resume`` (the context then travels with each prompt).
+        """
+        session = self._session(session_id)
+        session.history = list(conversation_context)
+        session.next_index = _turns_in(session.history)
+        if Feature.SESSION_RESUME not in session.features:
+            await self.initialize_session(session.session_id)
+            return None
+        resumed = await self._resume_on_node(session)
+        if session.state.can(SessionState.READY):
+            session.state.move(SessionState.READY)
+        return resumed
+
+    async def _resume_on_node(self, session: _Session) -> SessionResumed:
+        connection = self._connection(session)
+        request_id = _new_request_id()
+        await connection.send(SessionResume(session.session_id, tuple(session.history), session.next_index - 1,
+                                            session.job_id, session.chain_id, request_id))
+        resumed = await self._await_reply(session, SessionResumed, request_id)
+        assert isinstance(resumed, SessionResumed)
+        session.features = session.features | {Feature.SESSION_RESUME}
+        return resumed
+
+    async def _await_reply(self, session: _Session, kind: type, request_id: str) -> object:
+        connection = self._connection(session)
+        timeout = self._sdk.timeouts.handshake
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = await connection.receive(remaining)
+            if isinstance(message, ErrorMessage) and message.request_id in (None, request_id):
+                raise error_from_message(message)
+            if isinstance(message, kind) and getattr(message, "request_id", None) in (None, request_id):
+                return message
+
+    async def _connect(self, session: _Session) -> None:
+        sdk = self._sdk
+        if session.state.state is SessionState.IDLE:
+            session.state.move(SessionState.CONNECTING)
+        session.connection = await HostConnection.open(
+            session.host_url, timeout=sdk.timeouts.connect, compression=sdk.compression
+        )
+        session.features = session.connection.features
+        session.state.move(SessionState.CONNECTED)
+
+    async def _reconnect(self, session: _Session) -> None:
+        """Reconnect with backoff and restore the node's context from our history."""
+        if session.connection is not None:
+            await session.connection.aclose()
+        session.state.move(SessionState.RECONNECTING)
+        last_error: Exception | None = None
+        for delay in [0.0, *backoff(self._sdk.retry)]:
+            await asyncio.sleep(delay)
+            try:
+                session.connection = await HostConnection.open(
+                    session.host_url, timeout=self._sdk.timeouts.connect, compression=self._sdk.compression
+                )
+            except ConnectError as exc:
+                last_error = exc
+                continue
+            session.features = session.connection.features
+            session.state.move(SessionState.CONNECTED)
+            if session.history and Feature.SESSION_RESUME in session.features:
+                await self._resume_on_node(session)
+                session.state.move(SessionState.READY)
+            else:
+                await self.initialize_session(session.session_id)
+            return
+        session.state.move(SessionState.CLOSED)
+        raise ConnectError(f"could not reconnect to {session.host_url}: {last_error}")
+
+    # --- prompts ----------------------------------------------------------
+
+    async def send_prompt(
+        self,
+        prompt: str,
+        options: PromptOptions | None = None,
+        *,
+        on_token: TokenCallback | None = None,
+        session_id: str | None = None,
+    ) -> InferenceResult:
+        """Send ``prompt`` and wait for the whole answer, calling ``on_token`` per piece.
+
+        Raises:
+            SessionError: no session, or a request already running on it.
+            NodeError: the node rejected the prompt (e.g. TokenLimitExceededError).
+            TransportError: the connection failed and could not be restored.
+        """
+        stream = self.stream(prompt, options, session_id=session_id)
+        async for piece in stream:
+            if on_token is not None:
+                outcome = on_token(piece)
+                if inspect.isawaitable(outcome):
+                    await outcome
+        return stream.result
+
+    def stream(self, prompt: str, options: PromptOptions | None = None, *,
+               session_id: str | None = None) -> InferenceStream:
+        """An async iterator over the answer's text pieces; ``.result`` once exhausted."""
+        session = self._session(session_id)
+        if session.active_request is not None:
+            raise SessionError("a request is already running on this session; one at a time",
+                               code="REQUEST_IN_PROGRESS")
+        if not prompt:
+            raise SessionError("prompt must not be empty", code="VALIDATION_ERROR")
+        return InferenceStream(self, session, prompt, options or self._sdk.default_options)
+
+    async def cancel(self, session_id: str | None = None) -> None:
+        """Ask the node to stop the answer being streamed; it ends with ``finish_reason`` cancelled."""
+        session = self._session(session_id)
+        if session.active_request is None or session.connection is None:
+            return
+        if session.state.can(SessionState.CANCELLING):
+            session.state.move(SessionState.CANCELLING)
+        await session.connection.send(StreamCancel(session.session_id))
+
+    def get_conversation(self, session_id: str | None = None) -> list[ChatTurn]:
+        """The client's copy of the session's conversation."""
+        return list(self._session(session_id).history)
+
+    def session_state(self, session_id: str | None = None) -> SessionState:
+        return self._session(session_id).state.state
+
+    def host_features(self, session_id: str | None = None) -> frozenset[str]:
+        """Extensions the session's host advertised."""
+        return self._session(session_id).features
+
+    async def close(self, session_id: str | None = None) -> None:
+        """Close the session's socket (the host settles) and forget the session."""
+        session = self._sessions.pop(session_id or self._current or "", None)
+        if session is None:
+            return
+        if self._current == session.session_id:
+            self._current = next(iter(self._sessions), None)
+        if session.connection is not None:
+            await session.connection.aclose()
+        if session.state.can(SessionState.CLOSED):
+            session.state.move(SessionState.CLOSED)
+
+    async def aclose(self) -> None:
+        """Close every session."""
+        for session_id in list(self._sessions):
+            await self.close(session_id)
+
+    # --- internals ----------------------------------------------------------
+
+    def _session(self, session_id: str | None) -> _Session:
+        key = session_id if session_id is not None else self._current
+        session = self._sessions.get(str(key)) if key is not None else None
+        if session is None:
+            raise SessionError(
+                f"no session {key!r}; call connect_to_session first" if key else
+                "no session; call connect_to_session first", code="SESSION_NOT_FOUND")
+        return session
+
+    def _connection(self, session: _Session) -> HostConnection:
+        if session.connection is None:
+            raise SessionError("session is not connected", code="NOT_CONNECTED")
+        return session.connection
+
+    def _prompt_message(self, session: _Session, prompt: str, options: PromptOptions,
+                        request_id: str) -> PromptMessage:
+        context = None if session.server_context else tuple(session.history[-PUBLIC_CONTEXT_MESSAGES:])
+        request = InferenceRequest(prompt=prompt, model=options.model, max_tokens=options.max_tokens,
+                                   temperature=options.temperature, conversation_context=context)
+        return PromptMessage(request=request, session_id=session.session_id, job_id=session.job_id,
+                             chain_id=session.chain_id,
+                             message_index=session.next_index if session.server_context else None,
+                             request_id=request_id)
+
+
+class InferenceStream:
+    """Async iterator over one answer's text; :attr:`result` holds the :class:`InferenceResult` after."""
+
+    def __init__(self, manager: InferenceManager, session: _Session, prompt: str, options: PromptOptions) -> None:
+        self._manager = manager
+        self._session = session
+        self._prompt = prompt
+        self._options = options
+        self._result: InferenceResult | None = None
+        self._iterator: AsyncIterator[str] | None = None
+
+    @property
+    def result(self) -> InferenceResult:
+        if self._result is None:
+            raise SessionError("the stream has not finished yet", code="STREAM_NOT_FINISHED")
+        return self._result
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        if self._iterator is None:
+            self._iterator = self._run()
+        return self._iterator
+
+    async def until_done(self) -> InferenceResult:
+        """Consume the rest of the stream and return the result."""
+        async for _ in self:
+            pass
+        return self.result
+
+    async def _run(self) -> AsyncIterator[str]:
+        session = self._session
+        session.active_request = request_id = _new_request_id()
+        try:
+            for attempt in (1, 2):
+                received_any = False
+                try:
+                    await self._ensure_ready()
+                    async for piece in self._attempt(request_id):
+                        received_any = True
+                        yield piece
+                    return
+                except (ConnectionClosedError, RemoteProtocolError) as exc:
+                    if received_any or attempt == 2:
+                        raise ConnectionClosedError(f"lost the host mid-answer: {exc.message}") from None
+                    await self._manager._reconnect(session)
+                except InvalidMessageIndexError:
+                    if attempt == 2 or received_any:
+                        raise
+                    await self._manager._resume_on_node(session)
+        finally:
+            session.active_request = None
+            if session.state.state in (SessionState.STREAMING, SessionState.CANCELLING):
+                session.state.move(SessionState.READY)
+
+    async def _ensure_ready(self) -> None:
+        session = self._session
+        if session.connection is None or session.connection.closed:
+            await self._manager._reconnect(session)
+
+    async def _attempt(self, request_id: str) -> AsyncIterator[str]:
+        session = self._session
+        connection = self._manager._connection(session)
+        connection.drain()
+        timeouts = self._manager._sdk.timeouts
+        message = self._manager._prompt_message(session, self._prompt, self._options, request_id)
+        accumulator = StreamAccumulator(request_id, started_at=time.perf_counter())
+        await connection.send(message)
+        session.state.move(SessionState.STREAMING)
+        timeout = timeouts.first_token
+        while not accumulator.done:
+            frame = await connection.receive(timeout)
+            delta = accumulator.feed(frame, time.perf_counter())
+            timeout = timeouts.between_frames
+            if delta is not None:
+                yield delta.text
+        snapshot = accumulator.snapshot()
+        if snapshot.error is not None:
+            raise snapshot.error
+        self._finish(snapshot, request_id)
+
+    def _finish(self, snapshot: StreamSnapshot, request_id: str) -> None:
+        session = self._session
+        session.history.append(ChatTurn("user", self._prompt))
+        if snapshot.text:
+            session.history.append(ChatTurn("assistant", snapshot.text))
+        index = snapshot.message_index if snapshot.message_index is not None else session.next_index
+        session.next_index = index + 1
+        self._result = InferenceResult(
+            text=snapshot.text,
+            finish_reason=snapshot.finish_reason,
+            usage=snapshot.usage,
+            tokens_used=snapshot.tokens_used,
+            message_index=snapshot.message_index,
+            ttft_ms=None if snapshot.ttft_s is None else snapshot.ttft_s * 1000.0,
+            tokens_per_s=snapshot.tokens_per_s,
+            session_id=session.session_id,
+            request_id=request_id,
+        )
+
+
+def _turns_in(history: Sequence[ChatTurn]) -> int:
+    """User turns in a conversation: the next ``message_index``."""
+    return sum(1 for turn in history if turn.role == "user")
+
+
+def _new_request_id() -> str:
+    return f"{next(_request_numbers)}-{uuid.uuid4().hex[:12]}"
+

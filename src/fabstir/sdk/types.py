@@ -1,0 +1,61 @@
+"""Public value types of the SDK: prompt options and inference results."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+from fabstir.errors import ConfigError
+from fabstir.protocol import Usage
+
+__all__ = ["InferenceResult", "PromptOptions", "TokenCallback"]
+
+TokenCallback = Callable[[str], "None | Awaitable[None]"]
+"""Called with each piece of text as it arrives (plain function or coroutine)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PromptOptions:
+    """How to generate one answer."""
+
+    model: str = ""
+    """Model id; empty uses the host's default model."""
+    max_tokens: int = 256
+    """Upper bound on generated tokens (the node may clamp it to the context left)."""
+    temperature: float = 0.7
+    """0 is greedy (deterministic); up to 2."""
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ConfigError("max_tokens must be at least 1")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ConfigError("temperature must be between 0 and 2")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InferenceResult:
+    """One finished answer, with its accounting and timings."""
+
+    text: str
+    finish_reason: str | None
+    """``stop``, ``length`` or ``cancelled``."""
+    usage: Usage | None
+    """Prompt and completion tokens as counted by the host's tokenizer (None on nodes that omit it)."""
+    tokens_used: int
+    """Tokens the host reported streaming (what the public node bills)."""
+    message_index: int | None
+    """Index of this turn in the session, when the host tracks it."""
+    ttft_ms: float | None
+    """Time to first token, from sending the prompt."""
+    tokens_per_s: float
+    """Completion tokens per second over the whole request."""
+    session_id: str
+    request_id: str
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.usage.completion_tokens if self.usage is not None else self.tokens_used
+
+    @property
+    def cancelled(self) -> bool:
+        return self.finish_reason == "cancelled"

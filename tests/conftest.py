@@ -1,0 +1,59 @@
+"""Shared fixtures: real models on disk and real nodes on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fabstir.node.config import NodeConfig
+from fabstir.node.server import NodeServer, serve_node
+from fabstir.testing.tiny_gguf import write_tiny_gguf
+
+SHARED_MODELS = Path(os.environ.get("FABSTIR_SHARED_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))
+STORIES = SHARED_MODELS / "stories260K.gguf"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight llama GGUF written by the test suite itself (no external files)."""
+    return write_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny.gguf", seed=0, context_length=512)
+
+
+@pytest.fixture(scope="session")
+def stories_model() -> Path:
+    """stories260K from ../shared/models (coherent text with a known greedy output)."""
+    if not STORIES.is_file():
+        pytest.skip(f"{STORIES} not present (tests of coherent text need ../shared/models)")
+    return STORIES
+
+
+NodeFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def node_factory(tiny_model: Path) -> AsyncIterator[NodeFactory]:
+    """Start real nodes (llama.cpp over the tiny model unless told otherwise); all stopped at the end."""
+    stack: list[Any] = []
+
+    async def start(**overrides: Any) -> NodeServer:
+        settings: dict[str, Any] = {"port": 0, "model_path": str(tiny_model), "context_window": 512,
+                                    "parallel": 2, "threads": 1}
+        settings.update(overrides)
+        manager = serve_node(NodeConfig(**settings))
+        server = await manager.__aenter__()
+        stack.append(manager)
+        return server
+
+    yield start
+    for manager in reversed(stack):
+        await manager.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def node(node_factory: NodeFactory) -> NodeServer:
+    server: NodeServer = await node_factory()
+    return server
