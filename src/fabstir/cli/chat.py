@@ -17,9 +17,9 @@ __all__ = ["run_chat"]
 async def run_chat(args: argparse.Namespace) -> int:
     options = PromptOptions(max_tokens=args.max_tokens, temperature=args.temperature)
     session_id = args.session or f"chat-{uuid.uuid4().hex[:8]}"
-    lines = _stdin_lines()
     async with FabstirSDK(default_options=options) as sdk:
         await sdk.inference.connect_to_session(session_id, args.host, job_id=args.job_id)
+        lines = _stdin_lines()
         print(f"connected to {args.host} (session {session_id}); Ctrl-C cancels an answer, Ctrl-D quits",
               file=sys.stderr)
         while True:
@@ -37,9 +37,12 @@ def _stdin_lines() -> asyncio.Queue[str | None]:
     queue: asyncio.Queue[str | None] = asyncio.Queue()
 
     def read() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-        loop.call_soon_threadsafe(queue.put_nowait, None)
+        try:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(queue.put_nowait, line)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+        except RuntimeError:  # the event loop closed: the chat is over
+            pass
 
     threading.Thread(target=read, daemon=True, name="fabstir-stdin").start()
     return queue

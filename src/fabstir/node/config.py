@@ -47,6 +47,8 @@ class NodeConfig:
     """Largest WebSocket frame accepted; larger ones get FRAME_TOO_LARGE."""
     max_sessions: int = 10_000
     """Sessions whose context is kept in memory (least recently used are dropped)."""
+    extensions: bool = True
+    """Serve our protocol extensions; ``False`` behaves exactly like the public node's subset."""
     ws_compression: bool = True
     """Offer RFC 7692 permessage-deflate on ``/v1/ws``."""
     repeat_penalty: float = 1.1

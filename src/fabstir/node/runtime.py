@@ -27,6 +27,8 @@ class NodeRuntime:
     @property
     def features(self) -> tuple[str, ...]:
         """Extensions this node serves, advertised in ``/v1/version`` and acks."""
+        if not self.config.extensions:
+            return ()
         features = [Feature.SERVER_CONTEXT, Feature.MESSAGE_INDEX, Feature.SESSION_RESUME,
                     Feature.STREAM_CANCEL, Feature.HTTP_SSE]
         if self.config.ws_compression:

@@ -64,12 +64,15 @@ class NodeServer:
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._socket = sock
+        self._port: int | None = None
 
     @property
     def port(self) -> int:
-        assert self._socket is not None, "server not started"
-        port: int = self._socket.getsockname()[1]
-        return port
+        """The bound port (kept after the server stops, for messages and restarts)."""
+        if self._port is None:
+            assert self._socket is not None, "server not started"
+            self._port = int(self._socket.getsockname()[1])
+        return self._port
 
     @property
     def url(self) -> str:
@@ -85,6 +88,7 @@ class NodeServer:
         config = self.runtime.config
         if self._socket is None:
             self._socket = bind_socket(config.host, config.port)
+        self._port = int(self._socket.getsockname()[1])
         uv_config = uvicorn.Config(
             build_app(self.runtime),
             log_level="warning",

@@ -69,10 +69,14 @@ class WebSocketConnection:
         self._cancel = threading.Event()
         self._closed = False
         self._tokens_sent = 0
+        self.extensions = runtime.config.extensions
 
     async def run(self) -> None:
         await self.ws.accept()
-        await self.send(Connected(version=self.runtime.version, features=self.runtime.features))
+        if self.extensions:
+            await self.send(Connected(version=self.runtime.version, features=self.runtime.features))
+        else:
+            await self.send(Connected())
         try:
             while True:
                 frame = await self.ws.receive()
@@ -127,7 +131,11 @@ class WebSocketConnection:
         if isinstance(message, SessionInit):
             await self.on_session_init(message)
         elif isinstance(message, SessionResume):
-            await self.on_session_resume(message)
+            if self.extensions:
+                await self.on_session_resume(message)
+            else:
+                await self.reject(ErrorCode.UNKNOWN_MESSAGE_TYPE, "unknown message type 'session_resume'",
+                                  message.request_id)
         elif isinstance(message, PromptMessage):
             self._cancel = threading.Event()
             self._active = asyncio.create_task(self.serve_prompt(message))
@@ -148,8 +156,8 @@ class WebSocketConnection:
                 session_id=message.session_id,
                 job_id=message.job_id,
                 chain_id=message.chain_id,
-                features=self.runtime.features,
-                message_index=self.session.next_index,
+                features=self.runtime.features if self.extensions else None,
+                message_index=self.session.next_index if self.extensions else None,
                 request_id=message.request_id,
             )
         )
@@ -191,7 +199,7 @@ class WebSocketConnection:
         rid = message.request_id
         session = self._session_for(message)
         index = session.next_index
-        if message.message_index is not None and message.message_index != index:
+        if self.extensions and message.message_index is not None and message.message_index != index:
             await self.reject(
                 ErrorCode.INVALID_MESSAGE_INDEX,
                 f"expected message_index {index}, got {message.message_index}",
@@ -228,7 +236,7 @@ class WebSocketConnection:
                 finish_reason=finished.finish_reason,
                 usage=usage,
                 session_id=session.session_id,
-                message_index=index,
+                message_index=index if self.extensions else None,
                 request_id=rid,
             )
         )

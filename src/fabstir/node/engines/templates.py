@@ -38,7 +38,11 @@ class PromptTemplate:
 TEMPLATES: dict[str, PromptTemplate] = {
     "plain": PromptTemplate(
         name="plain",
-        preamble="A conversation between a curious user and a helpful, concise assistant.\n\n",
+        preamble=(
+            "A conversation between a curious user and a knowledgeable assistant who answers in full sentences.\n\n"
+            "User: What is the tallest mountain on Earth?\n"
+            "Assistant: Mount Everest is the tallest mountain on Earth, at 8,849 metres above sea level.\n"
+        ),
         turn_format={
             "system": "{content}\n\n",
             "user": "User: {content}\n",

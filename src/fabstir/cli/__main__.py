@@ -1,0 +1,5 @@
+"""``python -m fabstir.cli``."""
+
+from fabstir.cli.main import run
+
+run()

@@ -1,0 +1,99 @@
+"""The ``fabstir`` command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fabstir.sdk import FabstirSDK, PromptOptions
+
+FABSTIR = [sys.executable, "-m", "fabstir.cli"]
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FABSTIR, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: str) -> None:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and code in errors[0], result.stderr
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_demo_json_summary(tiny_model: Path) -> None:
+    result = run("demo", "--model", str(tiny_model), "--max-tokens", "12", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["host"].startswith("http://127.0.0.1:") and summary["model"] == "tiny"
+    assert summary["turns"] == 3 and summary["completion_tokens"] > 0
+    assert summary["ttft_ms"] > 0 and summary["tokens_per_s"] > 0
+    assert result.stdout.count("user> ") == 3
+    assert "loading model tiny.gguf" in result.stderr, "progress is shown while the model loads"
+
+
+def test_demo_missing_model() -> None:
+    assert_one_line_error(run("demo", "--model", "/nonexistent/model.gguf"), "MODEL_NOT_FOUND")
+
+
+def test_serve_busy_port(tiny_model: Path, busy_port: int) -> None:
+    result = run("node", "serve", "--model", str(tiny_model), "--port", str(busy_port))
+    assert_one_line_error(result, "PORT_IN_USE")
+
+
+def test_chat_unreachable_host(busy_port: int) -> None:
+    # a port that accepts TCP but never speaks WebSocket would hang; a closed one is refused at once
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    result = run("chat", "--host", f"http://127.0.0.1:{closed_port}")
+    assert_one_line_error(result, "CONNECT_FAILED")
+
+
+def test_bad_config_value(tiny_model: Path) -> None:
+    result = subprocess.run([*FABSTIR, "node", "serve", "--model", str(tiny_model)], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "FABSTIR_NODE_PORT": "eighty"})
+    assert_one_line_error(result, "CONFIG_ERROR")
+
+
+async def test_node_serve_and_chat(tiny_model: Path) -> None:
+    process = subprocess.Popen([*FABSTIR, "node", "serve", "--model", str(tiny_model), "--port", "0",
+                                "--context-window", "256", "--parallel", "1", "--threads", "1"],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        url = None
+        for line in process.stderr:
+            found = re.search(r"serving \S+ on (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url is not None
+        async with FabstirSDK(default_options=PromptOptions(max_tokens=6, temperature=0.0)) as sdk:
+            await sdk.inference.connect_to_session("cli", url)
+            assert (await sdk.inference.send_prompt("hello")).completion_tokens == 6
+        chat = subprocess.run([*FABSTIR, "chat", "--host", url, "--max-tokens", "5"], input="hi there\n",
+                              capture_output=True, text=True, timeout=60)
+        assert chat.returncode == 0, chat.stderr
+        assert "5 tokens" in chat.stderr and "you> " in chat.stdout
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) in (0, 130)
