@@ -252,3 +252,21 @@ async def test_ping_is_answered(node: NodeServer) -> None:
 
 def test_text_of_helper() -> None:
     assert text_of([{"type": "stream_chunk", "content": "a"}, {"type": "stream_end"}]) == "a"
+
+
+async def test_bad_frame_while_streaming_does_not_end_the_stream(node: NodeServer) -> None:
+    client = await WireClient.open(node.ws_url)
+    await client.send(prompt("stream on", rid="main", max_tokens=150))
+    assert (await client.recv())["type"] == "stream_chunk"
+    await client.send("{broken")
+    await client.send('{"type":"prompt","id":"bad","prompt":""}')
+    frames = await client.until_end()
+    while frames[-1].get("id") != "main":
+        frames += await client.until_end()
+    errors = [f for f in frames if f["type"] == "error"]
+    assert [e["code"] for e in errors] == ["INVALID_JSON", "VALIDATION_ERROR"]
+    assert "id" not in errors[0] and errors[1]["id"] == "bad"
+    ends = [f for f in frames if f["type"] == "stream_end"]
+    assert [e.get("id") for e in ends] == ["bad", "main"], "only the frame with an id gets its own stream_end"
+    assert ends[-1]["reason"] == "complete" and ends[-1]["usage"]["completion_tokens"] == 150
+    await client.close()

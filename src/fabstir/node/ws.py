@@ -105,7 +105,8 @@ class WebSocketConnection:
         try:
             message = parse_client_message(data, max_bytes=self.runtime.config.max_frame_bytes)
         except ProtocolError as exc:
-            await self.reject(exc.code, exc.message, exc.request_id, ends_request=not self.streaming)
+            ends_request = not self.streaming or exc.request_id is not None
+            await self.reject(exc.code, exc.message, exc.request_id, ends_request=ends_request)
             return
         if self.streaming:
             await self._while_streaming(message)
