@@ -102,7 +102,7 @@ def load_node_config(
 def _read_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     table = data.get("node", data)
     if not isinstance(table, dict):
@@ -112,18 +112,31 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 def _coerce(name: str, value: Any) -> Any:
     kind = str(_FIELDS[name].type)
-    if value is None or not isinstance(value, str) or kind.startswith("str"):
+    base, optional = kind.removesuffix(" | None"), kind.endswith(" | None")
+    if isinstance(value, str) and base != "str":
+        text = value.strip()
+        if optional and text.lower() in ("", "none"):
+            return None
+        try:
+            if base == "int":
+                return int(text)
+            if base == "float":
+                return float(text)
+            if base == "bool":
+                return _parse_bool(text)
+        except ValueError:
+            raise ConfigError(f"{name}: cannot parse {value!r} as {kind}") from None
+    if base not in ("int", "float", "bool", "str"):
         return value
-    try:
-        if kind.startswith("int"):
-            return None if value.lower() in ("", "none") else int(value)
-        if kind == "float":
-            return float(value)
-        if kind == "bool":
-            return _parse_bool(value)
-    except ValueError:
-        raise ConfigError(f"{name}: cannot parse {value!r} as {kind}") from None
-    return value
+    if isinstance(value, bool):
+        ok = base == "bool"
+    elif isinstance(value, int):
+        ok = base in ("int", "float")
+    else:
+        ok = (base == "float" and isinstance(value, float)) or (base == "str" and isinstance(value, str))
+    if not ok:
+        raise ConfigError(f"{name}: expected {kind}, got {value!r}")
+    return float(value) if base == "float" else value
 
 
 def _parse_bool(value: str) -> bool:

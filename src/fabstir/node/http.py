@@ -72,7 +72,7 @@ async def inference(request: Request) -> Response:
         request_id = payload.get("request_id") if isinstance(payload, dict) else None
         frame = json.dumps({"type": "inference", "request": payload})
         message = parse_client_message(frame, max_bytes=len(frame) + 1)
-    except ValueError:
+    except (ValueError, RecursionError):
         return _error(400, "validation_error", "body is not valid JSON", None)
     except ProtocolError as exc:
         return _error(400, "validation_error", exc.message, None, {"code": exc.code})
@@ -83,7 +83,7 @@ async def inference(request: Request) -> Response:
         prepared = runtime.inference.prepare(req, ())
     except TokenLimitExceededError as exc:
         return _error(400, "invalid_request", exc.message, request_id, {"code": exc.code, **exc.details})
-    if req.stream:
+    if isinstance(payload, dict) and payload.get("stream") is True:
         return StreamingResponse(_sse(runtime, req, prepared, request_id), media_type="text/event-stream")
     return await _complete(runtime, req, prepared, request_id)
 

@@ -241,15 +241,24 @@ def _parse_request(fields: _Fields, *, defaults: bool) -> InferenceRequest:
     )
 
 
+def _validation_errors(parse: Callable[[_Fields], PromptMessage]) -> Callable[[_Fields], PromptMessage]:
+    """Report every bad field of a chat request as VALIDATION_ERROR."""
+
+    def parse_validated(fields: _Fields) -> PromptMessage:
+        try:
+            return parse(fields)
+        except RemoteProtocolError as exc:
+            exc.code = ErrorCode.VALIDATION_ERROR
+            raise
+
+    return parse_validated
+
+
+@_validation_errors
 def _parse_prompt(fields: _Fields) -> PromptMessage:
     nested = fields.obj_("request")
     inner = _Fields(nested, fields.request_id) if nested is not None else fields
-    try:
-        request = _parse_request(inner, defaults=nested is None)
-    except RemoteProtocolError as exc:
-        if exc.code == ErrorCode.INVALID_MESSAGE:
-            exc.code = ErrorCode.VALIDATION_ERROR
-        raise
+    request = _parse_request(inner, defaults=nested is None)
     return PromptMessage(
         request=request,
         wire_type="prompt",
@@ -261,6 +270,7 @@ def _parse_prompt(fields: _Fields) -> PromptMessage:
     )
 
 
+@_validation_errors
 def _parse_inference(fields: _Fields) -> PromptMessage:
     nested = fields.obj_("request")
     if nested is None:

@@ -23,8 +23,11 @@ class StopMatcher:
         if not self._stops:
             return text
         self._pending += text
-        cut = min((i for i in (self._pending.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        # The stop that ends first wins (ties: the one that starts first), as if fed one character at a
+        # time, so the result does not depend on how the text was split into pieces.
+        found = [(i + len(s), i) for s in self._stops if (i := self._pending.find(s)) >= 0]
+        if found:
+            cut = min(found)[1]
             self.stopped = True
             released, self._pending = self._pending[:cut], ""
             return released
