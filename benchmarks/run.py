@@ -1,0 +1,119 @@
+"""Benchmarks of the fabstir SDK and node: ``python benchmarks/run.py NAME [--json] [options]``.
+
+NAME is ``overhead``, ``peer``, ``concurrency`` or ``all``. Progress goes to
+stderr; with ``--json`` the last line of stdout is one JSON object. See
+``benchmarks/README.md`` for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Settings, close_all, log, resolve_model  # noqa: E402
+from concurrency import ConcurrencyOptions, run_concurrency  # noqa: E402
+from overhead import run_overhead  # noqa: E402
+from peer import run_peer  # noqa: E402
+
+NAMES = ("overhead", "peer", "concurrency", "all")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=NAMES, help="which benchmark to run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line of stdout")
+    parser.add_argument("--model", help="GGUF file (default: ../shared/models/stories260K.gguf, "
+                                        "else a tiny random GGUF written to a temp dir)")
+    parser.add_argument("--template", default="raw", help="node prompt template (default raw)")
+    parser.add_argument("--prompt", default="Once upon a time")
+    parser.add_argument("--max-tokens", type=int, default=256, help="tokens per run for overhead/peer (default 256)")
+    parser.add_argument("--context-window", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="llama.cpp threads per engine for overhead/peer, on every side (default 1)")
+    parser.add_argument("--runs", type=int, default=20, help="measured repetitions per side (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured repetitions per side first (default 3)")
+    parser.add_argument("--sessions", type=int, default=100, help="concurrent sessions (default 100)")
+    parser.add_argument("--parallel", type=int, default=4, help="node engines for concurrency (default 4)")
+    parser.add_argument("--concurrency-threads", type=int, default=1, help="threads per engine for concurrency")
+    parser.add_argument("--concurrency-max-tokens", type=int, default=64, help="tokens per session (default 64)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="limit in seconds for one run or burst")
+    return parser
+
+
+async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
+    """Run the chosen benchmark(s); returns the JSON object."""
+    model, fallback = resolve_model(args.model, scratch)
+    settings = Settings(model=model, model_fallback=fallback, template=args.template, prompt=args.prompt,
+                        max_tokens=args.max_tokens, context_window=args.context_window, threads=args.threads,
+                        runs=args.runs, warmup=args.warmup, run_timeout=args.timeout)
+    concurrency = ConcurrencyOptions(sessions=args.sessions, parallel=args.parallel,
+                                     threads=args.concurrency_threads, max_tokens=args.concurrency_max_tokens,
+                                     timeout=args.timeout)
+    chosen = ["overhead", "peer", "concurrency"] if args.name == "all" else [args.name]
+    results: dict[str, dict[str, object]] = {}
+    for name in chosen:
+        started = time.perf_counter()
+        log(f"=== {name} ===")
+        if name == "overhead":
+            results[name] = await run_overhead(settings)
+        elif name == "peer":
+            results[name] = await run_peer(settings)
+        else:
+            results[name] = await run_concurrency(settings, concurrency)
+        log(f"=== {name} done in {time.perf_counter() - started:.1f} s: {json.dumps(results[name])}")
+    if args.name != "all":
+        return results[args.name]
+    return {**results, **settings.model_info(), "machine": _machine()}
+
+
+def _machine() -> dict[str, object]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    close_all()
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    for number in (args.max_tokens, args.runs, args.sessions, args.parallel, args.threads,
+                   args.concurrency_threads, args.concurrency_max_tokens):
+        if number < 1:
+            print("error: counts must be at least 1", file=sys.stderr)
+            return 2
+    signal.signal(signal.SIGTERM, _on_signal)
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="fabstir-bench-") as scratch:
+            result = asyncio.run(run(args, Path(scratch)))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        close_all()
+    log(f"finished in {time.perf_counter() - started:.1f} s")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
