@@ -14,9 +14,8 @@ import dataclasses
 import time
 import uuid
 
-from fabstir.sdk import FabstirSDK, PromptOptions, Timeouts
-
 from common import Settings, log, median, percentile, rounded, sdk_run, start_node
+from fabstir.sdk import FabstirSDK, PromptOptions, Timeouts
 
 
 @dataclasses.dataclass(frozen=True)

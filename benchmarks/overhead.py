@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from fabstir.sdk import FabstirSDK, Timeouts
-
 from common import Sample, Settings, inprocess_run, load_engine, log, rounded, sdk_run, start_node, summarize
+from fabstir.sdk import FabstirSDK, Timeouts
 
 
 async def run_overhead(settings: Settings) -> dict[str, object]:

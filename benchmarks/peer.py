@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from fabstir.sdk import FabstirSDK, Timeouts
-
 from common import (
     LOOPBACK,
     ManagedProcess,
@@ -30,6 +28,7 @@ from common import (
     start_node,
     summarize,
 )
+from fabstir.sdk import FabstirSDK, Timeouts
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI

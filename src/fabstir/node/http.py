@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import uuid
@@ -90,7 +89,7 @@ async def inference(request: Request) -> Response:
 
 async def _run(runtime: NodeRuntime, prepared: PreparedPrompt, cancel: threading.Event
                ) -> AsyncGenerator[TokenPiece | Finished, None]:
-    async with contextlib.aclosing(runtime.inference.generate(prepared, cancel)) as events:
+    async with runtime.inference.open_stream(prepared, cancel) as events:
         async for event in events:
             yield event
 

@@ -6,6 +6,7 @@ truncate context and clamp ``max_tokens`` the same way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -73,8 +74,14 @@ class InferenceService:
         )
         return PreparedPrompt(fitted, params)
 
-    async def generate(self, prepared: PreparedPrompt, cancel: threading.Event) -> AsyncGenerator[GenerationEvent, None]:
-        """Wait for a free engine, then yield its tokens as they come."""
+    @contextlib.asynccontextmanager
+    async def open_stream(
+        self, prepared: PreparedPrompt, cancel: threading.Event
+    ) -> AsyncIterator[AsyncGenerator[GenerationEvent, None]]:
+        """Wait for a free engine, then hand out its token stream; the engine is released on exit."""
         async with self.pool.acquire() as engine:
-            async for event in self.pool.stream(engine, prepared.fitted.text, prepared.params, cancel):
-                yield event
+            stream = self.pool.stream(engine, prepared.fitted.text, prepared.params, cancel)
+            try:
+                yield stream
+            finally:
+                await stream.aclose()

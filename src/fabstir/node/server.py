@@ -11,6 +11,7 @@ import contextlib
 import errno
 import socket
 from collections.abc import AsyncIterator, Iterator
+
 import uvicorn
 
 from fabstir.errors import ConfigError

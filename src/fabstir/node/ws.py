@@ -246,7 +246,7 @@ class WebSocketConnection:
         parts: list[str] = []
         self._tokens_sent = 0
         finished = Finished("cancelled", 0)
-        async with contextlib.aclosing(self.runtime.inference.generate(prepared, self._cancel)) as events:
+        async with self.runtime.inference.open_stream(prepared, self._cancel) as events:
             async for event in events:
                 if isinstance(event, TokenPiece):
                     parts.append(event.text)

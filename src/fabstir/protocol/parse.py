@@ -54,9 +54,15 @@ _ROLES = ("system", "user", "assistant")
 _END_REASONS = ("complete", "cancelled", "error")
 
 
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode_message(message: ClientMessage | ServerMessage) -> str:
     """Serialise a message to the compact JSON text of one frame."""
-    return json.dumps(message.to_wire(), separators=(",", ":"), ensure_ascii=False)
+    if type(message) is StreamChunk:  # once per token: build the text directly
+        rid = "" if message.request_id is None else ',"id":' + _dumps(message.request_id)
+        return f'{{"type":"stream_chunk","content":{_dumps(message.content)},"tokens":{message.tokens}{rid}}}'
+    return _dumps(message.to_wire())
 
 
 class _Fields:

@@ -114,10 +114,14 @@ class HostConnection:
             ConnectionClosedError: the socket closed.
             RemoteProtocolError: the node sent a malformed frame.
         """
-        try:
-            item = await asyncio.wait_for(self._inbox.get(), timeout)
-        except TimeoutError:
-            raise RequestTimeoutError(f"no answer from {self.url} within {timeout} s") from None
+        if not self._inbox.empty():  # fast path: no timer when a frame is already here
+            item = self._inbox.get_nowait()
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    item = await self._inbox.get()
+            except TimeoutError:
+                raise RequestTimeoutError(f"no answer from {self.url} within {timeout} s") from None
         if item is _CLOSED:
             self._inbox.put_nowait(_CLOSED)  # every later receive fails too
             raise ConnectionClosedError(f"connection to {self.url} closed")

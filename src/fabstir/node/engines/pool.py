@@ -1,8 +1,7 @@
 """A pool of engine instances, and the bridge from their threads to asyncio.
 
 Each engine generates on its own worker thread; tokens cross to the event
-loop through an ``asyncio.Queue`` fed with ``call_soon_threadsafe``, so the
-loop is never blocked and other connections keep streaming. With ``n``
+loop through a :class:`ThreadToLoopChannel`, so the loop is never blocked and other connections keep streaming. With ``n``
 engines, ``n`` responses are generated at once; further requests wait for a
 free engine (FIFO).
 """
@@ -12,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from fabstir.errors import EngineError
 from fabstir.node.engines.base import Engine, Finished, GenerationEvent, GenerationParams
+from fabstir.node.engines.channel import ThreadToLoopChannel
 
 __all__ = ["EnginePool"]
 
@@ -68,9 +68,8 @@ class EnginePool:
         so the engine is idle again when this generator closes.
         """
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[object] = asyncio.Queue()
-        worker = loop.run_in_executor(
-            self._executor, _produce, engine, prompt, params, cancel.is_set, loop, events.put_nowait)
+        events: ThreadToLoopChannel[object] = ThreadToLoopChannel(loop)
+        worker = loop.run_in_executor(self._executor, _produce, engine, prompt, params, cancel.is_set, events.put)
         try:
             while True:
                 item = await events.get()
@@ -96,13 +95,12 @@ def _produce(
     prompt: str,
     params: GenerationParams,
     cancelled: Callable[[], bool],
-    loop: asyncio.AbstractEventLoop,
     put: Callable[[object], None],
 ) -> None:
     try:
         for event in engine.generate(prompt, params, cancelled):
-            loop.call_soon_threadsafe(put, event)
+            put(event)
     except Exception as exc:  # handed to the consumer, who raises EngineError
-        loop.call_soon_threadsafe(put, exc)
+        put(exc)
     finally:
-        loop.call_soon_threadsafe(put, _DONE)
+        put(_DONE)
