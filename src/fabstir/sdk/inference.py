@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
-import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -65,8 +64,6 @@ __all__ = ["InferenceManager", "InferenceStream", "PUBLIC_CONTEXT_MESSAGES"]
 
 PUBLIC_CONTEXT_MESSAGES = 10
 """Messages re-sent as ``conversation_context`` to a node without server-side context."""
-
-_request_numbers = itertools.count(1)
 
 
 @dataclasses.dataclass
@@ -432,5 +429,5 @@ def _turns_in(history: Sequence[ChatTurn]) -> int:
 
 
 def _new_request_id() -> str:
-    return f"{next(_request_numbers)}-{uuid.uuid4().hex[:12]}"
+    return uuid.uuid4().hex[:16]
 
