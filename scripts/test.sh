@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 .venv/bin/pip install --quiet -e ".[llama,test]"
+# anvil (a real local chain for tests/anvil) and solc, pinned in tools/chain/package-lock.json
+npm ci --prefix tools/chain --no-audit --no-fund --loglevel=error >/dev/null
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy
 .venv/bin/python -m pytest -q "$@"

@@ -42,8 +42,9 @@ async def node_factory(tiny_model: Path) -> AsyncIterator[NodeFactory]:
     async def start(**overrides: Any) -> NodeServer:
         settings: dict[str, Any] = {"port": 0, "model_path": str(tiny_model), "context_window": 512,
                                     "parallel": 2, "threads": 1}
+        billing = overrides.pop("billing", None)
         settings.update(overrides)
-        manager = serve_node(NodeConfig(**settings))
+        manager = serve_node(NodeConfig(**settings), billing=billing)
         server = await manager.__aenter__()
         stack.append(manager)
         return server

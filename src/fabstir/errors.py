@@ -14,6 +14,9 @@
      │    ├── ConnectionClosedError
      │    └── RequestTimeoutError (also a built-in ``TimeoutError``)
      ├── SessionError             the SDK was used out of order (no session, one request at a time)
+     ├── ChainError               the blockchain could not be used
+     │    ├── ChainConnectionError  the JSON-RPC endpoint is unreachable
+     │    └── ContractError       a transaction or call reverted (``reason`` is the revert string)
      ├── ConfigError              invalid configuration
      └── EngineError              the inference engine failed
           └── ModelNotFoundError  (also a built-in ``FileNotFoundError``)
@@ -26,7 +29,10 @@ for a terminal.
 from __future__ import annotations
 
 __all__ = [
+    "ChainConnectionError",
+    "ChainError",
     "ConfigError",
+    "ContractError",
     "ConnectError",
     "ConnectionClosedError",
     "EngineError",
@@ -147,6 +153,34 @@ class SessionError(FabstirError):
     """The SDK was used out of order (no session, request already running)."""
 
     default_code = "SESSION_ERROR"
+
+
+class ChainError(FabstirError):
+    """The blockchain could not be used."""
+
+    default_code = "CHAIN_ERROR"
+
+
+class ChainConnectionError(ChainError):
+    """The chain's JSON-RPC endpoint cannot be reached."""
+
+    default_code = "CHAIN_UNREACHABLE"
+
+
+class ContractError(ChainError):
+    """A contract call or transaction reverted.
+
+    Attributes:
+        reason: the contract's revert string ("Price below host minimum"), or "" if none.
+        function: the contract function that failed, e.g. ``JobMarketplace.createSessionJob``.
+    """
+
+    default_code = "TRANSACTION_REVERTED"
+
+    def __init__(self, message: str, *, reason: str = "", function: str = "", code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.reason = reason
+        self.function = function
 
 
 class ConfigError(FabstirError):

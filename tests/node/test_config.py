@@ -16,6 +16,7 @@ DEFAULTS = {
     "host": "127.0.0.1", "port": 8080, "model_path": None, "model_id": None, "template": "plain",
     "context_window": 2048, "parallel": 2, "threads": None, "max_frame_bytes": DEFAULT_MAX_FRAME_BYTES,
     "max_sessions": 10_000, "extensions": True, "ws_compression": True, "repeat_penalty": 1.1, "seed": 0,
+    "network": None, "host_key": None, "model_repo": "local", "checkpoint_tokens": 1000, "ledger_path": None,
 }
 
 
@@ -30,6 +31,11 @@ def test_defaults() -> None:
     assert dataclasses.asdict(config) == DEFAULTS
     assert config == NodeConfig()
     assert DEFAULT_MAX_FRAME_BYTES == 1 << 20
+
+
+def test_host_key_is_not_in_the_repr() -> None:
+    config = NodeConfig(host_key="0x" + "ab" * 32)
+    assert "abab" not in repr(config) and "host_key" not in repr(config)
 
 
 def test_env_prefix() -> None:

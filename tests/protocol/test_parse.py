@@ -173,3 +173,22 @@ class TestServerMessages:
     ])
     def test_round_trip(self, message: object) -> None:
         assert parse_server_message(encode_message(message)) == message  # type: ignore[arg-type]
+
+
+def test_deep_nesting_is_refused_even_with_a_huge_recursion_limit() -> None:
+    """py-evm raises the recursion limit to 100,000; json.loads would then overflow the C stack."""
+    import sys
+
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, 100_000))
+    try:
+        for frame in ("[" * 300_000, '{"a":' * 70 + "1" + "}" * 70, '{"type":"prompt","x":' + "[" * 65 + "]" * 65 + "}"):
+            with pytest.raises(RemoteProtocolError) as info:
+                parse_client_message(frame, max_bytes=1 << 20)
+            assert info.value.code == ErrorCode.INVALID_JSON
+        nested_ok = '{"type":"stream_cancel","x":' + "[" * 60 + "]" * 60 + "}"
+        assert isinstance(parse_client_message(nested_ok), StreamCancel)
+        strings_do_not_count = json.dumps({"type": "prompt", "prompt": "[" * 5000})
+        assert isinstance(parse_client_message(strings_do_not_count), PromptMessage)
+    finally:
+        sys.setrecursionlimit(previous)

@@ -1,14 +1,36 @@
-"""``fabstir demo``: a node on a free loopback port, a multi-turn chat through the SDK, a summary."""
+"""``fabstir demo``: the whole paid flow on one machine.
+
+An in-process EVM with our contracts; a host node that registers and stakes;
+a client that discovers it through the registry, opens a session with a
+deposit, streams a multi-turn chat over the real WebSocket, and leaves; the
+host checkpoints and settles; a receipt shows where every unit of the deposit
+went. ``--free`` skips the chain (the foundation's plain demo).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
+import hashlib
 import json
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
+from fabstir.chain.backend import Chain, dev_account
+from fabstir.chain.contracts import Marketplace, model_id
+from fabstir.chain.deploy import deploy_marketplace
+from fabstir.chain.metadata import build_host_metadata
+from fabstir.chain.units import format_units
+from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
+from fabstir.node.host_chain import HostChain
+from fabstir.node.models import resolve_model_path
+from fabstir.node.registration import earnings, register_host
 from fabstir.node.server import serve_node
 from fabstir.sdk import FabstirSDK, InferenceResult, PromptOptions
 
@@ -19,6 +41,12 @@ DEFAULT_PROMPTS = (
     "What is that city famous for?",
     "Thank you! Say goodbye in one short sentence.",
 )
+MODEL_REPO = "local"
+HOST_PRICE_WEI = 2_000_000_000
+"""The demo host's minimum price: 2,000,000 wei per token, in the x1000 precision."""
+DEPOSIT_WEI = 10**15
+"""0.001 ETH, enough for 500,000 tokens at the demo price."""
+PROOF_INTERVAL = 100
 
 
 def _progress(text: str) -> None:
@@ -26,40 +54,130 @@ def _progress(text: str) -> None:
 
 
 async def run_demo(args: argparse.Namespace) -> int:
-    config = NodeConfig(port=0, model_path=args.model, parallel=1,
-                        template=args.template or ("plain" if args.model is None else "plain"))
+    config = NodeConfig(port=0, model_path=args.model, parallel=1, template=args.template or "plain")
     prompts = tuple(args.prompts or DEFAULT_PROMPTS)
     options = PromptOptions(max_tokens=args.max_tokens, temperature=args.temperature)
     started = time.perf_counter()
-    async with serve_node(config, progress=_progress) as server:
-        model = server.runtime.inference.model_id
-        _progress(f"node serving {model} at {server.url}")
-        results = await _chat(server.url, prompts, options)
-    summary = summarize(server.url, model, results, time.perf_counter() - started)
+    if args.free:
+        async with serve_node(config, progress=_progress) as server:
+            model = server.runtime.inference.model_id
+            results = await _chat(FabstirSDK(default_options=options), f"demo-{uuid.uuid4().hex[:8]}", None,
+                                  server.url, prompts)
+        summary = summarize(server.url, model, results, time.perf_counter() - started)
+    else:
+        summary = await _paid_demo(config, prompts, options, args.dispute_window, started)
     _print_summary(summary, as_json=args.json)
     return 0
 
 
-async def _chat(host_url: str, prompts: tuple[str, ...], options: PromptOptions) -> list[InferenceResult]:
-    session_id = f"demo-{uuid.uuid4().hex[:8]}"
+async def _paid_demo(config: NodeConfig, prompts: tuple[str, ...], options: PromptOptions, dispute_window: int,
+                     started: float) -> dict[str, Any]:
+    owner, host, client = dev_account(0), dev_account(1), dev_account(2)
+    model_path = await asyncio.to_thread(resolve_model_path, config.model_path, _progress)
+    config = dataclasses.replace(config, model_path=str(model_path))
+    model_file = model_path.name
+    model = model_id(MODEL_REPO, model_file)
+    digest = await asyncio.to_thread(_sha256, model_path)
+    _progress("starting an in-process EVM and deploying the marketplace contracts")
+    chain = Chain.embedded(funded_accounts=3)
+    try:
+        deployment = await deploy_marketplace(chain, owner, models=[(MODEL_REPO, model_file, digest)],
+                                              dispute_window=dispute_window)
+        market = Marketplace(chain, deployment)
+        await chain.transact(owner, market.stake_token.functions.mint(host.address, 1000 * 10**18))
+        with tempfile.TemporaryDirectory(prefix="fabstir-demo-") as scratch:
+            billing = BillingService(HostChain(market, host, model), Path(scratch) / "ledger.db",
+                                     retry_delay=0.25)
+            async with serve_node(config, billing=billing, progress=_progress) as server:
+                await register_host(market, host, metadata=build_host_metadata("demo host", models=[model_file]),
+                                    api_url=server.url, models=[model], min_price_native=HOST_PRICE_WEI,
+                                    min_price_stable=10_000)
+                _progress(f"host {host.address} staked 1000 FAB and registered {server.url}")
+                sdk = FabstirSDK(chain=chain, deployment=deployment, account=client, default_options=options)
+                summary = await _paid_session(sdk, market, billing, model, prompts, server.runtime.inference.model_id,
+                                              host.address, client.address)
+    finally:
+        chain.close()
+    summary["wall_s"] = round(time.perf_counter() - started, 2)
+    return summary
+
+
+async def _paid_session(sdk: FabstirSDK, market: Marketplace, billing: BillingService, model: bytes,
+                        prompts: tuple[str, ...], model_name: str, host: str, client: str) -> dict[str, Any]:
+    chain = market.chain
+    hosts = await sdk.registry.get_nodes_for_model(model)
+    chosen = min(hosts, key=lambda h: h.record.min_price_native)
+    _progress(f"discovered {len(hosts)} host(s) for the model on chain; chose {chosen.address} at {chosen.api_url}")
+    balances_before = {"client": await chain.balance(client), "host": await chain.balance(host)}
+    job = await sdk.sessions.create_session(chosen.address, model, DEPOSIT_WEI, chosen.record.min_price_native,
+                                            max_duration=3600, proof_interval=PROOF_INTERVAL)
+    _progress(f"opened session job {job.job_id} with a deposit of {format_units(job.deposit, 18, 'ETH')}")
+    results = await _chat(sdk, str(job.job_id), job.job_id, chosen.api_url, prompts)
+    _progress("closed the session; the host checkpoints and settles after the dispute window")
+    await _wait_settled(billing, job.job_id)
+    final = await sdk.sessions.get_session(job.job_id)
+    fee_bps = market.deployment.fee_basis_points
+    split = final.settlement(fee_bps)
+    owed = await earnings(market, host)
+    summary = summarize(chosen.api_url, model_name, results, 0.0)
+    summary.update({
+        "job_id": job.job_id,
+        "deposit": final.deposit,
+        "price_per_token": final.price_per_token,
+        "tokens_billed": final.tokens_used,
+        "host_earnings": split.host_earnings,
+        "treasury_fee": split.treasury_fee,
+        "refund": split.refund,
+        "host_earnings_on_chain": owed.native,
+        "client_balance_before": balances_before["client"],
+        "client_balance_after": await chain.balance(client),
+        "host_balance_before": balances_before["host"],
+        "host_balance_after": await chain.balance(host),
+    })
+    await sdk.aclose()
+    return summary
+
+
+async def _wait_settled(billing: BillingService, job_id: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while job_id not in billing.settled:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the host did not settle job {job_id} within {timeout:.0f} s")
+        await asyncio.sleep(0.1)
+
+
+async def _chat(sdk: FabstirSDK, session_id: str, job_id: int | None, host_url: str,
+                prompts: tuple[str, ...]) -> list[InferenceResult]:
     results = []
-    async with FabstirSDK(default_options=options) as sdk:
-        await sdk.inference.connect_to_session(session_id, host_url, job_id=None)
-        for prompt in prompts:
-            print(f"\nuser> {prompt}\nassistant> ", end="", flush=True)
-            result = await sdk.inference.send_prompt(prompt, on_token=_echo)
-            print(f"\n  [{result.completion_tokens} tokens, {result.finish_reason}, "
-                  f"TTFT {result.ttft_ms or 0:.1f} ms, {result.tokens_per_s:.1f} tokens/s]", flush=True)
-            results.append(result)
+    await sdk.inference.connect_to_session(session_id, host_url, job_id=job_id)
+    for prompt in prompts:
+        print(f"\nuser> {prompt}\nassistant> ", end="", flush=True)
+        result = await sdk.inference.send_prompt(prompt, on_token=_echo)
+        print(f"\n  [{result.completion_tokens} tokens, {result.finish_reason}, "
+              f"TTFT {result.ttft_ms or 0:.1f} ms, {result.tokens_per_s:.1f} tokens/s]", flush=True)
+        results.append(result)
+    await sdk.inference.close()
     return results
+
+
+def _sha256(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+def _eth(wei: int) -> str:
+    return format_units(wei, 18, "ETH")
 
 
 def _echo(text: str) -> None:
     print(text, end="", flush=True)
 
 
-def summarize(host: str, model: str, results: list[InferenceResult], wall_s: float) -> dict[str, object]:
-    """The demo's summary: totals over every turn (integers for token counts)."""
+def summarize(host: str, model: str, results: list[InferenceResult], wall_s: float) -> dict[str, Any]:
+    """The demo's chat summary: totals over every turn (integers for token counts)."""
     completion = sum(r.completion_tokens for r in results)
     prompt_tokens = sum(r.usage.prompt_tokens for r in results if r.usage is not None)
     ttfts = [r.ttft_ms for r in results if r.ttft_ms is not None]
@@ -76,9 +194,25 @@ def summarize(host: str, model: str, results: list[InferenceResult], wall_s: flo
     }
 
 
-def _print_summary(summary: dict[str, object], *, as_json: bool) -> None:
+def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
     print("\n\nsummary")
-    for key, value in summary.items():
-        print(f"  {key:18} {value}")
+    for key in ("host", "model", "turns", "prompt_tokens", "completion_tokens", "ttft_ms", "tokens_per_s", "wall_s"):
+        print(f"  {key:18} {summary[key]}")
+    if "deposit" in summary:
+        eth = _eth
+        print("\nreceipt (job {job_id})".format(**summary))
+        print(f"  {'deposit':18} {eth(summary['deposit'])}")
+        print(f"  {'price per token':18} {eth(summary['price_per_token'] // 1000)} "
+              f"({summary['price_per_token']} x1000 base units)")
+        print(f"  {'tokens served':18} {summary['completion_tokens']}")
+        print(f"  {'tokens billed':18} {summary['tokens_billed']}")
+        print(f"  {'host earnings':18} {eth(summary['host_earnings'])}")
+        print(f"  {'treasury fee':18} {eth(summary['treasury_fee'])}")
+        print(f"  {'refund':18} {eth(summary['refund'])}")
+        print(f"  {'client balance':18} {eth(summary['client_balance_before'])} -> "
+              f"{eth(summary['client_balance_after'])} (gas included)")
+        print(f"  {'host balance':18} {eth(summary['host_balance_before'])} -> "
+              f"{eth(summary['host_balance_after'])} (gas paid; earnings {eth(summary['host_earnings_on_chain'])} "
+              "to withdraw)")
     if as_json:
         print(json.dumps(summary, separators=(",", ":")))

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from fabstir import __version__
 from fabstir.errors import FabstirError
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--temperature", type=float, default=0.7)
     demo.add_argument("--prompt", action="append", dest="prompts", help="a user turn (repeat for several)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    demo.add_argument("--free", action="store_true", help="skip the chain: no deposit, no billing")
+    demo.add_argument("--dispute-window", type=int, default=2,
+                      help="seconds the host waits after its last checkpoint before settling (default 2)")
 
     chat = commands.add_parser("chat", help="interactive streaming chat with a host")
     chat.add_argument("--host", required=True, help="host URL, e.g. http://127.0.0.1:8080")
@@ -50,7 +54,47 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--parallel", type=int, help="responses generated at once (default 2)")
     serve.add_argument("--threads", type=int, help="CPU threads per engine")
     serve.add_argument("--max-frame-bytes", type=int, help="largest WebSocket frame accepted")
+    serve.add_argument("--network", help="network file: serve paid sessions on that chain (key in "
+                                         "$FABSTIR_NODE_HOST_KEY)")
+    serve.add_argument("--model-repo", help="repo part of the on-chain model id (default 'local')")
+    serve.add_argument("--checkpoint-tokens", type=int, help="tokens per checkpoint (default 1000)")
+    serve.add_argument("--ledger", dest="ledger_path", help="billing ledger file (SQLite)")
+    _add_chain_commands(node_commands, commands)
     return parser
+
+
+def _add_chain_commands(node_commands: Any, commands: Any) -> None:
+    for name, text in (("register", "stake and register this host on the NodeRegistry"),
+                       ("unregister", "leave the registry and get the stake back"),
+                       ("earnings", "show what the host may withdraw"),
+                       ("withdraw", "withdraw the host's earnings")):
+        sub = node_commands.add_parser(name, help=text)
+        sub.add_argument("--network", required=True, help="network file (fabstir devnet up writes one)")
+        sub.add_argument("--key", help="host private key (default: $FABSTIR_NODE_HOST_KEY, or --account)")
+        sub.add_argument("--account", help="a named account from the network file (development networks)")
+        if name == "register":
+            sub.add_argument("--api-url", required=True, help="the node's public URL, e.g. http://127.0.0.1:8080")
+            sub.add_argument("--model", required=True, action="append", dest="models",
+                             help="model as repo/file (repeat for several)")
+            sub.add_argument("--name", default="fabstir host", help="host name in the metadata")
+            sub.add_argument("--price-native", type=int, default=2_000_000_000,
+                             help="minimum price in wei per token x1000 (default 2000000000)")
+            sub.add_argument("--price-stable", type=int, default=10_000,
+                             help="minimum price in stablecoin base units per token x1000 (default 10000)")
+            sub.add_argument("--public-key", help="compressed secp256k1 key for encrypted sessions (hex)")
+        if name == "withdraw":
+            sub.add_argument("--token", default=None, help="ERC20 address (default: ETH)")
+
+    devnet = commands.add_parser("devnet", help="a local anvil chain with the contracts deployed")
+    devnet_commands = devnet.add_subparsers(dest="devnet_command", required=True)
+    up = devnet_commands.add_parser("up", help="start anvil, deploy, fund accounts, write a network file")
+    up.add_argument("--file", default="devnet.json", help="network file to write (default devnet.json)")
+    up.add_argument("--port", type=int, default=0, help="anvil port on 127.0.0.1 (default: a free one)")
+    up.add_argument("--dispute-window", type=int, default=30)
+    up.add_argument("--model", action="append", dest="models", default=None,
+                    help="approve this model (repo/file); repeat for several")
+    down = devnet_commands.add_parser("down", help="stop the anvil started by 'up'")
+    down.add_argument("--file", default="devnet.json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,9 +109,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fabstir.cli.chat import run_chat
 
             return asyncio.run(run_chat(args))
-        from fabstir.cli.serve import run_serve
+        if args.command == "devnet":
+            from fabstir.cli.devnet import run_devnet
 
-        return asyncio.run(run_serve(args))
+            return run_devnet(args)
+        if args.node_command == "serve":
+            from fabstir.cli.serve import run_serve
+
+            return asyncio.run(run_serve(args))
+        from fabstir.cli.host import run_host_command
+
+        return asyncio.run(run_host_command(args))
     except FabstirError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

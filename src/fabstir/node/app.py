@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from fabstir.errors import ConfigError
 from fabstir.node import http
+from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.engines.base import Engine
 from fabstir.node.engines.pool import EnginePool
 from fabstir.node.engines.templates import get_template
+from fabstir.node.host_chain import HostChain
 from fabstir.node.inference import InferenceService
 from fabstir.node.models import resolve_model_path
 from fabstir.node.runtime import NodeRuntime
 from fabstir.node.sessions import SessionStore
 from fabstir.node.ws import WebSocketConnection
 
-__all__ = ["build_app", "build_runtime", "load_engines"]
+__all__ = ["build_app", "build_billing", "build_runtime", "default_ledger_path", "load_engines"]
 
 log = logging.getLogger("fabstir.node")
 
@@ -48,10 +53,42 @@ def load_engines(config: NodeConfig, progress: Progress | None = None) -> Engine
     return EnginePool(engines)
 
 
-def build_runtime(config: NodeConfig, pool: EnginePool) -> NodeRuntime:
+def build_runtime(config: NodeConfig, pool: EnginePool, billing: BillingService | None = None) -> NodeRuntime:
     service = InferenceService(pool, get_template(config.template), seed=config.seed,
                                repeat_penalty=config.repeat_penalty)
-    return NodeRuntime(config=config, inference=service, sessions=SessionStore(config.max_sessions))
+    return NodeRuntime(config=config, inference=service, sessions=SessionStore(config.max_sessions),
+                       billing=billing)
+
+
+def build_billing(config: NodeConfig, model_file: str, progress: Progress | None = None) -> BillingService | None:
+    """Billing on the chain of ``config.network``, as the host ``config.host_key``; ``None`` without a network.
+
+    Raises:
+        ConfigError: no host key, or an unreadable network file.
+        ChainConnectionError: the chain is unreachable.
+    """
+    if config.network is None:
+        return None
+    from eth_account import Account
+
+    from fabstir.chain.contracts import Marketplace, model_id
+    from fabstir.chain.network import NetworkConfig
+
+    if not config.host_key:
+        raise ConfigError("a paid node needs the host's private key: set FABSTIR_NODE_HOST_KEY")
+    network = NetworkConfig.load(config.network)
+    chain = network.connect()
+    account = Account.from_key(config.host_key)
+    host = HostChain(Marketplace(chain, network.deployment), account, model_id(config.model_repo, model_file))
+    ledger = config.ledger_path or str(default_ledger_path(account.address))
+    if progress:
+        progress(f"billing on {network.name} (chain {chain.chain_id}) as host {account.address}; ledger {ledger}")
+    return BillingService(host, ledger, checkpoint_tokens=config.checkpoint_tokens)
+
+
+def default_ledger_path(address: str) -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fabstir" / f"ledger-{address.lower()}.db"
 
 
 def build_app(runtime: NodeRuntime) -> Starlette:

@@ -53,6 +53,16 @@ class NodeConfig:
     """Offer RFC 7692 permessage-deflate on ``/v1/ws``."""
     repeat_penalty: float = 1.1
     """Penalty on recently generated tokens (1.0 turns it off; the public node uses 1.1)."""
+    network: str | None = None
+    """Network file (``fabstir devnet up`` writes one): serve paid sessions on that chain."""
+    host_key: str | None = dataclasses.field(default=None, repr=False)
+    """The host's Ethereum private key (hex); better given as ``FABSTIR_NODE_HOST_KEY``."""
+    model_repo: str = "local"
+    """With the model file's name, gives the on-chain model id ``keccak256(repo/file)``."""
+    checkpoint_tokens: int = 1000
+    """Submit a checkpoint every this many tokens (and at the end of a response)."""
+    ledger_path: str | None = None
+    """SQLite file of the node's billing; default ``~/.local/share/fabstir/ledger-<address>.db``."""
     seed: int = 0
     """Sampling seed (same seed, prompt and temperature give the same text)."""
 
@@ -61,7 +71,7 @@ class NodeConfig:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         if self.template not in TEMPLATES:
             raise ConfigError(f"unknown template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
-        for name in ("context_window", "parallel", "max_frame_bytes", "max_sessions"):
+        for name in ("context_window", "parallel", "max_frame_bytes", "max_sessions", "checkpoint_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.threads is not None and self.threads < 1:

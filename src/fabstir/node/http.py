@@ -16,6 +16,7 @@ from fabstir.node.engines.base import Finished, TokenPiece
 from fabstir.node.inference import PreparedPrompt
 from fabstir.node.runtime import NodeRuntime
 from fabstir.protocol import ErrorCode, InferenceRequest, PromptMessage, Usage, parse_client_message
+from fabstir.protocol.parse import check_json_depth
 
 __all__ = ["health", "version", "models", "inference"]
 
@@ -67,13 +68,17 @@ async def inference(request: Request) -> Response:
     if len(body) > runtime.config.max_frame_bytes:
         return _error(413, "payload_too_large", f"body exceeds {runtime.config.max_frame_bytes} bytes", None)
     try:
-        payload = json.loads(body)
+        text = body.decode("utf-8")
+        check_json_depth(text)
+        payload = json.loads(text)
         request_id = payload.get("request_id") if isinstance(payload, dict) else None
         frame = json.dumps({"type": "inference", "request": payload})
         message = parse_client_message(frame, max_bytes=len(frame) + 1)
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return _error(400, "validation_error", "body is not valid JSON", None)
     except ProtocolError as exc:
+        if exc.code == ErrorCode.INVALID_JSON:
+            return _error(400, "validation_error", "body is not valid JSON", None)
         return _error(400, "validation_error", exc.message, None, {"code": exc.code})
     assert isinstance(message, PromptMessage)
     request_id = request_id if isinstance(request_id, str) else str(uuid.uuid4())

@@ -6,6 +6,7 @@ import dataclasses
 import time
 
 from fabstir import __version__
+from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.inference import InferenceService
 from fabstir.node.sessions import SessionStore
@@ -21,6 +22,8 @@ class NodeRuntime:
     config: NodeConfig
     inference: InferenceService
     sessions: SessionStore
+    billing: BillingService | None = None
+    """Checkpoints and settlement on chain; ``None`` for a free, off-chain node."""
     version: str = __version__
     started_at: float = dataclasses.field(default_factory=time.time)
 

@@ -11,13 +11,16 @@ import contextlib
 import errno
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import uvicorn
 
 from fabstir.errors import ConfigError
-from fabstir.node.app import Progress, build_app, build_runtime, load_engines
+from fabstir.node.app import Progress, build_app, build_billing, build_runtime, load_engines
+from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.engines.pool import EnginePool
+from fabstir.node.models import DEFAULT_MODEL_FILE
 from fabstir.node.runtime import NodeRuntime
 
 __all__ = ["NodeServer", "bind_socket", "serve_node"]
@@ -129,24 +132,39 @@ class NodeServer:
 
 @contextlib.asynccontextmanager
 async def serve_node(
-    config: NodeConfig, *, pool: EnginePool | None = None, progress: Progress | None = None
+    config: NodeConfig,
+    *,
+    pool: EnginePool | None = None,
+    billing: BillingService | None = None,
+    progress: Progress | None = None,
 ) -> AsyncIterator[NodeServer]:
     """Bind the port, load the model (unless ``pool`` is given), serve, and stop on exit.
 
+    A paid node bills through ``billing``, or through one built from ``config.network``.
+
     Raises:
-        ConfigError: the port is busy.
+        ConfigError: the port is busy, or the chain settings are incomplete.
         ModelNotFoundError, EngineError: the model cannot be loaded.
     """
     sock = bind_socket(config.host, config.port)
     try:
         if pool is None:
             pool = await asyncio.to_thread(load_engines, config, progress)
+        if billing is None and config.network is not None:
+            model_file = Path(config.model_path).name if config.model_path else DEFAULT_MODEL_FILE
+            billing = await asyncio.to_thread(build_billing, config, model_file, progress)
     except BaseException:
         sock.close()
+        if pool is not None:
+            pool.close()
         raise
-    server = NodeServer(build_runtime(config, pool), sock)
+    server = NodeServer(build_runtime(config, pool, billing), sock)
     try:
+        if billing is not None:
+            await billing.start()
         await server.start()
         yield server
     finally:
         await server.aclose()
+        if billing is not None:
+            await billing.aclose()

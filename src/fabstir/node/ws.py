@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import threading
@@ -27,6 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fabstir.errors import EngineError, FabstirError, ProtocolError, TokenLimitExceededError
 from fabstir.node.engines.base import Finished, TokenPiece
+from fabstir.node.host_chain import JobRefusedError
 from fabstir.node.inference import PreparedPrompt
 from fabstir.node.runtime import NodeRuntime
 from fabstir.node.sessions import SessionContext
@@ -69,6 +71,7 @@ class WebSocketConnection:
         self._cancel = threading.Event()
         self._closed = False
         self._tokens_sent = 0
+        self._jobs: set[int] = set()
         self.extensions = runtime.config.extensions
 
     async def run(self) -> None:
@@ -89,6 +92,9 @@ class WebSocketConnection:
         finally:
             self._closed = True
             await self._stop_active()
+            if self.runtime.billing is not None:
+                for job_id in self._jobs:
+                    self.runtime.billing.connection_closed(job_id)
 
     async def send(self, message: ServerMessage) -> None:
         if self._closed:
@@ -150,8 +156,35 @@ class WebSocketConnection:
         if ends_request:
             await self.send(StreamEnd(reason="error", tokens_used=0, session_id=session_id, request_id=request_id))
 
+    async def _admit_job(self, job_id: int | None, session_id: str | None) -> int | None:
+        """On a paid node, check the job on chain (once per connection) and start billing it.
+
+        Returns the job id, or ``None`` on a node without a chain.
+
+        Raises:
+            JobRefusedError: no job given, or the chain says this node may not serve it.
+        """
+        billing = self.runtime.billing
+        if billing is None:
+            return job_id
+        if job_id is None and session_id is not None and session_id.removesuffix("n").isdecimal():
+            job_id = int(session_id.removesuffix("n"))
+        if job_id is None:
+            raise JobRefusedError("this node serves paid sessions only: send the on-chain job id",
+                                  code="JOB_REQUIRED")
+        if job_id not in self._jobs:
+            job = await billing.host.verify_job(job_id)
+            billing.open_job(job_id, job.max_tokens, job.proof_interval)
+            self._jobs.add(job_id)
+        return job_id
+
     async def on_session_init(self, message: SessionInit) -> None:
-        self.session = self.runtime.sessions.open(message.session_id, message.job_id, message.chain_id)
+        try:
+            job_id = await self._admit_job(message.job_id, message.session_id)
+        except JobRefusedError as exc:
+            await self.reject(exc.code, exc.message, message.request_id)
+            return
+        self.session = self.runtime.sessions.open(message.session_id, job_id, message.chain_id)
         await self.send(
             SessionInitAck(
                 session_id=message.session_id,
@@ -164,7 +197,12 @@ class WebSocketConnection:
         )
 
     async def on_session_resume(self, message: SessionResume) -> None:
-        session = self.runtime.sessions.open(message.session_id, message.job_id, message.chain_id)
+        try:
+            job_id = await self._admit_job(message.job_id, message.session_id)
+        except JobRefusedError as exc:
+            await self.reject(exc.code, exc.message, message.request_id)
+            return
+        session = self.runtime.sessions.open(message.session_id, job_id, message.chain_id)
         self.session = session
         session.replace_history(list(message.conversation_context), message.last_message_index + 1)
         kept = self._count_fitting(session)
@@ -199,6 +237,20 @@ class WebSocketConnection:
     async def serve_prompt(self, message: PromptMessage) -> None:
         rid = message.request_id
         session = self._session_for(message)
+        try:
+            job_id = await self._admit_job(message.job_id or session.job_id, session.session_id)
+        except JobRefusedError as exc:
+            await self.reject(exc.code, exc.message, rid)
+            return
+        request = message.request
+        if job_id is not None and self.runtime.billing is not None:
+            session.job_id = job_id
+            remaining = self.runtime.billing.remaining_tokens(job_id)
+            if remaining <= 0:
+                await self.reject("DEPOSIT_EXHAUSTED", f"job {job_id}'s deposit is used up; open a new session",
+                                  rid)
+                return
+            request = dataclasses.replace(request, max_tokens=min(request.max_tokens, remaining))
         index = session.next_index
         if self.extensions and message.message_index is not None and message.message_index != index:
             await self.reject(
@@ -208,7 +260,6 @@ class WebSocketConnection:
                 details={"expected_message_index": index},
             )
             return
-        request = message.request
         try:
             prepared = self.runtime.inference.prepare(request, session.history)
         except TokenLimitExceededError as exc:
@@ -226,6 +277,8 @@ class WebSocketConnection:
         if request.conversation_context is not None:
             session.history = list(request.conversation_context)
         session.record_turn(request.prompt, text)
+        if job_id is not None and self.runtime.billing is not None:
+            self.runtime.billing.add_tokens(job_id, finished.completion_tokens)
         cancelled = finished.finish_reason == "cancelled"
         if not cancelled:
             await self.send(StreamChunk(content="", tokens=0, request_id=rid))

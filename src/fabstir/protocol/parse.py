@@ -12,6 +12,7 @@ ever escapes. Aliases of the public Fabstir node are accepted: ``session_id`` /
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,8 @@ from fabstir.protocol.messages import (
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "MAX_JSON_DEPTH",
+    "check_json_depth",
     "encode_message",
     "parse_client_message",
     "parse_server_message",
@@ -49,6 +52,14 @@ __all__ = [
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 """Largest frame accepted by default (1 MiB)."""
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects accepted in a frame.
+
+Checked before ``json.loads``: its C parser recurses once per level, and libraries
+that raise the interpreter's recursion limit (py-evm sets 100,000) turn a frame of
+a few hundred thousand ``[`` into a C stack overflow instead of a RecursionError.
+"""
+_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 _MAX_INT = (1 << 63) - 1
 _ROLES = ("system", "user", "assistant")
 _END_REASONS = ("complete", "cancelled", "error")
@@ -151,6 +162,7 @@ def _load_object(data: str | bytes, max_bytes: int) -> JSONObject:
             raise RemoteProtocolError(
                 f"frame of {size} bytes exceeds the limit of {max_bytes}", code=ErrorCode.FRAME_TOO_LARGE
             )
+    check_json_depth(data)
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -158,6 +170,25 @@ def _load_object(data: str | bytes, max_bytes: int) -> JSONObject:
     if not isinstance(obj, dict):
         raise RemoteProtocolError("frame must be a JSON object", code=ErrorCode.INVALID_MESSAGE)
     return obj
+
+
+def check_json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> None:
+    """Refuse JSON text nested deeper than ``limit`` (cheap unless the text has many brackets).
+
+    Raises:
+        RemoteProtocolError: INVALID_JSON, the nesting is too deep.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return
+    depth = 0
+    for match in _BRACKETS.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > limit:
+                raise RemoteProtocolError(f"JSON nested deeper than {limit} levels", code=ErrorCode.INVALID_JSON)
+        elif token in ("]", "}"):
+            depth -= 1
 
 
 def _read_id(obj: JSONObject) -> str | None:

@@ -6,8 +6,16 @@ import functools
 import os
 from types import TracebackType
 
+from eth_account.signers.local import LocalAccount
+
+from fabstir.chain.backend import Chain
+from fabstir.chain.contracts import Deployment, Marketplace
+from fabstir.errors import ConfigError
+from fabstir.sdk.billing import BillingTracker
 from fabstir.sdk.config import RetryPolicy, Timeouts
 from fabstir.sdk.inference import InferenceManager
+from fabstir.sdk.registry import NodeRegistryClient
+from fabstir.sdk.sessions import SessionManager
 from fabstir.sdk.types import PromptOptions
 
 __all__ = ["FabstirSDK"]
@@ -33,7 +41,13 @@ class FabstirSDK:
         retry: RetryPolicy | None = None,
         compression: bool | None = None,
         default_options: PromptOptions | None = None,
+        chain: Chain | None = None,
+        deployment: Deployment | None = None,
+        account: LocalAccount | None = None,
     ) -> None:
+        self.chain = chain
+        self.deployment = deployment
+        self.account = account
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
         if compression is None:
@@ -45,6 +59,42 @@ class FabstirSDK:
     def inference(self) -> InferenceManager:
         """Streaming chat with hosts (plan 11.1-11.3)."""
         return InferenceManager(self)
+
+    @functools.cached_property
+    def sessions(self) -> SessionManager:
+        """Paid session jobs on chain: create, inspect, complete, time out."""
+        return SessionManager(self)
+
+    @functools.cached_property
+    def registry(self) -> NodeRegistryClient:
+        """Hosts registered on chain (plan 12.1)."""
+        return NodeRegistryClient(self)
+
+    @functools.cached_property
+    def billing(self) -> BillingTracker:
+        """Token usage and costs per session (plan 11.4)."""
+        return BillingTracker()
+
+    @functools.cached_property
+    def marketplace(self) -> Marketplace:
+        """The marketplace contracts; needs ``chain`` and ``deployment``.
+
+        Raises:
+            ConfigError: the SDK was created without a chain or deployment.
+        """
+        if self.chain is None or self.deployment is None:
+            raise ConfigError("this operation needs a chain: FabstirSDK(chain=..., deployment=...)")
+        return Marketplace(self.chain, self.deployment)
+
+    def require_account(self) -> LocalAccount:
+        """The account that signs transactions.
+
+        Raises:
+            ConfigError: the SDK was created without ``account``.
+        """
+        if self.account is None:
+            raise ConfigError("this operation sends a transaction: FabstirSDK(account=...)")
+        return self.account
 
     async def aclose(self) -> None:
         """Close every open session."""

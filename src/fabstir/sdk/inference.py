@@ -363,6 +363,7 @@ class InferenceStream:
                     async for piece in self._attempt(request_id):
                         received_any = True
                         yield piece
+                    await self._manager._sdk.billing.record(self.result)
                     return
                 except (ConnectionClosedError, RemoteProtocolError) as exc:
                     if received_any or attempt == 2:

@@ -1,0 +1,493 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.28;
+
+import {IERC20} from "./lib/IERC20.sol";
+import {
+    IHostEarningsCredit, IModelRegistryView, INodeRegistryView, IProofRecorder
+} from "./lib/IMarketplaceDeps.sol";
+import {Ownable} from "./lib/Ownable.sol";
+import {ReentrancyGuard} from "./lib/ReentrancyGuard.sol";
+import {SafeTransfer} from "./lib/SafeTransfer.sol";
+
+/// @title JobMarketplace
+/// @notice Escrow for pay-per-token inference sessions between a depositor (user) and a registered host.
+///
+/// Theory of operation
+///   1. The user opens a session with a deposit (ETH, or an accepted ERC-20) and a price per token at or above
+///      the host's minimum. Prices are "payment units per token x PRICE_PRECISION (1000)".
+///   2. The host submits checkpoints (`submitProofOfWork`), each claiming the tokens generated since the last
+///      one. A claim must be >= MIN_PROVEN_TOKENS, within the rate cap 2 x maxTokensPerSecond x seconds since
+///      the last checkpoint, and keep the cumulative total within what the deposit covers. Every proof hash is
+///      recorded once by ProofSystem (reuse reverts there).
+///   3. The session ends by completion (the depositor at any time; the host once `disputeWindow` seconds have
+///      passed since its last checkpoint) or by timeout (anyone, after `maxDuration` seconds since the start
+///      or `inactivityTimeout` seconds since the last checkpoint).
+///   4. Settlement: payment = tokensUsed x price / 1000; the treasury fee (feeBasisPoints of payment) stays here
+///      for the treasury; payment - fee goes to HostEarnings for the host; deposit - payment is pushed back to
+///      the depositor. A refund that cannot be pushed is credited to the depositor instead (withdrawRefund /
+///      withdrawTokenRefund), so a depositor can never block the host's settlement.
+contract JobMarketplace is Ownable, ReentrancyGuard {
+    using SafeTransfer for IERC20;
+
+    uint256 public constant PRICE_PRECISION = 1000;
+    uint256 public constant MIN_PROVEN_TOKENS = 100;
+    uint256 public constant MIN_DEPOSIT = 0.0001 ether;
+    uint256 public constant MAX_DEPOSIT = 1000 ether;
+    uint256 public constant MAX_SESSION_DURATION = 365 days;
+    uint256 public constant MAX_DISPUTE_WINDOW = 7 days;
+    uint256 public constant BASIS_POINTS = 10_000;
+    /// @notice Gas given to the depositor when its ETH refund is pushed; beyond that it is credited instead.
+    uint256 public constant REFUND_PUSH_GAS = 100_000;
+
+    enum SessionStatus {
+        Active,
+        Completed,
+        TimedOut
+    }
+
+    /// @dev Field order is ABI: the public getter `sessionJobs(id)` returns these 17 fields in this order.
+    struct SessionJob {
+        uint256 id;
+        address depositor;
+        address host;
+        address paymentToken; // 0 = ETH
+        uint256 deposit;
+        uint256 pricePerToken;
+        uint256 tokensUsed;
+        uint256 maxDuration;
+        uint256 startTime;
+        uint256 lastProofTime;
+        uint256 proofInterval;
+        SessionStatus status;
+        uint256 withdrawnByHost; // gross payment for tokens (host net + treasury fee), set at settlement
+        uint256 refundedToUser; // deposit - gross payment, set at settlement
+        string conversationCID;
+        bytes32 lastProofHash;
+        string lastProofCID;
+    }
+
+    struct ProofSubmission {
+        bytes32 proofHash;
+        uint256 tokensClaimed;
+        uint64 timestamp; // packed with `verified` into one slot
+        bool verified;
+        string deltaCID;
+    }
+
+    struct TokenConfig {
+        bool accepted;
+        uint256 minDeposit;
+        uint256 maxDeposit;
+    }
+
+    INodeRegistryView public immutable nodeRegistry;
+    IModelRegistryView public immutable modelRegistry;
+    address payable public immutable hostEarnings;
+    IProofRecorder public immutable proofSystem;
+    uint256 public immutable feeBasisPoints;
+    uint256 public immutable disputeWindow;
+    uint256 public immutable inactivityTimeout;
+    uint256 public immutable maxTokensPerSecond;
+
+    address public treasuryAddress;
+    uint256 public nextJobId = 1;
+    uint256 public accumulatedTreasuryNative;
+    mapping(address => uint256) public accumulatedTreasuryTokens;
+    mapping(address => uint256) public refundCredits;
+    mapping(address => mapping(address => uint256)) public tokenRefundCredits; // user => token => amount
+    mapping(address => TokenConfig) public acceptedTokens;
+    mapping(uint256 => SessionJob) public sessionJobs;
+    mapping(uint256 => bytes32) public sessionModel;
+    mapping(uint256 => ProofSubmission[]) private _proofs;
+
+    event SessionJobCreated(uint256 indexed jobId, address indexed depositor, address indexed host, uint256 deposit);
+    event SessionJobCreatedForModel(
+        uint256 indexed jobId, address indexed depositor, address indexed host, bytes32 modelId, uint256 deposit
+    );
+    event ProofSubmitted(
+        uint256 indexed jobId,
+        address indexed host,
+        uint256 tokensClaimed,
+        bytes32 proofHash,
+        string proofCID,
+        string deltaCID
+    );
+    event SessionCompleted(
+        uint256 indexed jobId, uint256 totalTokensUsed, uint256 hostEarnings, uint256 treasuryFee, uint256 userRefund
+    );
+    event SessionCompletedBy(uint256 indexed jobId, address indexed completedBy);
+    event SessionTimedOut(uint256 indexed jobId, uint256 hostEarnings, uint256 treasuryFee, uint256 userRefund);
+    event RefundCredited(uint256 indexed jobId, address indexed depositor, address indexed token, uint256 amount);
+    event RefundWithdrawn(address indexed depositor, address indexed token, uint256 amount);
+    event TokenAccepted(address indexed token, uint256 minDeposit, uint256 maxDeposit);
+    event TreasuryUpdated(address indexed treasury);
+    event TreasuryWithdrawal(address indexed token, uint256 amount);
+
+    modifier onlyTreasury() {
+        require(msg.sender == treasuryAddress, "Only treasury");
+        _;
+    }
+
+    /// @param feeBasisPoints_ Treasury share of each host payment, at most 10000.
+    /// @param disputeWindow_ Seconds the host waits after its last checkpoint before it may complete (1 s..7 d).
+    /// @param inactivityTimeout_ Seconds without a checkpoint after which anyone may time the session out.
+    /// @param maxTokensPerSecond_ Rated host throughput; a checkpoint may claim twice this per elapsed second.
+    constructor(
+        address nodeRegistry_,
+        address payable hostEarnings_,
+        address proofSystem_,
+        uint256 feeBasisPoints_,
+        uint256 disputeWindow_,
+        uint256 inactivityTimeout_,
+        uint256 maxTokensPerSecond_
+    ) {
+        require(
+            nodeRegistry_ != address(0) && hostEarnings_ != address(0) && proofSystem_ != address(0), "Zero address"
+        );
+        require(feeBasisPoints_ <= BASIS_POINTS, "Fee too high");
+        require(disputeWindow_ >= 1 && disputeWindow_ <= MAX_DISPUTE_WINDOW, "Invalid dispute window");
+        require(inactivityTimeout_ > 0, "Invalid inactivity timeout");
+        require(maxTokensPerSecond_ > 0, "Invalid token rate");
+        nodeRegistry = INodeRegistryView(nodeRegistry_);
+        modelRegistry = IModelRegistryView(INodeRegistryView(nodeRegistry_).modelRegistry());
+        hostEarnings = hostEarnings_;
+        proofSystem = IProofRecorder(proofSystem_);
+        feeBasisPoints = feeBasisPoints_;
+        disputeWindow = disputeWindow_;
+        inactivityTimeout = inactivityTimeout_;
+        maxTokensPerSecond = maxTokensPerSecond_;
+        treasuryAddress = msg.sender;
+    }
+
+    // ------------------------------------------------------------------ admin
+
+    /// @notice Accepts `token` for deposits between `minDeposit` and `maxDeposit` (base units); calling it
+    ///         again for the same token updates the limits.
+    function addAcceptedToken(address token, uint256 minDeposit, uint256 maxDeposit) external onlyOwner {
+        require(token != address(0), "Zero address");
+        require(minDeposit > 0 && maxDeposit >= minDeposit, "Invalid deposit limits");
+        acceptedTokens[token] = TokenConfig(true, minDeposit, maxDeposit);
+        emit TokenAccepted(token, minDeposit, maxDeposit);
+    }
+
+    function setTreasury(address treasury) external onlyOwner {
+        require(treasury != address(0), "Zero address");
+        treasuryAddress = treasury;
+        emit TreasuryUpdated(treasury);
+    }
+
+    function isTokenAccepted(address token) external view returns (bool) {
+        return acceptedTokens[token].accepted;
+    }
+
+    // ------------------------------------------------------------------ opening sessions
+
+    /// @notice Opens an ETH session with `msg.value` as the deposit.
+    function createSessionJob(address host, uint256 pricePerToken, uint256 maxDuration, uint256 proofInterval)
+        external
+        payable
+        nonReentrant
+        returns (uint256 jobId)
+    {
+        jobId = _openSession(host, bytes32(0), address(0), msg.value, pricePerToken, maxDuration, proofInterval);
+    }
+
+    /// @notice Opens an ETH session for `modelId`, which must be approved and listed by the host.
+    function createSessionJobForModel(
+        address host,
+        bytes32 modelId,
+        uint256 pricePerToken,
+        uint256 maxDuration,
+        uint256 proofInterval
+    ) external payable nonReentrant returns (uint256 jobId) {
+        _requireModel(host, modelId);
+        jobId = _openSession(host, modelId, address(0), msg.value, pricePerToken, maxDuration, proofInterval);
+    }
+
+    /// @notice Opens a session paid in an accepted ERC-20; approve `deposit` to this contract first.
+    function createSessionJobWithToken(
+        address host,
+        address token,
+        uint256 deposit,
+        uint256 pricePerToken,
+        uint256 maxDuration,
+        uint256 proofInterval
+    ) external nonReentrant returns (uint256 jobId) {
+        jobId = _openSession(host, bytes32(0), token, deposit, pricePerToken, maxDuration, proofInterval);
+        _pullDeposit(token, deposit);
+    }
+
+    /// @notice Opens an ERC-20 session for `modelId`; approve `deposit` to this contract first.
+    function createSessionJobForModelWithToken(
+        address host,
+        bytes32 modelId,
+        address token,
+        uint256 deposit,
+        uint256 pricePerToken,
+        uint256 maxDuration,
+        uint256 proofInterval
+    ) external nonReentrant returns (uint256 jobId) {
+        _requireModel(host, modelId);
+        jobId = _openSession(host, modelId, token, deposit, pricePerToken, maxDuration, proofInterval);
+        _pullDeposit(token, deposit);
+    }
+
+    // ------------------------------------------------------------------ checkpoints
+
+    /// @notice The host claims `tokensClaimed` more tokens, committing to `proofHash` (the proof itself lives
+    ///         off-chain at `proofCID`; `deltaCID` points at the conversation delta it covers).
+    function submitProofOfWork(
+        uint256 jobId,
+        uint256 tokensClaimed,
+        bytes32 proofHash,
+        string calldata proofCID,
+        string calldata deltaCID
+    ) external nonReentrant {
+        SessionJob storage job = _session(jobId);
+        _checkClaim(job, tokensClaimed);
+        job.tokensUsed += tokensClaimed;
+        job.lastProofTime = block.timestamp;
+        job.lastProofHash = proofHash;
+        job.lastProofCID = proofCID;
+        _recordSubmission(jobId, tokensClaimed, proofHash, deltaCID);
+        emit ProofSubmitted(jobId, msg.sender, tokensClaimed, proofHash, proofCID, deltaCID);
+    }
+
+    // ------------------------------------------------------------------ ending sessions
+
+    /// @notice Ends and settles the session. The depositor may call at any time; the host once
+    ///         `disputeWindow` seconds have passed since its last checkpoint (or the start).
+    function completeSessionJob(uint256 jobId, string calldata conversationCID) external nonReentrant {
+        SessionJob storage job = _session(jobId);
+        require(job.status == SessionStatus.Active, "Session not active");
+        if (msg.sender != job.depositor) {
+            require(msg.sender == job.host, "Not authorized");
+            require(block.timestamp >= job.lastProofTime + disputeWindow, "Must wait dispute window");
+        }
+        job.conversationCID = conversationCID;
+        (uint256 hostNet, uint256 fee, uint256 refund) = _close(job, SessionStatus.Completed);
+        emit SessionCompleted(jobId, job.tokensUsed, hostNet, fee, refund);
+        emit SessionCompletedBy(jobId, msg.sender);
+        _payOut(job, hostNet, refund);
+    }
+
+    /// @notice Anyone may settle a session past `maxDuration` seconds since its start, or past
+    ///         `inactivityTimeout` seconds since its last checkpoint (or its start, before any checkpoint).
+    function triggerSessionTimeout(uint256 jobId) external nonReentrant {
+        SessionJob storage job = _session(jobId);
+        require(job.status == SessionStatus.Active, "Session not active");
+        require(
+            block.timestamp > job.startTime + job.maxDuration || block.timestamp > job.lastProofTime + inactivityTimeout,
+            "Session not timed out"
+        );
+        (uint256 hostNet, uint256 fee, uint256 refund) = _close(job, SessionStatus.TimedOut);
+        emit SessionTimedOut(jobId, hostNet, fee, refund);
+        _payOut(job, hostNet, refund);
+    }
+
+    // ------------------------------------------------------------------ withdrawals
+
+    /// @notice Withdraws ETH refunds that could not be pushed at settlement.
+    function withdrawRefund() external nonReentrant {
+        uint256 amount = refundCredits[msg.sender];
+        require(amount > 0, "No refund credit");
+        refundCredits[msg.sender] = 0;
+        SafeTransfer.sendValue(msg.sender, amount);
+        emit RefundWithdrawn(msg.sender, address(0), amount);
+    }
+
+    /// @notice Withdraws `token` refunds that could not be pushed at settlement.
+    function withdrawTokenRefund(address token) external nonReentrant {
+        uint256 amount = tokenRefundCredits[msg.sender][token];
+        require(amount > 0, "No refund credit");
+        tokenRefundCredits[msg.sender][token] = 0;
+        IERC20(token).safeTransfer(msg.sender, amount);
+        emit RefundWithdrawn(msg.sender, token, amount);
+    }
+
+    function withdrawTreasuryNative() external nonReentrant onlyTreasury {
+        uint256 amount = accumulatedTreasuryNative;
+        require(amount > 0, "No fees");
+        accumulatedTreasuryNative = 0;
+        SafeTransfer.sendValue(msg.sender, amount);
+        emit TreasuryWithdrawal(address(0), amount);
+    }
+
+    function withdrawTreasuryTokens(address token) external nonReentrant onlyTreasury {
+        uint256 amount = accumulatedTreasuryTokens[token];
+        require(amount > 0, "No fees");
+        accumulatedTreasuryTokens[token] = 0;
+        IERC20(token).safeTransfer(msg.sender, amount);
+        emit TreasuryWithdrawal(token, amount);
+    }
+
+    // ------------------------------------------------------------------ views
+
+    function getProofCount(uint256 jobId) external view returns (uint256) {
+        return _proofs[jobId].length;
+    }
+
+    function getProofSubmission(uint256 jobId, uint256 index)
+        external
+        view
+        returns (bytes32 proofHash, uint256 tokensClaimed, uint256 timestamp, bool verified, string memory deltaCID)
+    {
+        require(index < _proofs[jobId].length, "Proof index out of range");
+        ProofSubmission storage submission = _proofs[jobId][index];
+        return (
+            submission.proofHash,
+            submission.tokensClaimed,
+            submission.timestamp,
+            submission.verified,
+            submission.deltaCID
+        );
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    function _requireModel(address host, bytes32 modelId) private view {
+        require(modelRegistry.isModelApproved(modelId), "Model not approved");
+        require(nodeRegistry.nodeSupportsModel(host, modelId), "Host does not support model");
+    }
+
+    function _checkClaim(SessionJob storage job, uint256 tokensClaimed) private view {
+        require(msg.sender == job.host, "Only host");
+        require(job.status == SessionStatus.Active, "Session not active");
+        require(tokensClaimed >= MIN_PROVEN_TOKENS, "Too few tokens");
+        require(tokensClaimed <= 2 * maxTokensPerSecond * (block.timestamp - job.lastProofTime), "Rate limit exceeded");
+        require(job.tokensUsed + tokensClaimed <= job.deposit * PRICE_PRECISION / job.pricePerToken, "Exceeds deposit");
+    }
+
+    /// @dev Stores the submission, then has ProofSystem record (and, with a verifier, check) the proof hash.
+    function _recordSubmission(uint256 jobId, uint256 tokensClaimed, bytes32 proofHash, string calldata deltaCID)
+        private
+    {
+        ProofSubmission storage submission = _proofs[jobId].push();
+        submission.proofHash = proofHash;
+        submission.tokensClaimed = tokensClaimed;
+        submission.timestamp = uint64(block.timestamp);
+        submission.deltaCID = deltaCID;
+        if (proofSystem.recordProof(proofHash, msg.sender, tokensClaimed, sessionModel[jobId], "")) {
+            submission.verified = true;
+        }
+    }
+
+    function _openSession(
+        address host,
+        bytes32 modelId,
+        address token,
+        uint256 deposit,
+        uint256 pricePerToken,
+        uint256 maxDuration,
+        uint256 proofInterval
+    ) private returns (uint256 jobId) {
+        require(pricePerToken > 0, "Invalid price");
+        require(maxDuration > 0 && maxDuration <= MAX_SESSION_DURATION, "Invalid duration");
+        require(proofInterval >= MIN_PROVEN_TOKENS, "Proof interval too small");
+        _checkDeposit(token, deposit);
+        require(nodeRegistry.isRegisteredNode(host), "Host not registered");
+        require(nodeRegistry.isActiveNode(host), "Host not active");
+        require(deposit * PRICE_PRECISION / pricePerToken >= proofInterval, "Deposit below proof interval");
+        require(pricePerToken >= nodeRegistry.getNodePricing(host, token), "Price below host minimum");
+
+        jobId = nextJobId++;
+        SessionJob storage job = sessionJobs[jobId];
+        job.id = jobId;
+        job.depositor = msg.sender;
+        job.host = host;
+        job.paymentToken = token;
+        job.deposit = deposit;
+        job.pricePerToken = pricePerToken;
+        job.maxDuration = maxDuration;
+        job.startTime = block.timestamp;
+        job.lastProofTime = block.timestamp;
+        job.proofInterval = proofInterval;
+
+        emit SessionJobCreated(jobId, msg.sender, host, deposit);
+        if (modelId != bytes32(0)) {
+            sessionModel[jobId] = modelId;
+            emit SessionJobCreatedForModel(jobId, msg.sender, host, modelId, deposit);
+        }
+    }
+
+    function _checkDeposit(address token, uint256 deposit) private view {
+        uint256 minDeposit = MIN_DEPOSIT;
+        uint256 maxDeposit = MAX_DEPOSIT;
+        if (token != address(0)) {
+            TokenConfig storage config = acceptedTokens[token];
+            require(config.accepted, "Token not accepted");
+            minDeposit = config.minDeposit;
+            maxDeposit = config.maxDeposit;
+        }
+        require(deposit >= minDeposit, "Deposit too small");
+        require(deposit <= maxDeposit, "Deposit too large");
+    }
+
+    /// @dev Pulls exactly `amount`; tokens that take a transfer fee are refused.
+    function _pullDeposit(address token, uint256 amount) private {
+        uint256 before = IERC20(token).balanceOf(address(this));
+        IERC20(token).safeTransferFrom(msg.sender, address(this), amount);
+        require(IERC20(token).balanceOf(address(this)) - before == amount, "Deposit transfer mismatch");
+    }
+
+    function _session(uint256 jobId) private view returns (SessionJob storage job) {
+        job = sessionJobs[jobId];
+        require(job.id != 0, "Session not found");
+    }
+
+    /// @dev Effects of settlement: status, amounts, treasury accumulation. No external calls.
+    function _close(SessionJob storage job, SessionStatus status)
+        private
+        returns (uint256 hostNet, uint256 fee, uint256 refund)
+    {
+        job.status = status;
+        uint256 payment = job.tokensUsed * job.pricePerToken / PRICE_PRECISION;
+        fee = payment * feeBasisPoints / BASIS_POINTS;
+        hostNet = payment - fee;
+        refund = job.deposit - payment;
+        job.withdrawnByHost = payment;
+        job.refundedToUser = refund;
+        if (job.paymentToken == address(0)) {
+            accumulatedTreasuryNative += fee;
+        } else {
+            accumulatedTreasuryTokens[job.paymentToken] += fee;
+        }
+    }
+
+    /// @dev Interactions of settlement: fund and credit HostEarnings, then push (or credit) the refund.
+    function _payOut(SessionJob storage job, uint256 hostNet, uint256 refund) private {
+        address token = job.paymentToken;
+        if (hostNet > 0) {
+            if (token == address(0)) {
+                SafeTransfer.sendValue(hostEarnings, hostNet);
+            } else {
+                IERC20(token).safeTransfer(hostEarnings, hostNet);
+            }
+            IHostEarningsCredit(hostEarnings).creditEarnings(job.host, hostNet, token);
+        }
+        if (refund > 0) {
+            _refund(job.id, job.depositor, token, refund);
+        }
+    }
+
+    function _refund(uint256 jobId, address depositor, address token, uint256 amount) private {
+        bool sent;
+        if (token == address(0)) {
+            uint256 gasLimit = REFUND_PUSH_GAS;
+            assembly ("memory-safe") {
+                // No return data is copied, so a depositor cannot grief settlement with a huge revert reason.
+                sent := call(gasLimit, depositor, amount, 0, 0, 0, 0)
+            }
+        } else {
+            sent = IERC20(token).tryTransfer(depositor, amount);
+        }
+        if (!sent) {
+            if (token == address(0)) {
+                refundCredits[depositor] += amount;
+            } else {
+                tokenRefundCredits[depositor][token] += amount;
+            }
+            emit RefundCredited(jobId, depositor, token, amount);
+        }
+    }
+}

@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.28;
+
+import {IProofVerifier} from "./IProofVerifier.sol";
+import {Ownable} from "./lib/Ownable.sol";
+
+/// @title ProofSystem
+/// @notice Records every checkpoint proof hash once, and is the seam where real verification plugs in.
+/// @dev With no verifier set, proofs are accepted optimistically (what the public contracts do in
+///      practice). Only authorized callers (the marketplace) may record, so a third party cannot burn a
+///      host's proof hash by front-running it.
+contract ProofSystem is Ownable {
+    /// @dev One storage slot per proof; the tokens and model are in the ProofRecorded event and the marketplace.
+    struct ProofRecord {
+        address prover;
+        bool verified;
+        uint64 timestamp;
+    }
+
+    IProofVerifier public verifier;
+    mapping(address => bool) public authorizedCallers;
+    mapping(bytes32 => ProofRecord) public proofs;
+
+    event ProofRecorded(bytes32 indexed proofHash, address indexed prover, uint256 tokens);
+    event VerifierUpdated(address indexed verifier);
+    event AuthorizedCallerSet(address indexed caller, bool authorized);
+
+    function setAuthorizedCaller(address caller, bool authorized) external onlyOwner {
+        require(caller != address(0), "Zero address");
+        authorizedCallers[caller] = authorized;
+        emit AuthorizedCallerSet(caller, authorized);
+    }
+
+    /// @notice Sets the contract that checks each proof; the zero address goes back to optimistic mode.
+    function setVerifier(address newVerifier) external onlyOwner {
+        verifier = IProofVerifier(newVerifier);
+        emit VerifierUpdated(newVerifier);
+    }
+
+    /// @notice Checks and records one checkpoint proof. Authorized callers only.
+    /// @return verified True when a verifier checked the proof; false when it was accepted optimistically
+    ///         (no verifier set). A rejected or reused proof reverts instead.
+    function recordProof(bytes32 proofHash, address prover, uint256 tokens, bytes32 modelId, bytes calldata proof)
+        external
+        returns (bool verified)
+    {
+        require(authorizedCallers[msg.sender], "Not authorized");
+        require(proofHash != bytes32(0), "Zero proof hash");
+        require(prover != address(0), "Zero prover");
+        require(tokens > 0, "Zero tokens");
+        require(proofs[proofHash].timestamp == 0, "Proof already used");
+
+        // Mark the hash used before calling out, so a verifier cannot re-enter with the same hash.
+        ProofRecord storage record = proofs[proofHash];
+        record.prover = prover;
+        record.timestamp = uint64(block.timestamp);
+
+        IProofVerifier current = verifier;
+        if (address(current) != address(0)) {
+            require(current.verify(proofHash, prover, tokens, modelId, proof), "Proof rejected");
+            record.verified = true;
+            verified = true;
+        }
+        emit ProofRecorded(proofHash, prover, tokens);
+    }
+
+    function isProofUsed(bytes32 proofHash) external view returns (bool) {
+        return proofs[proofHash].timestamp != 0;
+    }
+}

@@ -1,0 +1,194 @@
+"""``fabstir devnet up | down``: a local anvil chain with the marketplace deployed, for development.
+
+``up`` starts anvil in the background on 127.0.0.1 (its own session, so it outlives the command;
+log beside the network file), deploys and wires the contracts with dev account 0 as owner and
+treasury, approves the models, mints 10,000 FAB to the hosts (dev accounts 1-3) and 10,000 USDC to
+the clients (dev accounts 4-6), and writes the network file with the accounts' keys and anvil's
+PID and port. Anvil mines every transaction at once and an empty block every second as well, so
+chain time keeps moving and hosts can settle after the dispute window.
+
+``down`` stops that anvil by PID, if the PID is still an anvil, and removes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+from pathlib import Path
+
+from fabstir.chain.anvil import AnvilProcess, is_anvil_pid, pid_alive, start_anvil, stop_anvil_pid
+from fabstir.chain.backend import Chain, dev_account
+from fabstir.chain.contracts import Deployment, Marketplace
+from fabstir.chain.deploy import ModelSpec, deploy_marketplace
+from fabstir.chain.network import NetworkConfig
+from fabstir.chain.units import format_units
+from fabstir.errors import ConfigError
+from fabstir.node.models import DEFAULT_MODEL_FILE, model_cache_dir
+
+__all__ = ["DEFAULT_DEVNET_MODEL", "run_devnet"]
+
+DEFAULT_DEVNET_MODEL = f"local/{DEFAULT_MODEL_FILE}"
+HOSTS = (1, 2, 3)
+CLIENTS = (4, 5, 6)
+HOST_FAB = 10_000 * 10**18
+CLIENT_USDC = 10_000 * 10**6
+BLOCK_TIME = 1.0
+"""Seconds between empty blocks, so chain time moves on while the chain is idle."""
+
+
+def run_devnet(args: argparse.Namespace) -> int:
+    """Entry point of ``fabstir devnet``; returns the exit code.
+
+    Raises:
+        ConfigError: anvil missing, port busy, network file missing or not from ``devnet up``.
+    """
+    if args.devnet_command == "up":
+        return _up(args)
+    return _down(args)
+
+
+# --- up ---------------------------------------------------------------------------------
+
+
+def _model_specs(models: list[str] | None) -> list[tuple[ModelSpec, str]]:
+    """``(repo, file, sha256)`` per ``repo/file``, with where the digest came from."""
+    specs: list[tuple[ModelSpec, str]] = []
+    for text in models or [DEFAULT_DEVNET_MODEL]:
+        repo, sep, file_name = text.rpartition("/")
+        if not sep or not repo or not file_name:
+            raise ConfigError(f"--model must be repo/file (e.g. {DEFAULT_DEVNET_MODEL}), got {text!r}")
+        digest, source = _model_digest(repo, file_name)
+        specs.append(((repo, file_name, digest), source))
+    return specs
+
+
+def _model_digest(repo: str, file_name: str) -> tuple[bytes, str]:
+    """The sha256 of the model file when it is found locally, else a non-zero placeholder.
+
+    Looked for: ``repo/file`` and ``file`` relative to the current directory, then the model cache.
+    """
+    for path in (Path(repo) / file_name, Path(file_name), model_cache_dir() / file_name):
+        if path.is_file():
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            return digest.digest(), f"sha256 of {path}"
+    # the ModelRegistry rejects an all-zero digest
+    return hashlib.sha256(f"fabstir-devnet-placeholder|{repo}/{file_name}".encode()).digest(), "placeholder digest"
+
+
+def _refuse_running_devnet(path: Path) -> None:
+    if not path.exists():
+        return
+    try:
+        existing = NetworkConfig.load(path)
+    except ConfigError:
+        return  # not a network file we can read: it will be overwritten
+    if existing.anvil_pid is not None and is_anvil_pid(existing.anvil_pid):
+        raise ConfigError(f"{path} belongs to a devnet that is still running (anvil pid {existing.anvil_pid} on "
+                          f"{existing.rpc_url}); stop it first with: fabstir devnet down --file {path}",
+                          code="DEVNET_RUNNING")
+
+
+def _log_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.anvil.log")
+
+
+def _up(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: directory {path.parent} does not exist")
+    _refuse_running_devnet(path)
+    specs = _model_specs(args.models)
+    log_path = _log_path(path)
+    anvil = start_anvil(args.port, block_time=BLOCK_TIME, detached=True, log_path=log_path)
+    try:
+        network = asyncio.run(_deploy(anvil, [spec for spec, _ in specs], args.dispute_window))
+        network = NetworkConfig(name="devnet", rpc_url=network.rpc_url, deployment=network.deployment,
+                                accounts=network.accounts, anvil_pid=anvil.pid, anvil_port=anvil.port,
+                                anvil_log=str(log_path))
+        network.save(path)
+    except BaseException:
+        anvil.stop()
+        raise
+    anvil.release()  # keeps running after this command
+    _print_summary(path, network, anvil, specs)
+    return 0
+
+
+async def _deploy(anvil: AnvilProcess, models: list[ModelSpec], dispute_window: int) -> NetworkConfig:
+    chain = await asyncio.to_thread(Chain.connect, anvil.rpc_url)
+    try:
+        owner = dev_account(0)
+        deployment = await deploy_marketplace(chain, owner, models=models, dispute_window=dispute_window)
+        market = Marketplace(chain, deployment)
+        for index in HOSTS:
+            await chain.transact(owner, market.stake_token.functions.mint(dev_account(index).address, HOST_FAB))
+        for index in CLIENTS:
+            await chain.transact(owner, market.stable_token.functions.mint(dev_account(index).address, CLIENT_USDC))
+    finally:
+        await asyncio.to_thread(chain.close)
+    return NetworkConfig(name="devnet", rpc_url=anvil.rpc_url, deployment=deployment, accounts=_accounts())
+
+
+def _accounts() -> dict[str, str]:
+    accounts = {"owner": _key(0)}
+    accounts.update({f"host{n}": _key(index) for n, index in enumerate(HOSTS, 1)})
+    accounts.update({f"client{n}": _key(index) for n, index in enumerate(CLIENTS, 1)})
+    return accounts
+
+
+def _key(index: int) -> str:
+    return "0x" + bytes(dev_account(index).key).hex()
+
+
+def _print_summary(path: Path, network: NetworkConfig, anvil: AnvilProcess,
+                   specs: list[tuple[ModelSpec, str]]) -> None:
+    d: Deployment = network.deployment
+    print(f"devnet up: anvil (pid {anvil.pid}) at {network.rpc_url}, chain id {d.chain_id}, "
+          f"block every {BLOCK_TIME:g} s; log {_log_path(path)}")
+    print(f"  marketplace {d.marketplace}  node registry {d.node_registry}  model registry {d.model_registry}")
+    print(f"  host earnings {d.host_earnings}  proof system {d.proof_system}")
+    print(f"  FAB (stake) {d.stake_token}  USDC {d.stable_token}  fee {d.fee_basis_points / 100:g}%  "
+          f"dispute window {d.dispute_window} s")
+    for (repo, file_name, _digest), source in specs:
+        print(f"  approved model {repo}/{file_name} ({source})")
+    owner = dev_account(0).address
+    print(f"  owner (and treasury): {owner}")
+    for n, index in enumerate(HOSTS, 1):
+        print(f"  host{n}: {dev_account(index).address}  {format_units(HOST_FAB, 18, 'FAB')}")
+    for n, index in enumerate(CLIENTS, 1):
+        print(f"  client{n}: {dev_account(index).address}  {format_units(CLIENT_USDC, 6, 'USDC')}")
+    print("  every account also holds 10000 ETH; private keys are in the network file (development only)")
+    print(f"network file: {path}  (use --network {path} --account host1; stop with: fabstir devnet down "
+          f"--file {path})")
+
+
+# --- down -------------------------------------------------------------------------------
+
+
+def _down(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise ConfigError(f"no network file at {path}: nothing to stop (start one with: fabstir devnet up "
+                          f"--file {path})", code="NO_DEVNET")
+    network = NetworkConfig.load(path)
+    pid = network.anvil_pid
+    if pid is None:
+        raise ConfigError(f"{path} records no anvil PID: it was not written by 'fabstir devnet up'",
+                          code="NO_DEVNET")
+    where = f"pid {pid}, {network.rpc_url}"
+    if not pid_alive(pid):
+        print(f"devnet down: anvil ({where}) was not running; nothing to stop. {path} is kept.")
+        return 0
+    outcome = stop_anvil_pid(pid)
+    if outcome == "not anvil":
+        print(f"devnet down: pid {pid} is no longer anvil; left it alone. {path} is kept.")
+    elif outcome == "not running":
+        print(f"devnet down: anvil ({where}) was not running; nothing to stop. {path} is kept.")
+    else:
+        how = "stopped" if outcome == "stopped" else "killed (it ignored SIGTERM)"
+        print(f"devnet down: {how} anvil ({where}). {path} and its log are kept.")
+    return 0

@@ -1,0 +1,56 @@
+"""``fabstir node register | unregister | earnings | withdraw``: the host's on-chain chores."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+
+from fabstir.chain.contracts import Marketplace
+from fabstir.chain.metadata import build_host_metadata
+from fabstir.chain.network import NetworkConfig
+from fabstir.chain.units import format_units
+from fabstir.errors import ConfigError
+from fabstir.node.registration import earnings, register_host, unregister_host, withdraw_earnings
+from fabstir.sdk.sessions import resolve_model_id
+
+__all__ = ["run_host_command"]
+
+
+def _host_account(args: argparse.Namespace, network: NetworkConfig) -> LocalAccount:
+    named = network.accounts.get(args.account) if args.account else None
+    key = args.key or named or os.environ.get("FABSTIR_NODE_HOST_KEY")
+    if not key:
+        raise ConfigError("give the host key with --key, --account NAME or $FABSTIR_NODE_HOST_KEY")
+    account: LocalAccount = Account.from_key(key)
+    return account
+
+
+async def run_host_command(args: argparse.Namespace) -> int:
+    network = NetworkConfig.load(args.network)
+    chain = network.connect()
+    try:
+        market = Marketplace(chain, network.deployment)
+        host = _host_account(args, network)
+        if args.node_command == "register":
+            metadata = build_host_metadata(args.name, models=args.models, publicKey=args.public_key)
+            stake = await register_host(market, host, metadata=metadata, api_url=args.api_url,
+                                        models=[m for m in (resolve_model_id(x) for x in args.models) if m],
+                                        min_price_native=args.price_native, min_price_stable=args.price_stable)
+            print(f"registered {host.address} at {args.api_url} with a stake of {format_units(stake, 18, 'FAB')}")
+        elif args.node_command == "unregister":
+            returned = await unregister_host(market, host)
+            print(f"unregistered {host.address}; stake returned: {format_units(returned, 18, 'FAB')}")
+        elif args.node_command == "earnings":
+            owed = await earnings(market, host.address)
+            print(f"{host.address} may withdraw {format_units(owed.native, 18, 'ETH')} and "
+                  f"{format_units(owed.stable, 6, 'USDC')}")
+        else:
+            amount = await withdraw_earnings(market, host, args.token)
+            decimals, symbol = (18, "ETH") if args.token is None else (6, "tokens")
+            print(f"withdrew {format_units(amount, decimals, symbol)} to {host.address}")
+    finally:
+        chain.close()
+    return 0

@@ -1,0 +1,300 @@
+"""The host's billing: count tokens per job, submit checkpoints, settle after the dispute window.
+
+Theory of operation. The streaming path only calls :meth:`BillingService.add_tokens`
+and friends, which update an in-memory record, persist it to SQLite and wake a
+background worker; they never wait for the chain. The worker, one asyncio task,
+does the chain work for every job in turn:
+
+1. A checkpoint is due when a job has ``checkpoint_tokens`` unbilled tokens, or at
+   least ``min_tokens`` once a response ended or the client disconnected. It is
+   capped by what the deposit still covers. The first checkpoint claims at least
+   the job's ``proofInterval`` (the session's minimum charge, as on the public
+   network); after it, fewer than ``min_tokens`` left over at the end are not billed.
+2. Before sending, the checkpoint (its token count and deterministic proof hash)
+   is written to the ledger as *pending*. If the receipt is lost or the node
+   restarts, the pending checkpoint is first looked up on chain (the ProofSystem
+   records every hash): found means done, not found means send it again. So a
+   checkpoint is never submitted twice.
+3. Once the client has gone and nothing billable is left, the job is completed
+   when chain time passes the last checkpoint plus the dispute window. A job the
+   depositor already settled is simply marked done.
+4. A refused transaction that may succeed later ("Rate limit exceeded") is
+   retried after ``retry_delay``; others are logged and the job is parked.
+
+On start, unfinished jobs are loaded from the ledger and resumed, so a node that
+restarts mid-session still bills and settles what it served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+from fabstir.chain.records import JobStatus
+from fabstir.errors import ContractError, FabstirError
+from fabstir.node.host_chain import HostChain
+
+__all__ = ["BillingService", "JobLedgerEntry", "MIN_PROVEN_TOKENS"]
+
+log = logging.getLogger("fabstir.node.billing")
+
+MIN_PROVEN_TOKENS = 100
+"""The marketplace's smallest checkpoint."""
+
+_RETRYABLE = ("Rate limit exceeded", "Must wait dispute window")
+
+
+@dataclasses.dataclass
+class JobLedgerEntry:
+    """What the node knows about one job it served."""
+
+    job_id: int
+    max_tokens: int
+    min_charge: int = MIN_PROVEN_TOKENS
+    generated: int = 0
+    submitted: int = 0
+    pending_tokens: int = 0
+    pending_hash: str = ""
+    flush: bool = False
+    closed: bool = False
+    done: bool = False
+    parked_reason: str = ""
+
+    @property
+    def unbilled(self) -> int:
+        return min(self.generated, self.max_tokens) - self.submitted - self.pending_tokens
+
+    @property
+    def needs_minimum_charge(self) -> bool:
+        """Served something, billed nothing yet, and the client is gone."""
+        return self.closed and self.generated > 0 and self.submitted == 0 and self.pending_tokens == 0
+
+
+class _Ledger:
+    """SQLite persistence of :class:`JobLedgerEntry` rows."""
+
+    _COLUMNS = [f.name for f in dataclasses.fields(JobLedgerEntry)]
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        columns = ", ".join(f"{c} {'INTEGER PRIMARY KEY' if c == 'job_id' else ''}" for c in self._COLUMNS)
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({columns})")
+
+    def save(self, entry: JobLedgerEntry) -> None:
+        values = dataclasses.astuple(entry)
+        marks = ", ".join("?" for _ in values)
+        self._db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(self._COLUMNS)}) VALUES ({marks})", values)
+
+    def unfinished(self) -> list[JobLedgerEntry]:
+        rows = self._db.execute(f"SELECT {', '.join(self._COLUMNS)} FROM jobs WHERE done = 0").fetchall()
+        entries = []
+        for row in rows:
+            entry = JobLedgerEntry(*row)
+            for name in ("flush", "closed", "done"):
+                setattr(entry, name, bool(getattr(entry, name)))
+            entries.append(entry)
+        return entries
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class BillingService:
+    """Checkpoints and settlement for every job this host serves; see the module docstring."""
+
+    def __init__(
+        self,
+        host: HostChain,
+        ledger_path: str | Path,
+        *,
+        checkpoint_tokens: int = 1000,
+        min_tokens: int = MIN_PROVEN_TOKENS,
+        retry_delay: float = 1.0,
+        complete_sessions: bool = True,
+    ) -> None:
+        self.host = host
+        self.checkpoint_tokens = checkpoint_tokens
+        self.min_tokens = min_tokens
+        self.retry_delay = retry_delay
+        self.complete_sessions = complete_sessions
+        self._ledger = _Ledger(Path(ledger_path))
+        self._jobs: dict[int, JobLedgerEntry] = {}
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self.settled: dict[int, float] = {}
+        """Jobs this service completed (or saw completed), with the time it noticed."""
+
+    # --- streaming path: memory + SQLite only ----------------------------------
+
+    def open_job(self, job_id: int, max_tokens: int, proof_interval: int = MIN_PROVEN_TOKENS) -> JobLedgerEntry:
+        """Start (or continue) billing ``job_id``, whose deposit covers ``max_tokens``.
+
+        ``proof_interval`` (from the job's terms) is the session's minimum charge, as on the
+        public network: the first checkpoint claims at least that many tokens.
+        """
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            entry = JobLedgerEntry(job_id=job_id, max_tokens=max_tokens,
+                                   min_charge=min(max(proof_interval, self.min_tokens), max_tokens))
+            self._jobs[job_id] = entry
+        entry.closed = False
+        self._save(entry)
+        return entry
+
+    def remaining_tokens(self, job_id: int) -> int:
+        """Tokens the deposit still covers, counting everything served so far."""
+        entry = self._jobs.get(job_id)
+        return 0 if entry is None else max(0, entry.max_tokens - entry.generated)
+
+    def add_tokens(self, job_id: int, tokens: int, *, end_of_response: bool = True) -> None:
+        entry = self._jobs[job_id]
+        entry.generated += tokens
+        entry.flush = entry.flush or end_of_response
+        self._save(entry)
+        self._poke()
+
+    def connection_closed(self, job_id: int) -> None:
+        """The client left: bill what is left and settle after the dispute window."""
+        entry = self._jobs.get(job_id)
+        if entry is not None:
+            entry.closed, entry.flush = True, True
+            self._save(entry)
+            self._poke()
+
+    def entry(self, job_id: int) -> JobLedgerEntry | None:
+        return self._jobs.get(job_id)
+
+    def _save(self, entry: JobLedgerEntry) -> None:
+        self._ledger.save(entry)
+
+    def _poke(self) -> None:
+        self._idle.clear()
+        self._wake.set()
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume unfinished jobs from the ledger and start the worker."""
+        for entry in self._ledger.unfinished():
+            entry.closed, entry.flush = True, True  # their connections died with the previous process
+            self._jobs[entry.job_id] = entry
+            log.info("resuming billing of job %d (%d generated, %d submitted)", entry.job_id, entry.generated,
+                     entry.submitted)
+        self._worker = asyncio.create_task(self._run(), name="fabstir-billing")
+        self._poke()
+
+    async def wait_idle(self, timeout: float | None = None) -> None:
+        """Wait until the worker has nothing left to do right now (tests, the demo)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                await self._idle.wait()
+                if not self._has_work():
+                    return
+                await asyncio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._ledger.close()
+
+    # --- worker ----------------------------------------------------------------------
+
+    def _has_work(self) -> bool:
+        return any(not e.done and not e.parked_reason and (self._checkpoint_due(e) or e.pending_tokens or e.closed)
+                   for e in self._jobs.values())
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            delay = None
+            for entry in list(self._jobs.values()):
+                if entry.done or entry.parked_reason:
+                    continue
+                try:
+                    wait = await self._advance(entry)
+                except ContractError as exc:
+                    wait = self._on_refusal(entry, exc)
+                except FabstirError as exc:  # chain unreachable etc.: try again later
+                    log.warning("billing job %d: %s", entry.job_id, exc)
+                    wait = self.retry_delay
+                if wait is not None:
+                    delay = wait if delay is None else min(delay, wait)
+            if delay is None and not self._has_work():
+                self._idle.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    def _on_refusal(self, entry: JobLedgerEntry, exc: ContractError) -> float | None:
+        if any(reason in exc.reason for reason in _RETRYABLE):
+            return self.retry_delay
+        log.warning("billing job %d parked: %s", entry.job_id, exc)
+        entry.parked_reason = exc.reason or exc.message
+        if entry.pending_tokens:  # the refused checkpoint was never recorded
+            entry.pending_tokens, entry.pending_hash = 0, ""
+        self._save(entry)
+        return None
+
+    def _checkpoint_due(self, entry: JobLedgerEntry) -> bool:
+        unbilled = entry.unbilled
+        return (unbilled >= self.checkpoint_tokens or (entry.flush and unbilled >= self.min_tokens)
+                or entry.needs_minimum_charge)
+
+    async def _advance(self, entry: JobLedgerEntry) -> float | None:
+        """Do the next chain step for ``entry``; returns seconds to wait before looking again, if any."""
+        if entry.pending_tokens:
+            await self._confirm_pending(entry)
+        if self._checkpoint_due(entry):
+            await self._checkpoint(entry)
+            return 0.0
+        if entry.flush and not entry.closed:
+            entry.flush = False
+            self._save(entry)
+        if entry.closed and self.complete_sessions:
+            return await self._settle(entry)
+        return None
+
+    async def _confirm_pending(self, entry: JobLedgerEntry) -> None:
+        proof = bytes.fromhex(entry.pending_hash)
+        if not await self.host.is_proof_recorded(proof):
+            await self.host.submit_checkpoint(entry.job_id, entry.pending_tokens, proof)
+        entry.submitted += entry.pending_tokens
+        entry.pending_tokens, entry.pending_hash = 0, ""
+        self._save(entry)
+
+    async def _checkpoint(self, entry: JobLedgerEntry) -> None:
+        tokens = entry.unbilled if entry.submitted else max(entry.unbilled, entry.min_charge)
+        proof = self.host.proof_hash(entry.job_id, entry.submitted + tokens)
+        entry.pending_tokens, entry.pending_hash = tokens, proof.hex()
+        self._save(entry)  # written before sending: a crash or lost receipt is recovered on chain
+        await self._confirm_pending(entry)
+        log.info("job %d: checkpoint of %d tokens (%d in total)", entry.job_id, tokens, entry.submitted)
+
+    async def _settle(self, entry: JobLedgerEntry) -> float | None:
+        job = await self.host.get_job(entry.job_id)
+        if job.status is not JobStatus.ACTIVE:
+            return self._mark_done(entry)
+        window = await self.host.dispute_window()
+        now = await self.host.market.chain.timestamp()
+        due = job.last_proof_time + window
+        if now < due:
+            return float(due - now) + 0.5
+        await self.host.complete(entry.job_id)
+        log.info("job %d: completed (%d tokens billed)", entry.job_id, entry.submitted)
+        return self._mark_done(entry)
+
+    def _mark_done(self, entry: JobLedgerEntry) -> float | None:
+        entry.done = True
+        self._save(entry)
+        self.settled[entry.job_id] = time.time()
+        return None

@@ -1,0 +1,97 @@
+"""The host's view of the marketplace: check session jobs, submit checkpoints, settle.
+
+Every call runs on the chain's worker thread (see :class:`fabstir.chain.Chain`),
+never on the event loop's streaming path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from fabstir.chain.contracts import Marketplace
+from fabstir.chain.records import JobStatus, SessionJob
+from fabstir.errors import NodeError
+
+__all__ = ["HostChain", "JobRefusedError", "checkpoint_hash"]
+
+
+class JobRefusedError(NodeError):
+    """The node will not serve this job (codes JOB_NOT_FOUND, JOB_NOT_ACTIVE, WRONG_HOST, MODEL_MISMATCH)."""
+
+    default_code = "JOB_REFUSED"
+
+
+def checkpoint_hash(chain_id: int, marketplace: str, job_id: int, cumulative_tokens: int, host: str) -> bytes:
+    """A checkpoint's proof hash: unique per job and cumulative count, and the same on every retry.
+
+    Retrying after a lost receipt therefore reuses the hash, and the ProofSystem's reuse check
+    makes a double submission impossible.
+    """
+    text = f"fabstir-checkpoint-v1|{chain_id}|{marketplace.lower()}|{job_id}|{cumulative_tokens}|{host.lower()}"
+    return hashlib.sha256(text.encode()).digest()
+
+
+class HostChain:
+    """A host account acting on one marketplace deployment, serving one model."""
+
+    def __init__(self, market: Marketplace, account: LocalAccount, model_id: bytes | None) -> None:
+        self.market = market
+        self.account = account
+        self.model_id = model_id
+
+    @property
+    def address(self) -> str:
+        return str(self.account.address)
+
+    async def get_job(self, job_id: int) -> SessionJob:
+        functions = self.market.marketplace.functions
+        row = await self.market.chain.call(functions.sessionJobs(job_id))
+        model = await self.market.chain.call(functions.sessionModel(job_id))
+        return SessionJob.from_getter(row, model)
+
+    async def verify_job(self, job_id: int) -> SessionJob:
+        """The job, if this node may serve it.
+
+        Raises:
+            JobRefusedError: the job does not exist, is settled, belongs to another host, or is for
+                another model.
+        """
+        job = await self.get_job(job_id)
+        if not job.exists:
+            raise JobRefusedError(f"job {job_id} does not exist on chain", code="JOB_NOT_FOUND")
+        if job.status is not JobStatus.ACTIVE:
+            raise JobRefusedError(f"job {job_id} is {job.status.name.lower()}", code="JOB_NOT_ACTIVE")
+        if Web3.to_checksum_address(job.host) != Web3.to_checksum_address(self.address):
+            raise JobRefusedError(f"job {job_id} belongs to host {job.host}, not this node ({self.address})",
+                                  code="WRONG_HOST")
+        if job.model_id is not None and self.model_id is not None and job.model_id != self.model_id:
+            raise JobRefusedError(f"job {job_id} is for model 0x{job.model_id.hex()}, this node serves "
+                                  f"0x{self.model_id.hex()}", code="MODEL_MISMATCH")
+        return job
+
+    def proof_hash(self, job_id: int, cumulative_tokens: int) -> bytes:
+        return checkpoint_hash(self.market.chain.chain_id, self.market.marketplace.address, job_id,
+                               cumulative_tokens, self.address)
+
+    async def is_proof_recorded(self, proof_hash: bytes) -> bool:
+        return bool(await self.market.chain.call(self.market.proof_system.functions.isProofUsed(proof_hash)))
+
+    async def submit_checkpoint(self, job_id: int, tokens: int, proof_hash: bytes, proof_cid: str = "") -> None:
+        """``submitProofOfWork`` for ``tokens`` more tokens.
+
+        Raises:
+            ContractError: the marketplace refused (rate limit, deposit exceeded, settled job...).
+        """
+        call = self.market.marketplace.functions.submitProofOfWork(job_id, tokens, proof_hash, proof_cid, "")
+        await self.market.chain.transact(self.account, call)
+
+    async def complete(self, job_id: int) -> None:
+        """``completeSessionJob`` as the host (allowed once the dispute window has passed)."""
+        call = self.market.marketplace.functions.completeSessionJob(job_id, f"session_job_{job_id}_completed")
+        await self.market.chain.transact(self.account, call)
+
+    async def dispute_window(self) -> int:
+        return int(await self.market.chain.call(self.market.marketplace.functions.disputeWindow()))

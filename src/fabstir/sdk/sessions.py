@@ -1,0 +1,158 @@
+"""``SessionManager``: open, inspect and settle paid session jobs on chain. Reach it as ``sdk.sessions``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from web3 import Web3
+from web3.logs import DISCARD
+
+from fabstir.chain.contracts import Marketplace, model_id
+from fabstir.chain.records import SessionJob
+from fabstir.chain.units import settle
+from fabstir.errors import ConfigError, ContractError, SessionError
+
+if TYPE_CHECKING:
+    from fabstir.sdk.client import FabstirSDK
+
+__all__ = ["SessionEvent", "SessionManager", "resolve_model_id"]
+
+_EVENTS = ("SessionJobCreated", "ProofSubmitted", "SessionCompleted", "SessionTimedOut")
+
+
+def resolve_model_id(model: bytes | str | None) -> bytes | None:
+    """A model given as a 32-byte id, ``0x…`` hex, or ``"repo/file"`` becomes its registry id."""
+    if model is None or isinstance(model, bytes):
+        if model is not None and len(model) != 32:
+            raise ConfigError("a model id must be 32 bytes")
+        return model
+    if model.startswith("0x") and len(model) == 66:
+        return bytes.fromhex(model[2:])
+    repo, sep, file_name = model.rpartition("/")
+    if not sep or not repo or not file_name:
+        raise ConfigError(f"model must be a 32-byte id or 'repo/file', got {model!r}")
+    return model_id(repo, file_name)
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionEvent:
+    """One marketplace event about a session (``name`` is the Solidity event name)."""
+
+    name: str
+    job_id: int
+    block_number: int
+    tx_hash: str
+    args: dict[str, Any]
+
+
+class SessionManager:
+    """Create, read, complete and time out session jobs."""
+
+    def __init__(self, sdk: FabstirSDK) -> None:
+        self._sdk = sdk
+
+    @property
+    def _market(self) -> Marketplace:
+        return self._sdk.marketplace
+
+    async def create_session(
+        self,
+        host: str,
+        model: bytes | str | None,
+        deposit: int,
+        price_per_token: int,
+        max_duration: int = 3600,
+        proof_interval: int = 100,
+        token: str | None = None,
+    ) -> SessionJob:
+        """Open a session job with ``deposit`` held in escrow; returns it as stored on chain.
+
+        ``token=None`` pays in ETH; an ERC20 address pays in that token (the approval is sent
+        first when the allowance is short). Amounts are integers in base units; the price uses
+        the ×1000 precision.
+
+        Raises:
+            ContractError: the marketplace refused (e.g. ``reason == "Price below host minimum"``).
+        """
+        market, account = self._market, self._sdk.require_account()
+        contract = market.marketplace.functions
+        host = Web3.to_checksum_address(host)
+        model_key = resolve_model_id(model)
+        if token is None:
+            call = (contract.createSessionJobForModel(host, model_key, price_per_token, max_duration, proof_interval)
+                    if model_key else contract.createSessionJob(host, price_per_token, max_duration, proof_interval))
+            receipt = await market.chain.transact(account, call, value=deposit)
+        else:
+            token = Web3.to_checksum_address(token)
+            await self._ensure_allowance(token, deposit)
+            call = (contract.createSessionJobForModelWithToken(host, model_key, token, deposit, price_per_token,
+                                                               max_duration, proof_interval)
+                    if model_key else
+                    contract.createSessionJobWithToken(host, token, deposit, price_per_token, max_duration,
+                                                       proof_interval))
+            receipt = await market.chain.transact(account, call)
+        created = market.marketplace.events.SessionJobCreated().process_receipt(receipt, errors=DISCARD)
+        if not created:
+            raise ContractError("createSession mined without a SessionJobCreated event", function="createSession")
+        job = await self.get_session(int(created[0]["args"]["jobId"]))
+        self._sdk.billing.track_session(job)
+        return job
+
+    async def _ensure_allowance(self, token: str, amount: int) -> None:
+        market, account = self._market, self._sdk.require_account()
+        erc20 = market.token(token)
+        spender = market.marketplace.address
+        allowance = await market.chain.call(erc20.functions.allowance(account.address, spender))
+        if allowance < amount:
+            await market.chain.transact(account, erc20.functions.approve(spender, amount))
+
+    async def get_session(self, job_id: int) -> SessionJob:
+        """The session job as stored on chain.
+
+        Raises:
+            SessionError: no such job.
+        """
+        market = self._market
+        functions = market.marketplace.functions
+        row = await market.chain.call(functions.sessionJobs(job_id))
+        model = await market.chain.call(functions.sessionModel(job_id))
+        job = SessionJob.from_getter(row, model)
+        if not job.exists:
+            raise SessionError(f"session job {job_id} does not exist", code="JOB_NOT_FOUND")
+        return job
+
+    async def complete_session(self, job_id: int, conversation_cid: str = "") -> SessionJob:
+        """Settle the session now (the depositor may do so at any time; the host after the dispute window)."""
+        market = self._market
+        await market.chain.transact(self._sdk.require_account(),
+                                    market.marketplace.functions.completeSessionJob(job_id, conversation_cid))
+        return await self.get_session(job_id)
+
+    async def trigger_timeout(self, job_id: int) -> SessionJob:
+        """Settle an expired or abandoned session (anyone may call it once it timed out)."""
+        market = self._market
+        await market.chain.transact(self._sdk.require_account(),
+                                    market.marketplace.functions.triggerSessionTimeout(job_id))
+        return await self.get_session(job_id)
+
+    async def get_session_events(self, job_id: int, from_block: int = 0) -> list[SessionEvent]:
+        """Creation, checkpoints and settlement of ``job_id``, in chain order."""
+        market = self._market
+
+        def fetch() -> list[SessionEvent]:
+            found: list[SessionEvent] = []
+            for name in _EVENTS:
+                event = getattr(market.marketplace.events, name)()
+                for log in event.get_logs(from_block=from_block, argument_filters={"jobId": job_id}):
+                    found.append(SessionEvent(name, job_id, int(log["blockNumber"]), log["transactionHash"].hex(),
+                                              dict(log["args"])))
+            return sorted(found, key=lambda e: (e.block_number, _EVENTS.index(e.name)))
+
+        return await market.chain.run(fetch)
+
+    async def expected_settlement(self, job_id: int) -> Any:
+        """What completing the session now would pay: host earnings, treasury fee and refund."""
+        job = await self.get_session(job_id)
+        fee = await self._market.chain.call(self._market.marketplace.functions.feeBasisPoints())
+        return settle(job.tokens_used, job.price_per_token, int(fee), job.deposit)
