@@ -48,6 +48,19 @@ def test_demo_json_summary(tiny_model: Path) -> None:
     assert summary["ttft_ms"] > 0 and summary["tokens_per_s"] > 0
     assert result.stdout.count("user> ") == 3
     assert "loading model tiny.gguf" in result.stderr, "progress is shown while the model loads"
+    money = {k: summary[k] for k in ("deposit", "tokens_billed", "host_earnings", "treasury_fee", "refund")}
+    assert all(isinstance(v, int) for v in money.values())
+    assert money["host_earnings"] + money["treasury_fee"] + money["refund"] == money["deposit"]
+    assert money["tokens_billed"] >= 100 and money["host_earnings"] == summary["host_earnings_on_chain"] > 0
+    assert money["host_earnings"] + money["treasury_fee"] == money["tokens_billed"] * summary["price_per_token"] // 1000
+    assert "receipt (job 1)" in result.stdout
+
+
+def test_free_demo(tiny_model: Path) -> None:
+    result = run("demo", "--free", "--model", str(tiny_model), "--max-tokens", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["completion_tokens"] == 15 and "deposit" not in summary
 
 
 def test_demo_missing_model() -> None:
