@@ -1,6 +1,6 @@
 """Benchmarks of the fabstir SDK and node: ``python benchmarks/run.py NAME [--json] [options]``.
 
-NAME is ``overhead``, ``peer``, ``concurrency`` or ``all``. Progress goes to
+NAME is ``overhead``, ``peer``, ``concurrency``, ``billing``, ``session_open`` or ``all``. Progress goes to
 stderr; with ``--json`` the last line of stdout is one JSON object. See
 ``benchmarks/README.md`` for what each number means.
 """
@@ -21,12 +21,15 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from billing import run_billing  # noqa: E402
 from common import Settings, close_all, log, resolve_model  # noqa: E402
 from concurrency import ConcurrencyOptions, run_concurrency  # noqa: E402
 from overhead import run_overhead  # noqa: E402
 from peer import run_peer  # noqa: E402
+from session_open import run_session_open  # noqa: E402
 
-NAMES = ("overhead", "peer", "concurrency", "all")
+BENCHMARKS = ("overhead", "peer", "concurrency", "billing", "session_open")
+NAMES = (*BENCHMARKS, "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parallel", type=int, default=4, help="node engines for concurrency (default 4)")
     parser.add_argument("--concurrency-threads", type=int, default=1, help="threads per engine for concurrency")
     parser.add_argument("--concurrency-max-tokens", type=int, default=64, help="tokens per session (default 64)")
+    parser.add_argument("--billing-prompts", type=int, default=3,
+                        help="answers in a row per session in billing (default 3)")
     parser.add_argument("--timeout", type=float, default=120.0, help="limit in seconds for one run or burst")
     return parser
 
@@ -60,7 +65,7 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
     concurrency = ConcurrencyOptions(sessions=args.sessions, parallel=args.parallel,
                                      threads=args.concurrency_threads, max_tokens=args.concurrency_max_tokens,
                                      timeout=args.timeout)
-    chosen = ["overhead", "peer", "concurrency"] if args.name == "all" else [args.name]
+    chosen = list(BENCHMARKS) if args.name == "all" else [args.name]
     results: dict[str, dict[str, object]] = {}
     for name in chosen:
         started = time.perf_counter()
@@ -69,6 +74,10 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
             results[name] = await run_overhead(settings)
         elif name == "peer":
             results[name] = await run_peer(settings)
+        elif name == "billing":
+            results[name] = await run_billing(settings, args.billing_prompts)
+        elif name == "session_open":
+            results[name] = await run_session_open(settings)
         else:
             results[name] = await run_concurrency(settings, concurrency)
         log(f"=== {name} done in {time.perf_counter() - started:.1f} s: {json.dumps(results[name])}")
@@ -90,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
     for number in (args.max_tokens, args.runs, args.sessions, args.parallel, args.threads,
-                   args.concurrency_threads, args.concurrency_max_tokens):
+                   args.concurrency_threads, args.concurrency_max_tokens, args.billing_prompts):
         if number < 1:
             print("error: counts must be at least 1", file=sys.stderr)
             return 2

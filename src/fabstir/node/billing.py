@@ -296,5 +296,6 @@ class BillingService:
     def _mark_done(self, entry: JobLedgerEntry) -> float | None:
         entry.done = True
         self._save(entry)
+        self._jobs.pop(entry.job_id, None)  # finished: kept in the ledger, no longer in memory
         self.settled[entry.job_id] = time.time()
         return None
