@@ -152,3 +152,14 @@ async def test_permessage_deflate_negotiated(node: NodeServer) -> None:
         response = session.connection._ws.response
         assert response is not None
         assert "permessage-deflate" in response.headers.get("Sec-WebSocket-Extensions", "")
+
+
+async def test_index_conflict_is_repaired_by_resuming(node: NodeServer) -> None:
+    """Two clients on one session id: the second sees INVALID_MESSAGE_INDEX, resumes with its copy, retries."""
+    async with FabstirSDK(default_options=GREEDY) as first, FabstirSDK(default_options=GREEDY) as second:
+        await first.inference.connect_to_session("shared", node.url)
+        await second.inference.connect_to_session("shared", node.url)
+        await first.inference.send_prompt("from the first client")
+        result = await second.inference.send_prompt("from the second client")
+        assert result.message_index == 0, "the node took the second client's history (empty) and index"
+        assert second.inference.session_state() is SessionState.READY

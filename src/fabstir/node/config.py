@@ -53,6 +53,13 @@ class NodeConfig:
     """Offer RFC 7692 permessage-deflate on ``/v1/ws``."""
     repeat_penalty: float = 1.1
     """Penalty on recently generated tokens (1.0 turns it off; the public node uses 1.1)."""
+    rate_limit_per_minute: int = 1200
+    """Prompts per minute per client address (0: no limit)."""
+    rate_limit_burst: int = 200
+    """Prompts a client may send at once before the per-minute rate applies."""
+    session_rate_limit_per_minute: int = 120
+    """Prompts per minute per session (0: no limit)."""
+    session_rate_limit_burst: int = 20
     network: str | None = None
     """Network file (``fabstir devnet up`` writes one): serve paid sessions on that chain."""
     host_key: str | None = dataclasses.field(default=None, repr=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -64,6 +65,13 @@ def _error(status: int, error_type: str, message: str, request_id: str | None,
 
 async def inference(request: Request) -> Response:
     runtime = _runtime(request)
+    assert runtime.limiter is not None
+    wait = runtime.limiter.check(request.client.host if request.client else "unknown", None)
+    if wait > 0:
+        response = _error(429, "rate_limit_exceeded", f"too many requests; retry after {wait:.2f} s", None,
+                          {"code": "RATE_LIMITED", "retry_after": round(wait, 3)})
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
     body = await request.body()
     if len(body) > runtime.config.max_frame_bytes:
         return _error(413, "payload_too_large", f"body exceeds {runtime.config.max_frame_bytes} bytes", None)

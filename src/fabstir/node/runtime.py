@@ -9,6 +9,7 @@ from fabstir import __version__
 from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.inference import InferenceService
+from fabstir.node.ratelimit import RateLimiter
 from fabstir.node.sessions import SessionStore
 from fabstir.protocol import Feature
 
@@ -22,10 +23,20 @@ class NodeRuntime:
     config: NodeConfig
     inference: InferenceService
     sessions: SessionStore
+    limiter: RateLimiter | None = None
+    """Per-client and per-session request limits (built from the config when not given)."""
     billing: BillingService | None = None
     """Checkpoints and settlement on chain; ``None`` for a free, off-chain node."""
     version: str = __version__
     started_at: float = dataclasses.field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.limiter is None:
+            config = self.config
+            self.limiter = RateLimiter(client_per_minute=config.rate_limit_per_minute,
+                                       client_burst=config.rate_limit_burst,
+                                       session_per_minute=config.session_rate_limit_per_minute,
+                                       session_burst=config.session_rate_limit_burst)
 
     @property
     def features(self) -> tuple[str, ...]:

@@ -73,6 +73,7 @@ class WebSocketConnection:
         self._tokens_sent = 0
         self._jobs: set[int] = set()
         self.extensions = runtime.config.extensions
+        self.client_address = websocket.client.host if websocket.client else "unknown"
 
     async def run(self) -> None:
         await self.ws.accept()
@@ -237,6 +238,12 @@ class WebSocketConnection:
     async def serve_prompt(self, message: PromptMessage) -> None:
         rid = message.request_id
         session = self._session_for(message)
+        assert self.runtime.limiter is not None
+        wait = self.runtime.limiter.check(self.client_address, session.session_id)
+        if wait > 0:
+            await self.reject("RATE_LIMITED", f"too many requests; retry after {wait:.2f} s", rid,
+                              details={"retry_after": round(wait, 3)})
+            return
         try:
             job_id = await self._admit_job(message.job_id or session.job_id, session.session_id)
         except JobRefusedError as exc:

@@ -16,7 +16,9 @@ restores the node's context from the client's copy (``session_resume``, or
 ``conversation_context`` on a node without it). A prompt that fails before any
 token arrived is retried once on the new connection; one that fails mid-answer
 raises :class:`ConnectionClosedError` (its partial text is in the history only
-if the node finished it).
+if the node finished it). A prompt refused with ``RATE_LIMITED`` is sent again
+after the node's ``retry_after`` (nothing was generated or billed), up to
+``RetryPolicy.attempts`` times.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from fabstir.errors import (
     ConnectError,
     ConnectionClosedError,
     InvalidMessageIndexError,
+    NodeError,
     RemoteProtocolError,
     SessionError,
 )
@@ -355,9 +358,12 @@ class InferenceStream:
     async def _run(self) -> AsyncIterator[str]:
         session = self._session
         session.active_request = request_id = _new_request_id()
+        recovered = rate_limited = 0
         try:
-            for attempt in (1, 2):
+            while True:
                 received_any = False
+                if session.state.state in (SessionState.STREAMING, SessionState.CANCELLING):
+                    session.state.move(SessionState.READY)  # a refused attempt is over
                 try:
                     await self._ensure_ready()
                     async for piece in self._attempt(request_id):
@@ -366,13 +372,20 @@ class InferenceStream:
                     await self._manager._sdk.billing.record(self.result)
                     return
                 except (ConnectionClosedError, RemoteProtocolError) as exc:
-                    if received_any or attempt == 2:
+                    recovered += 1
+                    if received_any or recovered > 1:
                         raise ConnectionClosedError(f"lost the host mid-answer: {exc.message}") from None
                     await self._manager._reconnect(session)
                 except InvalidMessageIndexError:
-                    if attempt == 2 or received_any:
+                    recovered += 1
+                    if received_any or recovered > 1:
                         raise
                     await self._manager._resume_on_node(session)
+                except NodeError as exc:
+                    rate_limited += 1
+                    if exc.code != "RATE_LIMITED" or received_any or rate_limited > self._manager._sdk.retry.attempts:
+                        raise
+                    await asyncio.sleep(_retry_after(exc, self._manager._sdk.retry.max_delay))
         finally:
             session.active_request = None
             if session.state.state in (SessionState.STREAMING, SessionState.CANCELLING):
@@ -422,6 +435,13 @@ class InferenceStream:
             session_id=session.session_id,
             request_id=request_id,
         )
+
+
+def _retry_after(error: NodeError, cap: float) -> float:
+    """The node's ``retry_after`` (seconds), within ``[0.05, cap]``; nothing is billed for a refused prompt."""
+    value = error.details.get("retry_after")
+    seconds = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 1.0
+    return min(max(seconds, 0.05), cap)
 
 
 def _turns_in(history: Sequence[ChatTurn]) -> int:
