@@ -123,3 +123,36 @@ def test_backoff_grows_and_caps() -> None:
     assert list(backoff(policy)) == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5]
     jittered = list(backoff(RetryPolicy(attempts=4, initial_delay=1.0, max_delay=4.0), random.Random(1)))
     assert len(jittered) == 4 and all(c / 2 <= d <= c for d, c in zip(jittered, [1, 2, 4, 4]))
+
+
+async def test_forged_receipt_is_an_error_the_user_sees(scripted_host: Callable[[Script], Awaitable[str]]) -> None:
+    from nacl.signing import SigningKey
+
+    from fabstir.protocol.signing import Receipt, SignatureError, sign_receipt, text_digest
+
+    host_key, forger = SigningKey(b"\x01" * 32), SigningKey(b"\x02" * 32)
+
+    async def forging(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "connected", "message": "ok", "features": ["signed-receipts"],
+                                  "signing_key": host_key.verify_key.encode().hex()}))
+        init = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "session_init_ack", "session_id": "1", "id": init["id"],
+                                  "features": ["signed-receipts"]}))
+        for claimed_tokens in (1, 50):
+            prompt = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "stream_chunk", "content": "hi", "tokens": 1, "id": prompt["id"]}))
+            receipt = sign_receipt(Receipt(host="", model="m", session_id="1", message_index=0, tokens=claimed_tokens,
+                                           price_per_token=None, text_sha256=text_digest("hi"), key=""), forger)
+            await ws.send(json.dumps({"type": "stream_end", "reason": "complete", "tokens_used": 1,
+                                      "id": prompt["id"], "receipt": receipt.to_wire()}))
+        await ws.wait_closed()
+
+    url = await scripted_host(forging)
+    async with FabstirSDK() as sdk:
+        await sdk.inference.connect_to_session("1", url)
+        with pytest.raises(SignatureError) as info:
+            await sdk.inference.send_prompt("hi")
+        assert info.value.code == "RECEIPT_INVALID"
+        with pytest.raises(SignatureError):
+            await sdk.inference.send_prompt("again")
+        assert sdk.inference.get_conversation() == [], "an answer with a bad receipt is not recorded"

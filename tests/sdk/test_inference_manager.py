@@ -163,3 +163,21 @@ async def test_index_conflict_is_repaired_by_resuming(node: NodeServer) -> None:
         result = await second.inference.send_prompt("from the second client")
         assert result.message_index == 0, "the node took the second client's history (empty) and index"
         assert second.inference.session_state() is SessionState.READY
+
+
+async def test_receipts_are_signed_and_verified(node: NodeServer) -> None:
+    from fabstir.protocol.signing import text_digest
+
+    published = node.runtime.signing_public_key
+    async with FabstirSDK(default_options=GREEDY) as sdk:
+        await sdk.inference.connect_to_session("rcpt", node.url, host_signing_key=published)
+        result = await sdk.inference.send_prompt("sign this")
+    receipt = result.receipt
+    assert receipt is not None and receipt.key == published and receipt.session_id == "rcpt"
+    assert receipt.tokens == result.tokens_used and receipt.text_sha256 == text_digest(result.text)
+    assert receipt.model == node.runtime.inference.model_id and receipt.message_index == 0
+    async with FabstirSDK(default_options=GREEDY) as sdk:
+        await sdk.inference.connect_to_session("rcpt2", node.url, host_signing_key="ab" * 32)
+        with pytest.raises(Exception) as info:
+            await sdk.inference.send_prompt("wrong key published")
+        assert getattr(info.value, "code", "") == "RECEIPT_INVALID"

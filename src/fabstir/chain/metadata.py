@@ -58,6 +58,8 @@ class HostMetadata:
     region: str | None = None
     public_key: str | None = None
     """Compressed secp256k1 public key (hex) for end-to-end encryption."""
+    signing_key: str | None = None
+    """Ed25519 public key (hex) that signs the host's receipts."""
     models: tuple[str, ...] = ()
     capabilities: tuple[str, ...] = ()
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -80,10 +82,12 @@ def parse_host_metadata(text: str) -> HostMetadata:
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise MetadataError(f"metadata {where}: {exc.message}") from None
-    known = {"name", "version", "description", "location", "region", "publicKey", "models", "capabilities"}
+    known = {"name", "version", "description", "location", "region", "publicKey", "ed25519PublicKey", "models",
+             "capabilities"}
     return HostMetadata(
         name=data["name"], version=data.get("version"), description=data.get("description"),
         location=data.get("location"), region=data.get("region"), public_key=data.get("publicKey"),
+        signing_key=data.get("ed25519PublicKey"),
         models=tuple(data.get("models", ())), capabilities=tuple(data.get("capabilities", ())),
         extra={k: v for k, v in data.items() if k not in known},
     )

@@ -12,6 +12,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from fabstir.errors import ConfigError
+from fabstir.keys import load_or_create_signing_key
 from fabstir.node import http
 from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
@@ -56,8 +57,12 @@ def load_engines(config: NodeConfig, progress: Progress | None = None) -> Engine
 def build_runtime(config: NodeConfig, pool: EnginePool, billing: BillingService | None = None) -> NodeRuntime:
     service = InferenceService(pool, get_template(config.template), seed=config.seed,
                                repeat_penalty=config.repeat_penalty)
-    return NodeRuntime(config=config, inference=service, sessions=SessionStore(config.max_sessions),
-                       billing=billing)
+    runtime = NodeRuntime(config=config, inference=service, sessions=SessionStore(config.max_sessions),
+                          billing=billing)
+    if config.signing_key_file:
+        runtime.signing_key = load_or_create_signing_key(config.signing_key_file,
+                                                         os.environ.get("FABSTIR_NODE_KEY_PASSWORD"))
+    return runtime
 
 
 def build_billing(config: NodeConfig, model_file: str, progress: Progress | None = None) -> BillingService | None:

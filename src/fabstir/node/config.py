@@ -60,6 +60,8 @@ class NodeConfig:
     session_rate_limit_per_minute: int = 120
     """Prompts per minute per session (0: no limit)."""
     session_rate_limit_burst: int = 20
+    signing_key_file: str | None = None
+    """Ed25519 key that signs receipts (created 0600 if missing); ``None``: a new key per run."""
     network: str | None = None
     """Network file (``fabstir devnet up`` writes one): serve paid sessions on that chain."""
     host_key: str | None = dataclasses.field(default=None, repr=False)

@@ -42,6 +42,7 @@ async def version(request: Request) -> Response:
         "build": f"fabstir-py-{runtime.version}",
         "date": BUILD_DATE,
         "features": list(runtime.features),
+        "signing_key": runtime.signing_public_key,
         "chains": [],
         "breaking_changes": [],
     })

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from nacl.signing import SigningKey
+
 from fabstir import __version__
 from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
@@ -25,6 +27,8 @@ class NodeRuntime:
     sessions: SessionStore
     limiter: RateLimiter | None = None
     """Per-client and per-session request limits (built from the config when not given)."""
+    signing_key: SigningKey = dataclasses.field(default_factory=SigningKey.generate, repr=False)
+    """Signs every answer's receipt; its public key is in ``connected`` and ``/v1/version``."""
     billing: BillingService | None = None
     """Checkpoints and settlement on chain; ``None`` for a free, off-chain node."""
     version: str = __version__
@@ -39,12 +43,16 @@ class NodeRuntime:
                                        session_burst=config.session_rate_limit_burst)
 
     @property
+    def signing_public_key(self) -> str:
+        return self.signing_key.verify_key.encode().hex()
+
+    @property
     def features(self) -> tuple[str, ...]:
         """Extensions this node serves, advertised in ``/v1/version`` and acks."""
         if not self.config.extensions:
             return ()
         features = [Feature.SERVER_CONTEXT, Feature.MESSAGE_INDEX, Feature.SESSION_RESUME,
-                    Feature.STREAM_CANCEL, Feature.HTTP_SSE]
+                    Feature.STREAM_CANCEL, Feature.HTTP_SSE, Feature.SIGNED_RECEIPTS, Feature.RATE_LIMITS]
         if self.config.ws_compression:
             features.append(Feature.PERMESSAGE_DEFLATE)
         return tuple(str(f) for f in features)

@@ -51,6 +51,7 @@ from fabstir.protocol import (
     encode_message,
     parse_client_message,
 )
+from fabstir.protocol.signing import Receipt, sign_receipt, text_digest
 
 __all__ = ["WebSocketConnection"]
 
@@ -72,13 +73,15 @@ class WebSocketConnection:
         self._closed = False
         self._tokens_sent = 0
         self._jobs: set[int] = set()
+        self._job_prices: dict[int, int] = {}
         self.extensions = runtime.config.extensions
         self.client_address = websocket.client.host if websocket.client else "unknown"
 
     async def run(self) -> None:
         await self.ws.accept()
         if self.extensions:
-            await self.send(Connected(version=self.runtime.version, features=self.runtime.features))
+            await self.send(Connected(version=self.runtime.version, features=self.runtime.features,
+                                      signing_key=self.runtime.signing_public_key))
         else:
             await self.send(Connected())
         try:
@@ -175,6 +178,7 @@ class WebSocketConnection:
                                   code="JOB_REQUIRED")
         if job_id not in self._jobs:
             job = await billing.host.verify_job(job_id)
+            self._job_prices[job_id] = job.price_per_token
             billing.open_job(job_id, job.max_tokens, job.proof_interval)
             self._jobs.add(job_id)
         return job_id
@@ -299,8 +303,24 @@ class WebSocketConnection:
                 session_id=session.session_id,
                 message_index=index if self.extensions else None,
                 request_id=rid,
+                receipt=self._receipt(session, index, text, job_id) if self.extensions else None,
             )
         )
+
+    def _receipt(self, session: SessionContext, index: int, text: str, job_id: int | None) -> dict[str, object]:
+        """The signed receipt for the answer just streamed."""
+        billing = self.runtime.billing
+        receipt = Receipt(
+            host=billing.host.address if billing is not None else "",
+            model=self.runtime.inference.model_id,
+            session_id=session.session_id,
+            message_index=index,
+            tokens=self._tokens_sent,
+            price_per_token=self._job_prices.get(job_id) if job_id is not None else None,
+            text_sha256=text_digest(text),
+            key="",
+        )
+        return sign_receipt(receipt, self.runtime.signing_key).to_wire()
 
     async def _stream_tokens(self, prepared: PreparedPrompt, rid: str | None) -> tuple[str, Finished]:
         parts: list[str] = []

@@ -40,6 +40,8 @@ class Feature(enum.StrEnum):
     STREAM_CANCEL = "stream-cancel"
     PERMESSAGE_DEFLATE = "permessage-deflate"
     HTTP_SSE = "http-sse"
+    SIGNED_RECEIPTS = "signed-receipts"
+    RATE_LIMITS = "rate-limits"
 
 
 PROTOCOL_FEATURES: tuple[str, ...] = tuple(f.value for f in Feature)

@@ -230,6 +230,8 @@ class Connected:
     message: str = "WebSocket connected successfully"
     version: str | None = None
     features: tuple[str, ...] | None = None
+    signing_key: str | None = None
+    """Our extension: the node's Ed25519 public key (hex) that signs receipts."""
 
     def to_wire(self) -> JSONObject:
         return _drop_none(
@@ -238,6 +240,7 @@ class Connected:
                 "message": self.message,
                 "version": self.version,
                 "features": None if self.features is None else list(self.features),
+                "signing_key": self.signing_key,
             }
         )
 
@@ -322,6 +325,8 @@ class StreamEnd:
     session_id: str | None = None
     message_index: int | None = None
     request_id: str | None = None
+    receipt: JSONObject | None = dataclasses.field(default=None, compare=False)
+    """Our extension: the host's Ed25519-signed receipt (see :mod:`fabstir.protocol.signing`)."""
 
     def to_wire(self) -> JSONObject:
         return _drop_none(
@@ -333,6 +338,7 @@ class StreamEnd:
                 "usage": None if self.usage is None else self.usage.to_wire(),
                 "session_id": self.session_id,
                 "message_index": self.message_index,
+                "receipt": self.receipt,
                 "id": self.request_id,
             }
         )

@@ -390,6 +390,7 @@ def _parse_connected(fields: _Fields) -> Connected:
         message=fields.str_("message") or "",
         version=fields.str_("version"),
         features=_features(fields),
+        signing_key=fields.str_("signing_key"),
     )
 
 
@@ -448,6 +449,7 @@ def _parse_stream_end(fields: _Fields) -> StreamEnd:
         session_id=_session_id(fields),
         message_index=fields.int_("message_index"),
         request_id=fields.request_id,
+        receipt=fields.obj_("receipt"),
     )
 
 

@@ -41,6 +41,7 @@ class StreamSnapshot:
     ttft_s: float | None
     duration_s: float
     error: NodeError | None
+    receipt: dict[str, object] | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -119,6 +120,7 @@ class StreamAccumulator:
             ttft_s=None if self._first_token_at is None else self._first_token_at - self.started_at,
             duration_s=self._ended_at - self.started_at,
             error=error,
+            receipt=end.receipt if end is not None else None,
         )
 
 

@@ -56,6 +56,7 @@ from fabstir.protocol import (
     StreamSnapshot,
     error_from_message,
 )
+from fabstir.protocol.signing import Receipt, SignatureError, verify_receipt
 from fabstir.sdk.config import backoff
 from fabstir.sdk.connection import HostConnection
 from fabstir.sdk.types import InferenceResult, PromptOptions, TokenCallback
@@ -81,6 +82,7 @@ class _Session:
     next_index: int = 0
     features: frozenset[str] = frozenset()
     active_request: str | None = None
+    host_signing_key: str | None = None
 
     @property
     def server_context(self) -> bool:
@@ -105,12 +107,15 @@ class InferenceManager:
         conversation_context: Sequence[ChatTurn] | None = None,
         *,
         chain_id: int | None = None,
+        host_signing_key: str | None = None,
     ) -> None:
         """Open a WebSocket to ``host_url`` for ``session_id`` and initialise it.
 
         With ``conversation_context`` (the client's stored history), the node's
         context is restored from it: through ``session_resume`` where the node
-        supports it, otherwise by re-sending it with each prompt.
+        supports it, otherwise by re-sending it with each prompt. ``host_signing_key`` is the
+        host's published Ed25519 key (registry metadata ``ed25519PublicKey``); receipts must be
+        signed by it. Without it, the key the node announces on connect is used.
 
         Raises:
             ConnectError: the host cannot be reached.
@@ -119,7 +124,7 @@ class InferenceManager:
         """
         if session_id in self._sessions:
             await self.close(session_id)
-        session = _Session(str(session_id), host_url, job_id, chain_id)
+        session = _Session(str(session_id), host_url, job_id, chain_id, host_signing_key=host_signing_key)
         session.history = list(conversation_context or ())
         session.next_index = _turns_in(session.history)
         self._sessions[session.session_id] = session
@@ -371,6 +376,8 @@ class InferenceStream:
                         yield piece
                     await self._manager._sdk.billing.record(self.result)
                     return
+                except SignatureError:
+                    raise  # a bad receipt is the host's fault, not the connection's: never retried
                 except (ConnectionClosedError, RemoteProtocolError) as exc:
                     recovered += 1
                     if received_any or recovered > 1:
@@ -417,7 +424,28 @@ class InferenceStream:
             raise snapshot.error
         self._finish(snapshot, request_id)
 
+    def _verified_receipt(self, snapshot: StreamSnapshot) -> Receipt | None:
+        """Check the host's receipt against what was streamed.
+
+        Raises:
+            SignatureError: forged, altered or missing (from a node that promised receipts).
+        """
+        session = self._session
+        if snapshot.receipt is None:
+            if Feature.SIGNED_RECEIPTS in session.features:
+                raise SignatureError("the host promised signed receipts but sent none", code="RECEIPT_MISSING")
+            return None
+        receipt = Receipt.from_wire(snapshot.receipt)
+        connection = session.connection
+        announced = connection.connected.signing_key if connection and connection.connected else None
+        verify_receipt(receipt, text=snapshot.text, tokens=snapshot.tokens_used,
+                       expected_key=session.host_signing_key or announced)
+        if receipt.session_id != session.session_id:
+            raise SignatureError("receipt names another session", code="RECEIPT_INVALID")
+        return receipt
+
     def _finish(self, snapshot: StreamSnapshot, request_id: str) -> None:
+        receipt = self._verified_receipt(snapshot)
         session = self._session
         session.history.append(ChatTurn("user", self._prompt))
         if snapshot.text:
@@ -434,6 +462,7 @@ class InferenceStream:
             tokens_per_s=snapshot.tokens_per_s,
             session_id=session.session_id,
             request_id=request_id,
+            receipt=receipt,
         )
 
 

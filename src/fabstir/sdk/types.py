@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from fabstir.errors import ConfigError
 from fabstir.protocol import Usage
+from fabstir.protocol.signing import Receipt
 
 __all__ = ["InferenceResult", "PromptOptions", "TokenCallback"]
 
@@ -51,6 +52,8 @@ class InferenceResult:
     """Completion tokens per second over the whole request."""
     session_id: str
     request_id: str
+    receipt: Receipt | None = None
+    """The host's Ed25519-signed receipt for this answer, already verified (None from nodes without it)."""
 
     @property
     def completion_tokens(self) -> int:
