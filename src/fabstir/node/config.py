@@ -60,6 +60,8 @@ class NodeConfig:
     session_rate_limit_per_minute: int = 120
     """Prompts per minute per session (0: no limit)."""
     session_rate_limit_burst: int = 20
+    require_signed_messages: bool = False
+    """Refuse client messages without a valid Ed25519 ``sig`` (timestamp window 60 s, nonces not reusable)."""
     signing_key_file: str | None = None
     """Ed25519 key that signs receipts (created 0600 if missing); ``None``: a new key per run."""
     network: str | None = None

@@ -12,6 +12,7 @@ from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.inference import InferenceService
 from fabstir.node.ratelimit import RateLimiter
+from fabstir.protocol.signing import ReplayCache
 from fabstir.node.sessions import SessionStore
 from fabstir.protocol import Feature
 
@@ -29,6 +30,8 @@ class NodeRuntime:
     """Per-client and per-session request limits (built from the config when not given)."""
     signing_key: SigningKey = dataclasses.field(default_factory=SigningKey.generate, repr=False)
     """Signs every answer's receipt; its public key is in ``connected`` and ``/v1/version``."""
+    replay_cache: ReplayCache = dataclasses.field(default_factory=ReplayCache, repr=False)
+    """Nonces of signed client messages seen in the last two minutes."""
     billing: BillingService | None = None
     """Checkpoints and settlement on chain; ``None`` for a free, off-chain node."""
     version: str = __version__

@@ -21,8 +21,10 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import json
 import logging
 import threading
+import time
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -51,7 +53,7 @@ from fabstir.protocol import (
     encode_message,
     parse_client_message,
 )
-from fabstir.protocol.signing import Receipt, sign_receipt, text_digest
+from fabstir.protocol.signing import Receipt, SignatureError, sign_receipt, text_digest, verify_message
 
 __all__ = ["WebSocketConnection"]
 
@@ -114,6 +116,7 @@ class WebSocketConnection:
     async def on_frame(self, data: str | bytes) -> None:
         try:
             message = parse_client_message(data, max_bytes=self.runtime.config.max_frame_bytes)
+            self._check_signature(data, message.request_id)
         except ProtocolError as exc:
             ends_request = not self.streaming or exc.request_id is not None
             await self.reject(exc.code, exc.message, exc.request_id, ends_request=ends_request)
@@ -122,6 +125,25 @@ class WebSocketConnection:
             await self._while_streaming(message)
         else:
             await self.dispatch(message)
+
+    def _check_signature(self, data: str | bytes, request_id: str | None) -> None:
+        """Verify a signed message (``sig``); on a node that requires signatures, refuse unsigned ones.
+
+        Raises:
+            SignatureError: SIGNATURE_INVALID, STALE_TIMESTAMP, REPLAYED_NONCE or SIGNATURE_REQUIRED.
+        """
+        if isinstance(data, str) and '"sig"' in data:
+            obj = json.loads(data)
+            if "sig" in obj:
+                try:
+                    verify_message(obj, int(time.time() * 1000), self.runtime.replay_cache)
+                except SignatureError as exc:
+                    exc.request_id = request_id
+                    raise
+                return
+        if self.runtime.config.require_signed_messages:
+            raise SignatureError("this node accepts only signed messages (add 'sig')", code="SIGNATURE_REQUIRED",
+                                 request_id=request_id)
 
     @property
     def streaming(self) -> bool:

@@ -7,6 +7,7 @@ import os
 from types import TracebackType
 
 from eth_account.signers.local import LocalAccount
+from nacl.signing import SigningKey
 
 from fabstir.chain.backend import Chain
 from fabstir.chain.contracts import Deployment, Marketplace
@@ -44,10 +45,13 @@ class FabstirSDK:
         chain: Chain | None = None,
         deployment: Deployment | None = None,
         account: LocalAccount | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
         self.chain = chain
         self.deployment = deployment
         self.account = account
+        self.signing_key = signing_key
+        """Ed25519 key that signs every message sent to hosts (see fabstir.keys for key files)."""
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
         if compression is None:

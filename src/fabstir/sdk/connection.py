@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
 from typing import Any
 
 import websockets
+from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection, connect
 
 from fabstir.errors import ConnectError, ConnectionClosedError, FabstirError, RemoteProtocolError, RequestTimeoutError
 from fabstir.protocol import ClientMessage, Connected, ServerMessage, encode_message, parse_server_message
+from fabstir.protocol.signing import sign_message
 
 __all__ = ["HostConnection", "ws_url_for"]
 
@@ -39,9 +43,10 @@ def ws_url_for(host_url: str) -> str:
 class HostConnection:
     """An open WebSocket to a host's ``/v1/ws``."""
 
-    def __init__(self, ws: ClientConnection, url: str) -> None:
+    def __init__(self, ws: ClientConnection, url: str, signing_key: SigningKey | None = None) -> None:
         self._ws = ws
         self.url = url
+        self._signing_key = signing_key
         self.connected: Connected | None = None
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read_loop())
@@ -49,7 +54,7 @@ class HostConnection:
 
     @classmethod
     async def open(cls, host_url: str, *, timeout: float | None, compression: bool,
-                   max_size: int = 64 << 20) -> HostConnection:
+                   max_size: int = 64 << 20, signing_key: SigningKey | None = None) -> HostConnection:
         """Connect to ``host_url`` and wait briefly for the node's ``connected`` greeting.
 
         Raises:
@@ -61,7 +66,7 @@ class HostConnection:
                                max_size=max_size, ping_interval=20, ping_timeout=20, close_timeout=2)
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
             raise ConnectError(f"cannot connect to {url}: {_describe(exc)}") from None
-        connection = cls(ws, url)
+        connection = cls(ws, url, signing_key)
         await connection._await_greeting(timeout=2.0)
         return connection
 
@@ -96,13 +101,18 @@ class HostConnection:
             self._inbox.put_nowait(_CLOSED)
 
     async def send(self, message: ClientMessage) -> None:
-        """Send one message.
+        """Send one message (signed with Ed25519 when the connection has a signing key).
 
         Raises:
             ConnectionClosedError: the socket is closed.
         """
+        if self._signing_key is None:
+            text = encode_message(message)
+        else:
+            signed = sign_message(message.to_wire(), self._signing_key, int(time.time() * 1000))
+            text = json.dumps(signed, separators=(",", ":"), ensure_ascii=False)
         try:
-            await self._ws.send(encode_message(message))
+            await self._ws.send(text)
         except websockets.exceptions.ConnectionClosed as exc:
             raise ConnectionClosedError(f"connection to {self.url} closed: {_describe(exc)}") from None
 

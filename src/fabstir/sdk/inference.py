@@ -201,7 +201,8 @@ class InferenceManager:
         if session.state.state is SessionState.IDLE:
             session.state.move(SessionState.CONNECTING)
         session.connection = await HostConnection.open(
-            session.host_url, timeout=sdk.timeouts.connect, compression=sdk.compression
+            session.host_url, timeout=sdk.timeouts.connect, compression=sdk.compression,
+            signing_key=sdk.signing_key,
         )
         session.features = session.connection.features
         session.state.move(SessionState.CONNECTED)
@@ -216,7 +217,8 @@ class InferenceManager:
             await asyncio.sleep(delay)
             try:
                 session.connection = await HostConnection.open(
-                    session.host_url, timeout=self._sdk.timeouts.connect, compression=self._sdk.compression
+                    session.host_url, timeout=self._sdk.timeouts.connect, compression=self._sdk.compression,
+                    signing_key=self._sdk.signing_key,
                 )
             except ConnectError as exc:
                 last_error = exc
