@@ -12,9 +12,9 @@ from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.inference import InferenceService
 from fabstir.node.ratelimit import RateLimiter
-from fabstir.protocol.signing import ReplayCache
 from fabstir.node.sessions import SessionStore
 from fabstir.protocol import Feature
+from fabstir.protocol.signing import ReplayCache
 
 __all__ = ["NodeRuntime"]
 
