@@ -6,6 +6,7 @@ import fabstir
 import fabstir.errors
 import fabstir.node
 import fabstir.protocol
+import fabstir.protocol.e2e
 import fabstir.sdk
 
 
@@ -20,7 +21,7 @@ def test_top_level_names() -> None:
 
 
 def test_every_exported_name_exists() -> None:
-    for module in (fabstir, fabstir.errors, fabstir.node, fabstir.protocol, fabstir.sdk):
+    for module in (fabstir, fabstir.errors, fabstir.node, fabstir.protocol, fabstir.protocol.e2e, fabstir.sdk):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
 

@@ -9,13 +9,20 @@ from fabstir.protocol.codes import PROTOCOL_FEATURES, ErrorCode, Feature
 from fabstir.protocol.messages import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TEMPERATURE,
+    AuthChallenge,
+    AuthChallengeRequest,
+    AuthRequest,
+    AuthSuccess,
     ChatTurn,
     ClientMessage,
     Connected,
     ErrorMessage,
+    History,
+    HistoryRequest,
     InferenceRequest,
     PromptMessage,
     ServerMessage,
+    SessionClear,
     SessionInit,
     SessionInitAck,
     SessionResume,
@@ -23,6 +30,7 @@ from fabstir.protocol.messages import (
     StreamCancel,
     StreamChunk,
     StreamEnd,
+    TokenRefresh,
     UnknownMessage,
     Usage,
 )
@@ -36,6 +44,14 @@ from fabstir.protocol.state import TRANSITIONS, SessionState, SessionStateMachin
 from fabstir.protocol.stream import StreamAccumulator, StreamSnapshot, TextDelta, error_from_message
 
 __all__ = [
+    "AuthChallenge",
+    "AuthChallengeRequest",
+    "AuthRequest",
+    "AuthSuccess",
+    "History",
+    "HistoryRequest",
+    "SessionClear",
+    "TokenRefresh",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_TEMPERATURE",

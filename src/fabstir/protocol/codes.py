@@ -28,6 +28,10 @@ class ErrorCode(enum.StrEnum):
     REQUEST_IN_PROGRESS = "REQUEST_IN_PROGRESS"
     UNSUPPORTED_ACTION = "UNSUPPORTED_ACTION"
     ENGINE_ERROR = "ENGINE_ERROR"
+    AUTH_FAILED = "AUTH_FAILED"
+    SESSION_EXPIRED = "SESSION_EXPIRED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RATE_LIMITED = "RATE_LIMITED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -42,6 +46,8 @@ class Feature(enum.StrEnum):
     HTTP_SSE = "http-sse"
     SIGNED_RECEIPTS = "signed-receipts"
     RATE_LIMITS = "rate-limits"
+    JWT_AUTH = "jwt-auth"
+    SIGNED_MESSAGES = "signed-messages"
 
 
 PROTOCOL_FEATURES: tuple[str, ...] = tuple(f.value for f in Feature)

@@ -13,7 +13,15 @@ from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
 __all__ = [
+    "AuthChallenge",
+    "AuthChallengeRequest",
+    "AuthRequest",
+    "AuthSuccess",
     "ChatTurn",
+    "History",
+    "HistoryRequest",
+    "SessionClear",
+    "TokenRefresh",
     "ClientMessage",
     "Connected",
     "ErrorMessage",
@@ -217,7 +225,74 @@ class SessionResume:
         )
 
 
-ClientMessage: TypeAlias = SessionInit | PromptMessage | StreamCancel | SessionResume
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuthChallengeRequest:
+    """``auth_challenge`` (extension): ask the node for a challenge to sign for ``job_id``."""
+
+    job_id: int
+    session_id: str | None = None
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none({"type": "auth_challenge", "job_id": self.job_id, "session_id": self.session_id,
+                           "id": self.request_id})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuthRequest:
+    """``auth`` (extension): prove the depositor (``challenge`` + ``signature``) or present a ``token``."""
+
+    job_id: int
+    session_id: str | None = None
+    challenge: str | None = None
+    signature: str | None = None
+    token: str | None = None
+    permissions: tuple[str, ...] = ("prompt", "read_history")
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none({"type": "auth", "job_id": self.job_id, "session_id": self.session_id,
+                           "challenge": self.challenge, "signature": self.signature, "token": self.token,
+                           "permissions": list(self.permissions), "id": self.request_id})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenRefresh:
+    """``token_refresh`` (extension): a fresh token for a still-valid one."""
+
+    token: str
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none({"type": "token_refresh", "token": self.token, "id": self.request_id})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """``get_history`` (extension, permission ``read_history``): the node's copy of the conversation."""
+
+    session_id: str
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none({"type": "get_history", "session_id": self.session_id, "id": self.request_id})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionClear:
+    """``session_clear`` (extension, permission ``admin``): forget the node's context for a session."""
+
+    session_id: str
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none({"type": "session_clear", "session_id": self.session_id, "id": self.request_id})
+
+
+ClientMessage: TypeAlias = (
+    SessionInit | PromptMessage | StreamCancel | SessionResume | AuthChallengeRequest | AuthRequest | TokenRefresh
+    | HistoryRequest | SessionClear
+)
 
 
 # --- node -> client -------------------------------------------------------
@@ -380,8 +455,57 @@ class UnknownMessage:
         return {**self.data, "type": self.type}
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuthChallenge:
+    """``auth_challenge`` reply: the text to sign, valid until ``expires_at`` (unix seconds)."""
+
+    job_id: int
+    challenge: str
+    expires_at: int
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none({"type": "auth_challenge", "job_id": self.job_id, "challenge": self.challenge,
+                           "expires_at": self.expires_at, "id": self.request_id})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuthSuccess:
+    """``auth_success``: a session token (EdDSA JWT) and what it allows."""
+
+    token: str
+    expires_at: int
+    permissions: tuple[str, ...]
+    job_id: int
+    session_id: str
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none({"type": "auth_success", "token": self.token, "expires_at": self.expires_at,
+                           "permissions": list(self.permissions), "job_id": self.job_id,
+                           "session_id": self.session_id, "id": self.request_id})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class History:
+    """``history``: the node's copy of a session's conversation."""
+
+    session_id: str
+    conversation_context: tuple[ChatTurn, ...]
+    message_index: int
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none({"type": "history", "session_id": self.session_id,
+                           "conversation_context": _turns_to_wire(self.conversation_context),
+                           "message_index": self.message_index, "id": self.request_id})
+
+
 ServerMessage: TypeAlias = (
     Connected
+    | AuthChallenge
+    | AuthSuccess
+    | History
     | SessionInitAck
     | SessionResumed
     | StreamChunk

@@ -21,14 +21,21 @@ from fabstir.protocol.codes import ErrorCode
 from fabstir.protocol.messages import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TEMPERATURE,
+    AuthChallenge,
+    AuthChallengeRequest,
+    AuthRequest,
+    AuthSuccess,
     ChatTurn,
     ClientMessage,
     Connected,
     ErrorMessage,
+    History,
+    HistoryRequest,
     InferenceRequest,
     JSONObject,
     PromptMessage,
     ServerMessage,
+    SessionClear,
     SessionInit,
     SessionInitAck,
     SessionResume,
@@ -36,6 +43,7 @@ from fabstir.protocol.messages import (
     StreamCancel,
     StreamChunk,
     StreamEnd,
+    TokenRefresh,
     UnknownMessage,
     Usage,
 )
@@ -348,7 +356,63 @@ def _parse_session_resume(fields: _Fields) -> SessionResume:
     )
 
 
+def _required_job(fields: _Fields) -> int:
+    job_id = _job_id(fields)
+    if job_id is None:
+        raise fields.fail("the job id is required", ErrorCode.VALIDATION_ERROR)
+    return job_id
+
+
+def _required_str(fields: _Fields, name: str) -> str:
+    value = fields.str_(name)
+    if not value:
+        raise fields.fail(f"'{name}' is required", ErrorCode.VALIDATION_ERROR)
+    return value
+
+
+def _parse_auth_challenge_request(fields: _Fields) -> AuthChallengeRequest:
+    return AuthChallengeRequest(job_id=_required_job(fields), session_id=_session_id(fields),
+                                request_id=fields.request_id)
+
+
+def _parse_auth(fields: _Fields) -> AuthRequest:
+    permissions = fields.raw("permissions")
+    if permissions is not None and (not isinstance(permissions, list)
+                                    or not all(isinstance(p, str) for p in permissions)):
+        raise fields.fail("'permissions' must be a list of strings", ErrorCode.VALIDATION_ERROR)
+    token, signature = fields.str_("token"), fields.str_("signature")
+    if token is None and (signature is None or fields.str_("challenge") is None):
+        raise fields.fail("auth needs a token, or a challenge and its signature", ErrorCode.VALIDATION_ERROR)
+    return AuthRequest(job_id=_required_job(fields), session_id=_session_id(fields),
+                       challenge=fields.str_("challenge"), signature=signature, token=token,
+                       permissions=tuple(permissions) if permissions is not None else ("prompt", "read_history"),
+                       request_id=fields.request_id)
+
+
+def _parse_token_refresh(fields: _Fields) -> TokenRefresh:
+    return TokenRefresh(token=_required_str(fields, "token"), request_id=fields.request_id)
+
+
+def _parse_history_request(fields: _Fields) -> HistoryRequest:
+    session_id = _session_id(fields)
+    if session_id is None:
+        raise fields.fail("get_history needs a session_id", ErrorCode.MISSING_SESSION_ID)
+    return HistoryRequest(session_id=session_id, request_id=fields.request_id)
+
+
+def _parse_session_clear(fields: _Fields) -> SessionClear:
+    session_id = _session_id(fields)
+    if session_id is None:
+        raise fields.fail("session_clear needs a session_id", ErrorCode.MISSING_SESSION_ID)
+    return SessionClear(session_id=session_id, request_id=fields.request_id)
+
+
 _CLIENT_PARSERS: dict[str, Callable[[_Fields], ClientMessage]] = {
+    "auth_challenge": _parse_auth_challenge_request,
+    "auth": _parse_auth,
+    "token_refresh": _parse_token_refresh,
+    "get_history": _parse_history_request,
+    "session_clear": _parse_session_clear,
     "session_init": _parse_session_init,
     "prompt": _parse_prompt,
     "inference": _parse_inference,
@@ -468,7 +532,29 @@ def _parse_error(fields: _Fields) -> ErrorMessage:
     )
 
 
+def _parse_challenge(fields: _Fields) -> AuthChallenge:
+    return AuthChallenge(job_id=_required_job(fields), challenge=_required_str(fields, "challenge"),
+                         expires_at=fields.int_("expires_at") or 0, request_id=fields.request_id)
+
+
+def _parse_auth_success(fields: _Fields) -> AuthSuccess:
+    permissions = fields.raw("permissions")
+    return AuthSuccess(token=_required_str(fields, "token"), expires_at=fields.int_("expires_at") or 0,
+                       permissions=tuple(p for p in permissions if isinstance(p, str))
+                       if isinstance(permissions, list) else (),
+                       job_id=_required_job(fields), session_id=_session_id(fields) or "",
+                       request_id=fields.request_id)
+
+
+def _parse_history(fields: _Fields) -> History:
+    return History(session_id=_session_id(fields) or "", conversation_context=fields.turns("conversation_context")
+                   or (), message_index=fields.int_("message_index") or 0, request_id=fields.request_id)
+
+
 _SERVER_PARSERS: dict[str, Callable[[_Fields], ServerMessage]] = {
+    "auth_challenge": _parse_challenge,
+    "auth_success": _parse_auth_success,
+    "history": _parse_history,
     "connected": _parse_connected,
     "session_init_ack": _parse_init_ack,
     "session_resumed": _parse_resumed,
