@@ -12,7 +12,7 @@ import fabstir.sdk
 
 def test_top_level_names() -> None:
     assert set(fabstir.__all__) == {
-        "ChatTurn", "ConfigError", "ConnectError", "ConnectionClosedError", "EngineError", "FabstirError",
+        "AuthenticationError", "ChatTurn", "ConfigError", "ConnectError", "ConnectionClosedError", "EngineError", "FabstirError",
         "FabstirSDK", "InferenceManager", "InferenceResult", "InferenceStream", "InvalidMessageIndexError",
         "LocalProtocolError", "ModelNotFoundError", "NodeError", "PromptOptions", "ProtocolError",
         "RemoteProtocolError", "RequestTimeoutError", "RetryPolicy", "SessionError", "Timeouts",

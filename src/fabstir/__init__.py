@@ -7,6 +7,7 @@ The client surface is re-exported here; the host node lives in
 __version__ = "0.1.0"
 
 from fabstir.errors import (
+    AuthenticationError,
     ConfigError,
     ConnectError,
     ConnectionClosedError,
@@ -35,6 +36,7 @@ from fabstir.sdk import (
 )
 
 __all__ = [
+    "AuthenticationError",
     "ChatTurn",
     "ConfigError",
     "ConnectError",

@@ -8,7 +8,8 @@
      │    └── RemoteProtocolError the peer sent something malformed or out of order
      ├── NodeError                the node answered a request with a coded ``error``
      │    ├── TokenLimitExceededError
-     │    └── InvalidMessageIndexError
+     │    ├── InvalidMessageIndexError
+     │    └── AuthenticationError  AUTH_FAILED, SESSION_EXPIRED, PERMISSION_DENIED
      ├── TransportError           the connection itself failed
      │    ├── ConnectError        could not reach the host
      │    ├── ConnectionClosedError
@@ -29,6 +30,7 @@ for a terminal.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
     "ChainConnectionError",
     "ChainError",
     "ConfigError",
@@ -123,6 +125,12 @@ class InvalidMessageIndexError(NodeError):
     """The node saw a gap or a repeat in ``message_index``."""
 
     default_code = "INVALID_MESSAGE_INDEX"
+
+
+class AuthenticationError(NodeError):
+    """The host refused the session's authentication or its token (see ``code``)."""
+
+    default_code = "AUTH_FAILED"
 
 
 class TransportError(FabstirError):

@@ -110,9 +110,13 @@ class Chain:
         """
         name = label or getattr(call, "fn_name", "transaction")
         try:
+            params: dict[str, Any] = {"from": sender.address, "value": value}
+            if self._tester is None:
+                # estimated on the pending block: a chain that mines only on demand (anvil) keeps an old
+                # timestamp on "latest", where time checks (the checkpoint rate limit) would fail forever
+                params["gas"] = call.estimate_gas(dict(params), block_identifier="pending")
             tx = call.build_transaction({
-                "from": sender.address,
-                "value": value,
+                **params,
                 "nonce": self.w3.eth.get_transaction_count(sender.address, "pending"),
                 "chainId": self.chain_id,
             })

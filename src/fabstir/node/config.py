@@ -60,6 +60,10 @@ class NodeConfig:
     session_rate_limit_per_minute: int = 120
     """Prompts per minute per session (0: no limit)."""
     session_rate_limit_burst: int = 20
+    require_auth: bool = False
+    """Serve a paid session only on connections that proved they are its depositor (JWT auth)."""
+    auth_token_ttl: int = 900
+    """Seconds a session token is valid (refreshable before it expires)."""
     require_signed_messages: bool = False
     """Refuse client messages without a valid Ed25519 ``sig`` (timestamp window 60 s, nonces not reusable)."""
     signing_key_file: str | None = None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 from nacl.signing import SigningKey
 
 from fabstir import __version__
+from fabstir.node.auth import NodeAuthenticator
 from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.inference import InferenceService
@@ -45,6 +47,11 @@ class NodeRuntime:
                                        session_per_minute=config.session_rate_limit_per_minute,
                                        session_burst=config.session_rate_limit_burst)
 
+    @functools.cached_property
+    def authenticator(self) -> NodeAuthenticator:
+        """Challenges and session tokens (JWT, signed with :attr:`signing_key`)."""
+        return NodeAuthenticator(self.signing_key, self.billing, token_ttl=self.config.auth_token_ttl)
+
     @property
     def signing_public_key(self) -> str:
         return self.signing_key.verify_key.encode().hex()
@@ -55,7 +62,10 @@ class NodeRuntime:
         if not self.config.extensions:
             return ()
         features = [Feature.SERVER_CONTEXT, Feature.MESSAGE_INDEX, Feature.SESSION_RESUME,
-                    Feature.STREAM_CANCEL, Feature.HTTP_SSE, Feature.SIGNED_RECEIPTS, Feature.RATE_LIMITS]
+                    Feature.STREAM_CANCEL, Feature.HTTP_SSE, Feature.SIGNED_RECEIPTS, Feature.RATE_LIMITS,
+                    Feature.SIGNED_MESSAGES]
+        if self.billing is not None:
+            features.append(Feature.JWT_AUTH)
         if self.config.ws_compression:
             features.append(Feature.PERMESSAGE_DEFLATE)
         return tuple(str(f) for f in features)

@@ -28,20 +28,26 @@ import time
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from fabstir.errors import EngineError, FabstirError, ProtocolError, TokenLimitExceededError
+from fabstir.errors import ChainError, EngineError, FabstirError, ProtocolError, TokenLimitExceededError
+from fabstir.node.auth import Grants
 from fabstir.node.engines.base import Finished, TokenPiece
 from fabstir.node.host_chain import JobRefusedError
 from fabstir.node.inference import PreparedPrompt
 from fabstir.node.runtime import NodeRuntime
 from fabstir.node.sessions import SessionContext
 from fabstir.protocol import (
+    AuthChallengeRequest,
+    AuthRequest,
     ClientMessage,
     Connected,
     ErrorCode,
     ErrorMessage,
+    History,
+    HistoryRequest,
     InferenceRequest,
     PromptMessage,
     ServerMessage,
+    SessionClear,
     SessionInit,
     SessionInitAck,
     SessionResume,
@@ -49,10 +55,12 @@ from fabstir.protocol import (
     StreamCancel,
     StreamChunk,
     StreamEnd,
+    TokenRefresh,
     Usage,
     encode_message,
     parse_client_message,
 )
+from fabstir.protocol.auth import AuthError
 from fabstir.protocol.signing import Receipt, SignatureError, sign_receipt, text_digest, verify_message
 
 __all__ = ["WebSocketConnection"]
@@ -76,6 +84,7 @@ class WebSocketConnection:
         self._tokens_sent = 0
         self._jobs: set[int] = set()
         self._job_prices: dict[int, int] = {}
+        self._grants = Grants()
         self.extensions = runtime.config.extensions
         self.client_address = websocket.client.host if websocket.client else "unknown"
 
@@ -169,6 +178,8 @@ class WebSocketConnection:
             else:
                 await self.reject(ErrorCode.UNKNOWN_MESSAGE_TYPE, "unknown message type 'session_resume'",
                                   message.request_id)
+        elif isinstance(message, (AuthChallengeRequest, AuthRequest, TokenRefresh, HistoryRequest, SessionClear)):
+            await self.on_auth_message(message)
         elif isinstance(message, PromptMessage):
             self._cancel = threading.Event()
             self._active = asyncio.create_task(self.serve_prompt(message))
@@ -181,6 +192,45 @@ class WebSocketConnection:
                                      details=tuple((details or {}).items())))
         if ends_request:
             await self.send(StreamEnd(reason="error", tokens_used=0, session_id=session_id, request_id=request_id))
+
+    async def on_auth_message(
+        self, message: AuthChallengeRequest | AuthRequest | TokenRefresh | HistoryRequest | SessionClear
+    ) -> None:
+        """JWT session auth and the operations it guards (reading history, clearing a session)."""
+        auth = self.runtime.authenticator
+        try:
+            if isinstance(message, AuthChallengeRequest):
+                await self.send(auth.challenge(message))
+            elif isinstance(message, AuthRequest):
+                session_id = message.session_id or str(message.job_id)
+                success, claims = await auth.authenticate(message, session_id)
+                self._grants.add(claims)
+                await self.send(success)
+            elif isinstance(message, TokenRefresh):
+                success, claims = auth.refresh(message)
+                self._grants.add(claims)
+                await self.send(success)
+            else:
+                await self._session_operation(message)
+        except AuthError as exc:
+            await self.reject(exc.code, exc.message, message.request_id)
+        except ChainError as exc:
+            await self.reject(exc.code, exc.message, message.request_id)
+
+    async def _session_operation(self, message: HistoryRequest | SessionClear) -> None:
+        session = self.runtime.sessions.get(message.session_id)
+        if isinstance(message, SessionClear):
+            self._grants.require(session.job_id if session else None, "admin")
+        elif self.runtime.config.require_auth:
+            self._grants.require(session.job_id if session else None, "read_history")
+        if session is None:
+            await self.reject(ErrorCode.SESSION_NOT_FOUND, f"no session {message.session_id!r} on this node",
+                              message.request_id)
+            return
+        if isinstance(message, SessionClear):
+            session.replace_history([], 0)
+        await self.send(History(session_id=session.session_id, conversation_context=tuple(session.history),
+                                message_index=session.next_index, request_id=message.request_id))
 
     async def _admit_job(self, job_id: int | None, session_id: str | None) -> int | None:
         """On a paid node, check the job on chain (once per connection) and start billing it.
@@ -198,6 +248,8 @@ class WebSocketConnection:
         if job_id is None:
             raise JobRefusedError("this node serves paid sessions only: send the on-chain job id",
                                   code="JOB_REQUIRED")
+        if self.runtime.config.require_auth:
+            self._grants.require(job_id, "prompt")
         if job_id not in self._jobs:
             job = await billing.host.verify_job(job_id)
             self._job_prices[job_id] = job.price_per_token
@@ -208,7 +260,7 @@ class WebSocketConnection:
     async def on_session_init(self, message: SessionInit) -> None:
         try:
             job_id = await self._admit_job(message.job_id, message.session_id)
-        except JobRefusedError as exc:
+        except (JobRefusedError, AuthError) as exc:
             await self.reject(exc.code, exc.message, message.request_id)
             return
         self.session = self.runtime.sessions.open(message.session_id, job_id, message.chain_id)
@@ -226,7 +278,7 @@ class WebSocketConnection:
     async def on_session_resume(self, message: SessionResume) -> None:
         try:
             job_id = await self._admit_job(message.job_id, message.session_id)
-        except JobRefusedError as exc:
+        except (JobRefusedError, AuthError) as exc:
             await self.reject(exc.code, exc.message, message.request_id)
             return
         session = self.runtime.sessions.open(message.session_id, job_id, message.chain_id)
@@ -272,7 +324,7 @@ class WebSocketConnection:
             return
         try:
             job_id = await self._admit_job(message.job_id or session.job_id, session.session_id)
-        except JobRefusedError as exc:
+        except (JobRefusedError, AuthError) as exc:
             await self.reject(exc.code, exc.message, rid)
             return
         request = message.request

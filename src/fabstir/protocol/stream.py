@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fabstir.errors import InvalidMessageIndexError, NodeError, TokenLimitExceededError
+from fabstir.errors import AuthenticationError, InvalidMessageIndexError, NodeError, TokenLimitExceededError
 from fabstir.protocol.messages import ErrorMessage, ServerMessage, StreamChunk, StreamEnd, Usage
 
 __all__ = ["StreamAccumulator", "StreamSnapshot", "TextDelta", "error_from_message"]
@@ -129,6 +129,10 @@ def error_from_message(message: ErrorMessage) -> NodeError:
     classes: dict[str | None, type[NodeError]] = {
         "TOKEN_LIMIT_EXCEEDED": TokenLimitExceededError,
         "INVALID_MESSAGE_INDEX": InvalidMessageIndexError,
+        "AUTH_FAILED": AuthenticationError,
+        "SESSION_EXPIRED": AuthenticationError,
+        "PERMISSION_DENIED": AuthenticationError,
+        "AUTH_UNAVAILABLE": AuthenticationError,
     }
     cls = classes.get(message.code, NodeError)
     return cls(

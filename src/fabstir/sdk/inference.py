@@ -40,9 +40,15 @@ from fabstir.errors import (
     SessionError,
 )
 from fabstir.protocol import (
+    AuthChallenge,
+    AuthChallengeRequest,
+    AuthRequest,
+    AuthSuccess,
     ChatTurn,
     ErrorMessage,
     Feature,
+    History,
+    HistoryRequest,
     InferenceRequest,
     PromptMessage,
     SessionInit,
@@ -54,8 +60,10 @@ from fabstir.protocol import (
     StreamAccumulator,
     StreamCancel,
     StreamSnapshot,
+    TokenRefresh,
     error_from_message,
 )
+from fabstir.protocol.auth import TokenClaims, decode_token, sign_challenge
 from fabstir.protocol.signing import Receipt, SignatureError, verify_receipt
 from fabstir.sdk.config import backoff
 from fabstir.sdk.connection import HostConnection
@@ -65,6 +73,9 @@ if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
 
 __all__ = ["InferenceManager", "InferenceStream", "PUBLIC_CONTEXT_MESSAGES"]
+
+TOKEN_REFRESH_MARGIN = 60
+"""Refresh the session token when it has less than this many seconds left."""
 
 PUBLIC_CONTEXT_MESSAGES = 10
 """Messages re-sent as ``conversation_context`` to a node without server-side context."""
@@ -83,6 +94,8 @@ class _Session:
     features: frozenset[str] = frozenset()
     active_request: str | None = None
     host_signing_key: str | None = None
+    token: str | None = None
+    token_expires_at: int = 0
 
     @property
     def server_context(self) -> bool:
@@ -131,6 +144,7 @@ class InferenceManager:
         self._current = session.session_id
         try:
             await self._connect(session)
+            await self._authenticate_if_offered(session)
             if conversation_context:
                 await self.resume_session(session.session_id, conversation_context)
             else:
@@ -138,6 +152,86 @@ class InferenceManager:
         except BaseException:
             await self.close(session.session_id)
             raise
+
+    # --- JWT session auth (plan 11.5) ----------------------------------------------
+
+    async def authenticate_session(self, session_id: str | None = None, *,
+                                   permissions: Sequence[str] = ("prompt", "read_history")) -> AuthSuccess:
+        """Prove to the host that this SDK's account is the job's depositor; keeps the session token.
+
+        Asks for a challenge, signs it with ``FabstirSDK(account=...)`` (EIP-191) and receives an
+        EdDSA JWT. Ask for ``"admin"`` only as the host.
+
+        Raises:
+            ConfigError: no account configured.
+            AuthenticationError: the host refused (AUTH_FAILED, PERMISSION_DENIED).
+        """
+        session = self._session(session_id)
+        account = self._sdk.require_account()
+        if session.job_id is None:
+            raise SessionError("authentication needs the session's job id", code="JOB_REQUIRED")
+        connection = self._connection(session)
+        request_id = _new_request_id()
+        await connection.send(AuthChallengeRequest(session.job_id, session.session_id, request_id))
+        challenge = await self._await_reply(session, AuthChallenge, request_id)
+        assert isinstance(challenge, AuthChallenge)
+        request_id = _new_request_id()
+        await connection.send(AuthRequest(job_id=session.job_id, session_id=session.session_id,
+                                          challenge=challenge.challenge,
+                                          signature=sign_challenge(challenge.challenge, account.key),
+                                          permissions=tuple(permissions), request_id=request_id))
+        return await self._store_token(session, request_id)
+
+    async def refresh_token(self, session_id: str | None = None) -> AuthSuccess:
+        """Exchange the session's still-valid token for a fresh one (no new signature)."""
+        session = self._session(session_id)
+        if session.token is None:
+            raise SessionError("no session token to refresh; call authenticate_session", code="AUTH_FAILED")
+        request_id = _new_request_id()
+        await self._connection(session).send(TokenRefresh(session.token, request_id))
+        return await self._store_token(session, request_id)
+
+    def validate_token(self, token: str, host_signing_key: str) -> TokenClaims:
+        """Check a token's signature (by the host's Ed25519 key) and expiry; returns its claims.
+
+        Raises:
+            AuthError: forged, foreign or expired (SESSION_EXPIRED).
+        """
+        return decode_token(token, host_signing_key, int(time.time()))
+
+    def session_token(self, session_id: str | None = None) -> str | None:
+        return self._session(session_id).token
+
+    async def _store_token(self, session: _Session, request_id: str) -> AuthSuccess:
+        success = await self._await_reply(session, AuthSuccess, request_id)
+        assert isinstance(success, AuthSuccess)
+        session.token, session.token_expires_at = success.token, success.expires_at
+        return success
+
+    async def _authenticate_if_offered(self, session: _Session) -> None:
+        """Authenticate (or re-present the token) when the host offers JWT auth and we can."""
+        if Feature.JWT_AUTH not in session.features or session.job_id is None or self._sdk.account is None:
+            return
+        if session.token is not None and session.token_expires_at > time.time() + 5:
+            request_id = _new_request_id()
+            await self._connection(session).send(AuthRequest(job_id=session.job_id, session_id=session.session_id,
+                                                             token=session.token, request_id=request_id))
+            await self._store_token(session, request_id)
+            return
+        await self.authenticate_session(session.session_id)
+
+    async def _refresh_if_expiring(self, session: _Session) -> None:
+        if session.token is not None and session.token_expires_at - time.time() < TOKEN_REFRESH_MARGIN:
+            await self.refresh_token(session.session_id)
+
+    async def get_history(self, session_id: str | None = None) -> list[ChatTurn]:
+        """The host's copy of the conversation (needs ``read_history`` on hosts that require auth)."""
+        session = self._session(session_id)
+        request_id = _new_request_id()
+        await self._connection(session).send(HistoryRequest(session.session_id, request_id))
+        history = await self._await_reply(session, History, request_id)
+        assert isinstance(history, History)
+        return list(history.conversation_context)
 
     async def initialize_session(self, session_id: str | None = None, job_id: int | None = None) -> SessionInitAck:
         """Send ``session_init`` and wait for the acknowledgement."""
@@ -225,6 +319,7 @@ class InferenceManager:
                 continue
             session.features = session.connection.features
             session.state.move(SessionState.CONNECTED)
+            await self._authenticate_if_offered(session)
             if session.history and Feature.SESSION_RESUME in session.features:
                 await self._resume_on_node(session)
                 session.state.move(SessionState.READY)
@@ -404,6 +499,7 @@ class InferenceStream:
         session = self._session
         if session.connection is None or session.connection.closed:
             await self._manager._reconnect(session)
+        await self._manager._refresh_if_expiring(session)
 
     async def _attempt(self, request_id: str) -> AsyncIterator[str]:
         session = self._session
