@@ -18,7 +18,6 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 from common import Settings, log, rounded
-
 from fabstir.node.config import NodeConfig
 from fabstir.node.server import serve_node
 from fabstir.protocol import ChatTurn

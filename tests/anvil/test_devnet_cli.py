@@ -1,0 +1,159 @@
+"""``fabstir devnet up / down`` and the host commands against it, as real subprocesses; plus anvil itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fabstir.chain import anvil as anvil_module
+from fabstir.chain.anvil import find_anvil, is_anvil_pid, pid_alive, start_anvil, stop_anvil_pid
+from fabstir.chain.backend import Chain, dev_account
+from fabstir.chain.contracts import Marketplace, model_id
+from fabstir.chain.network import NetworkConfig
+from fabstir.cli.main import main
+from fabstir.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``fabstir ARGS`` in this process (quicker than a subprocess): exit code, stdout, stderr."""
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    merged = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "fabstir.cli", *args], capture_output=True, text=True,
+                          env=merged, cwd=ROOT, timeout=timeout)
+
+
+def stop_recorded_anvil(path: Path) -> None:
+    """Safety net: stop the anvil a network file names, if a test failed before ``devnet down``."""
+    try:
+        pid = json.loads(path.read_text(encoding="utf-8")).get("anvil_pid")
+    except (OSError, ValueError):
+        return
+    if isinstance(pid, int) and is_anvil_pid(pid):
+        stop_anvil_pid(pid)
+
+
+@pytest.fixture
+def devnet_file(tmp_path: Path, anvil_binary: Path) -> Iterator[Path]:
+    path = tmp_path / "devnet.json"
+    yield path
+    stop_recorded_anvil(path)
+    stop_recorded_anvil(tmp_path / "second.json")
+
+
+def test_devnet_up_register_earnings_down(devnet_file: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    up = cli("devnet", "up", "--file", str(devnet_file), "--model", "local/x.gguf", "--dispute-window", "5")
+    assert up.returncode == 0, up.stderr
+    assert "http://127.0.0.1:" in up.stdout and "host1" in up.stdout and "client1" in up.stdout
+    assert "approved model local/x.gguf (placeholder digest)" in up.stdout
+    network = NetworkConfig.load(devnet_file)
+    assert network.anvil_pid is not None and network.anvil_port is not None
+    assert network.rpc_url == f"http://127.0.0.1:{network.anvil_port}"
+    assert set(network.accounts) == {"owner", "host1", "host2", "host3", "client1", "client2", "client3"}
+    assert Path(network.anvil_log or "") == tmp_path / "devnet.anvil.log" and Path(network.anvil_log or "").exists()
+    pid = network.anvil_pid
+    assert is_anvil_pid(pid)
+    assert b"--host\x00127.0.0.1" in Path(f"/proc/{pid}/cmdline").read_bytes()  # loopback only
+    assert network.deployment.dispute_window == 5
+
+    chain = Chain.connect(network.rpc_url)
+    try:
+        market = Marketplace(chain, network.deployment)
+        functions = market.marketplace.functions
+        assert chain.call_sync(functions.treasuryAddress()) == dev_account(0).address
+        assert chain.call_sync(market.model_registry.functions.isModelApproved(model_id("local", "x.gguf")))
+        for n in (1, 2, 3):
+            assert chain.call_sync(market.stake_token.functions.balanceOf(dev_account(n).address)) == 10_000 * 10**18
+        for n in (4, 5, 6):
+            assert chain.call_sync(market.stable_token.functions.balanceOf(dev_account(n).address)) == 10_000 * 10**6
+
+        register = cli("node", "register", "--network", str(devnet_file), "--account", "host1",
+                       "--api-url", "http://127.0.0.1:8080", "--model", "local/x.gguf")
+        assert register.returncode == 0, register.stderr
+        assert f"registered {dev_account(1).address}" in register.stdout
+        assert chain.call_sync(market.node_registry.functions.isActiveNode(dev_account(1).address))
+
+        owed = cli("node", "earnings", "--network", str(devnet_file), "--account", "host1")
+        assert owed.returncode == 0, owed.stderr
+        assert owed.stdout.strip() == f"{dev_account(1).address} may withdraw 0 ETH and 0 USDC"
+
+        # a second devnet on the same port: one clear line, nothing started
+        code, out, err = in_process(capsys, "devnet", "up", "--file", str(tmp_path / "second.json"),
+                                    "--port", str(network.anvil_port))
+        assert code == 1 and out == ""
+        assert err.splitlines() == [
+            f"error: PORT_IN_USE: port {network.anvil_port} on 127.0.0.1 is already in use; pick another with --port"]
+        assert not (tmp_path / "second.json").exists()
+        # and the same file again: refused while its anvil runs
+        code, out, err = in_process(capsys, "devnet", "up", "--file", str(devnet_file))
+        assert code == 1 and err.startswith("error: DEVNET_RUNNING: ") and len(err.splitlines()) == 1
+    finally:
+        chain.close()
+
+    down = cli("devnet", "down", "--file", str(devnet_file))
+    assert down.returncode == 0, down.stderr
+    assert f"stopped anvil (pid {pid}" in down.stdout
+    assert not pid_alive(pid)
+    assert devnet_file.exists() and (tmp_path / "devnet.anvil.log").exists()  # down removes nothing
+    twice = cli("devnet", "down", "--file", str(devnet_file))
+    assert twice.returncode == 0 and "was not running" in twice.stdout
+
+
+def test_devnet_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = in_process(capsys, "devnet", "down", "--file", str(tmp_path / "nothing.json"))
+    assert code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("error: NO_DEVNET: no network file at")
+
+    monkeypatch.setenv("FABSTIR_ANVIL", str(tmp_path / "nope"))
+    code, _, err = in_process(capsys, "devnet", "up", "--file", str(tmp_path / "x.json"))
+    assert code == 1 and len(err.splitlines()) == 1
+    assert err.startswith("error: ANVIL_NOT_FOUND: ") and not (tmp_path / "x.json").exists()
+
+    not_devnet = tmp_path / "plain.json"
+    not_devnet.write_text(json.dumps({"rpc_url": "http://127.0.0.1:1", "deployment": {
+        "chain_id": 1, "stake_token": "0x0", "stable_token": "0x0", "model_registry": "0x0",
+        "node_registry": "0x0", "host_earnings": "0x0", "proof_system": "0x0", "marketplace": "0x0"}}))
+    code, _, err = in_process(capsys, "devnet", "down", "--file", str(not_devnet))
+    assert code == 1 and "records no anvil PID" in err
+
+
+def test_missing_anvil_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(anvil_module.ANVIL_ENV, raising=False)
+    (tmp_path / "tools" / "chain").mkdir(parents=True)
+    monkeypatch.setattr(anvil_module, "_search_roots", lambda: [tmp_path])
+    with pytest.raises(ConfigError) as info:
+        find_anvil()
+    assert info.value.code == "ANVIL_NOT_FOUND"
+    assert "npm ci --prefix tools/chain" in info.value.message
+
+
+def test_anvil_on_loopback_free_port_and_stopped_by_pid(anvil_binary: Path) -> None:
+    with start_anvil() as process:
+        assert process.chain_id == 31337 and process.port > 0 and process.running
+        assert process.rpc_url == f"http://127.0.0.1:{process.port}"
+        assert b"--host\x00127.0.0.1\x00" in Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        chain = Chain.connect(process.rpc_url)
+        try:
+            assert chain.w3.eth.get_balance(dev_account(9).address) == 10_000 * 10**18  # same dev accounts
+        finally:
+            chain.close()
+        with pytest.raises(ConfigError) as busy:
+            start_anvil(process.port)
+        assert busy.value.code == "PORT_IN_USE"
+        pid = process.pid
+    assert not pid_alive(pid) and not process.running
+    assert stop_anvil_pid(pid) == "not running"
