@@ -38,6 +38,7 @@ DEV_MNEMONIC = "test test test test test test test test test test test junk"
 """The well-known development mnemonic (anvil's and Hardhat's default accounts). Never use it for real funds."""
 
 EMBEDDED_FUNDING = 10_000 * 10**18
+EMBEDDED_GAS_LIMIT = 3_000_000
 
 
 @functools.cache
@@ -115,6 +116,12 @@ class Chain:
                 # estimated on the pending block: a chain that mines only on demand (anvil) keeps an old
                 # timestamp on "latest", where time checks (the checkpoint rate limit) would fail forever
                 params["gas"] = call.estimate_gas(dict(params), block_identifier="pending")
+            elif hasattr(call, "call"):
+                # eth-tester's gas estimation runs the transaction a dozen times in Python, holding the GIL
+                # that the streaming event loop needs: run it once as a call (which surfaces the revert
+                # reason) and send it with a fixed limit (unused gas is refunded)
+                call.call(dict(params), block_identifier="pending")
+                params["gas"] = EMBEDDED_GAS_LIMIT
             tx = call.build_transaction({
                 **params,
                 "nonce": self.w3.eth.get_transaction_count(sender.address, "pending"),

@@ -15,6 +15,7 @@ from nacl.signing import SigningKey
 from web3 import Web3
 
 from fabstir.node.billing import BillingService
+from fabstir.node.host_chain import JobRefusedError
 from fabstir.protocol import AuthChallenge, AuthChallengeRequest, AuthRequest, AuthSuccess, TokenRefresh
 from fabstir.protocol.auth import (
     CHALLENGE_TTL,
@@ -105,10 +106,12 @@ class NodeAuthenticator:
         if pending is None or pending[0] != request.job_id or pending[1] < now:
             raise AuthError("unknown, expired or already used challenge")
         signer = recover_signer(request.challenge or "", request.signature or "")
-        job = await billing.host.get_job(request.job_id)
+        try:
+            job = await billing.host.verify_job(request.job_id)
+        except JobRefusedError as exc:  # no such job, settled, another host's, another model
+            raise AuthError(exc.message, code=exc.code) from None
         is_host = Web3.to_checksum_address(signer) == Web3.to_checksum_address(billing.host.address)
-        if not job.exists or (Web3.to_checksum_address(signer) != Web3.to_checksum_address(job.depositor)
-                              and not is_host):
+        if Web3.to_checksum_address(signer) != Web3.to_checksum_address(job.depositor) and not is_host:
             raise AuthError(f"{signer} is not the depositor of job {request.job_id}")
         permissions = tuple(p for p in request.permissions if p in PERMISSIONS) or ("prompt",)
         if "admin" in permissions and not is_host:
