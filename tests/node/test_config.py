@@ -17,6 +17,9 @@ DEFAULTS = {
     "context_window": 2048, "parallel": 2, "threads": None, "max_frame_bytes": DEFAULT_MAX_FRAME_BYTES,
     "max_sessions": 10_000, "extensions": True, "ws_compression": True, "repeat_penalty": 1.1, "seed": 0,
     "network": None, "host_key": None, "model_repo": "local", "checkpoint_tokens": 1000, "ledger_path": None,
+    "rate_limit_per_minute": 1200, "rate_limit_burst": 200, "session_rate_limit_per_minute": 120,
+    "session_rate_limit_burst": 20, "require_auth": False, "auth_token_ttl": 900, "require_signed_messages": False,
+    "signing_key_file": None, "encryption": True,
 }
 
 

@@ -68,12 +68,16 @@ async def test_version(node: NodeServer) -> None:
         response = await client.get("/v1/version")
     assert response.status_code == 200
     info = response.json()
-    assert set(info) == {"version", "build", "date", "features", "chains", "breaking_changes"}
+    assert set(info) == {"version", "build", "date", "features", "chains", "breaking_changes", "signing_key",
+                         "public_key"}
+    assert info["signing_key"] == node.runtime.signing_public_key
+    assert info["public_key"] == node.runtime.e2e_public_key and len(info["public_key"]) == 66
     assert info["version"] == "0.1.0"
     assert info["build"] == "fabstir-py-0.1.0"
     assert info["date"] == "2026-11-26"
     assert info["features"] == ["server-context", "message-index", "session-resume", "stream-cancel",
-                                "http-sse", "permessage-deflate"]
+                                "http-sse", "signed-receipts", "rate-limits", "signed-messages",
+                                "permessage-deflate", "e2e-v1", "e2e-compression"]
     assert info["chains"] == [] and info["breaking_changes"] == []
 
 
@@ -84,7 +88,8 @@ async def test_version_without_extensions_or_compression(node_factory: NodeFacto
         assert (await client.get("/v1/version")).json()["features"] == []
     async with client_for(plain_ws) as client:
         assert (await client.get("/v1/version")).json()["features"] == [
-            "server-context", "message-index", "session-resume", "stream-cancel", "http-sse"]
+            "server-context", "message-index", "session-resume", "stream-cancel", "http-sse", "signed-receipts",
+            "rate-limits", "signed-messages", "e2e-v1", "e2e-compression"]
 
 
 async def test_models(node: NodeServer) -> None:

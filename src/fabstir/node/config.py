@@ -71,7 +71,13 @@ class NodeConfig:
     network: str | None = None
     """Network file (``fabstir devnet up`` writes one): serve paid sessions on that chain."""
     host_key: str | None = dataclasses.field(default=None, repr=False)
-    """The host's Ethereum private key (hex); better given as ``FABSTIR_NODE_HOST_KEY``."""
+    """The host's Ethereum private key (hex); better given as ``FABSTIR_NODE_HOST_KEY``.
+
+    It is also the node's end-to-end encryption key (secp256k1, as on the public node). A paid node uses its
+    billing account's key; a free node without ``host_key`` uses a new random key per run."""
+    encryption: bool = True
+    """Serve end-to-end encrypted sessions (``encrypted_session_init``); ``False`` answers
+    ENCRYPTION_NOT_SUPPORTED, as a public node without ``HOST_PRIVATE_KEY`` does."""
     model_repo: str = "local"
     """With the model file's name, gives the on-chain model id ``keccak256(repo/file)``."""
     checkpoint_tokens: int = 1000

@@ -43,6 +43,7 @@ async def version(request: Request) -> Response:
         "date": BUILD_DATE,
         "features": list(runtime.features),
         "signing_key": runtime.signing_public_key,
+        "public_key": runtime.e2e_public_key if runtime.config.encryption else None,
         "chains": [],
         "breaking_changes": [],
     })

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 
+import coincurve
 from nacl.signing import SigningKey
 
 from fabstir import __version__
+from fabstir.errors import ConfigError
 from fabstir.node.auth import NodeAuthenticator
 from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
@@ -16,6 +19,7 @@ from fabstir.node.inference import InferenceService
 from fabstir.node.ratelimit import RateLimiter
 from fabstir.node.sessions import SessionStore
 from fabstir.protocol import Feature
+from fabstir.protocol.e2e import E2EError, InitReplayCache, decode_hex
 from fabstir.protocol.signing import ReplayCache
 
 __all__ = ["NodeRuntime"]
@@ -38,14 +42,51 @@ class NodeRuntime:
     """Checkpoints and settlement on chain; ``None`` for a free, off-chain node."""
     version: str = __version__
     started_at: float = dataclasses.field(default_factory=time.time)
+    e2e_key: bytes | None = dataclasses.field(default=None, repr=False)
+    """The host's secp256k1 key for end-to-end encryption (see :meth:`_default_e2e_key`)."""
+    init_replays: InitReplayCache = dataclasses.field(default_factory=InitReplayCache, repr=False)
+    """Every ``encrypted_session_init`` this node accepted recently (a replayed one is refused)."""
 
     def __post_init__(self) -> None:
+        if self.e2e_key is None:
+            self.e2e_key = self._default_e2e_key()
         if self.limiter is None:
             config = self.config
             self.limiter = RateLimiter(client_per_minute=config.rate_limit_per_minute,
                                        client_burst=config.rate_limit_burst,
                                        session_per_minute=config.session_rate_limit_per_minute,
                                        session_burst=config.session_rate_limit_burst)
+
+    @property
+    def e2e_public_key(self) -> str:
+        """Compressed secp256k1 public key (hex) of :attr:`e2e_key`: the registry metadata's ``publicKey``."""
+        assert self.e2e_key is not None
+        return coincurve.PrivateKey(self.e2e_key).public_key.format(compressed=True).hex()
+
+    def _default_e2e_key(self) -> bytes:
+        """The paid host's account key, else the configured ``host_key``, else a new random key.
+
+        Raises:
+            ConfigError: ``host_key`` is not a valid secp256k1 private key.
+        """
+        if self.billing is not None:
+            return bytes(self.billing.host.account.key)
+        if self.config.host_key:
+            try:
+                key = decode_hex(self.config.host_key.strip(), "host_key")
+                coincurve.PrivateKey(key)
+            except (E2EError, ValueError) as exc:
+                raise ConfigError("host_key is not a secp256k1 private key (32 bytes of hex)") from exc
+            if len(key) != 32:
+                raise ConfigError("host_key is not a secp256k1 private key (32 bytes of hex)")
+            return key
+        while True:
+            key = os.urandom(32)
+            try:
+                coincurve.PrivateKey(key)
+            except ValueError:  # pragma: no cover - probability 2**-128
+                continue
+            return key
 
     @functools.cached_property
     def authenticator(self) -> NodeAuthenticator:
@@ -68,4 +109,6 @@ class NodeRuntime:
             features.append(Feature.JWT_AUTH)
         if self.config.ws_compression:
             features.append(Feature.PERMESSAGE_DEFLATE)
+        if self.config.encryption:
+            features += [Feature.E2E, Feature.E2E_COMPRESSION]
         return tuple(str(f) for f in features)

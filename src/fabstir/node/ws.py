@@ -13,6 +13,9 @@ Rules on the wire (PROTOCOL.md part A, plus our extensions):
   both carrying the request's ``id``. A bad frame received while another
   request streams gets only the ``error`` (plus a ``stream_end`` when the frame
   had its own ``id``), so the running stream is not mistaken for ended.
+- Encrypted sessions (``encrypted_session_init``, ``encrypted_message``) are
+  opened by :mod:`fabstir.node.ws_e2e` and then served on the same path as
+  plaintext prompts; only the output (an ``Output``) differs.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import logging
 import threading
 import time
+from typing import Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -35,11 +39,15 @@ from fabstir.node.host_chain import JobRefusedError
 from fabstir.node.inference import PreparedPrompt
 from fabstir.node.runtime import NodeRuntime
 from fabstir.node.sessions import SessionContext
+from fabstir.node.ws_e2e import EncryptedSessions
 from fabstir.protocol import (
     AuthChallengeRequest,
     AuthRequest,
     ClientMessage,
     Connected,
+    EncryptedMessage,
+    EncryptedSessionInit,
+    EncryptedSessionResume,
     ErrorCode,
     ErrorMessage,
     History,
@@ -61,12 +69,38 @@ from fabstir.protocol import (
     parse_client_message,
 )
 from fabstir.protocol.auth import AuthError
+from fabstir.protocol.e2e import E2EError, E2EErrorCode
 from fabstir.protocol.signing import Receipt, SignatureError, sign_receipt, text_digest, verify_message
 
-__all__ = ["WebSocketConnection"]
+__all__ = ["Output", "PlainOutput", "WebSocketConnection"]
 
 log = logging.getLogger("fabstir.node.ws")
 _connection_ids = itertools.count(1)
+
+
+class Output(Protocol):
+    """How one answer's text goes on the wire (plaintext or sealed)."""
+
+    def chunk(self, text: str, tokens: int, request_id: str | None) -> ServerMessage:
+        """The message carrying one piece of text."""
+
+    def complete(self, finish_reason: str, request_id: str | None) -> list[ServerMessage]:
+        """What follows the last piece of a complete (not cancelled) answer, before ``stream_end``."""
+
+
+class PlainOutput:
+    """``stream_chunk`` per piece, then the empty sentinel chunk."""
+
+    __slots__ = ()
+
+    def chunk(self, text: str, tokens: int, request_id: str | None) -> ServerMessage:
+        return StreamChunk(content=text, tokens=tokens, request_id=request_id)
+
+    def complete(self, finish_reason: str, request_id: str | None) -> list[ServerMessage]:
+        return [StreamChunk(content="", tokens=0, request_id=request_id)]
+
+
+_PLAIN = PlainOutput()
 
 
 class WebSocketConnection:
@@ -87,12 +121,15 @@ class WebSocketConnection:
         self._grants = Grants()
         self.extensions = runtime.config.extensions
         self.client_address = websocket.client.host if websocket.client else "unknown"
+        self.e2e = EncryptedSessions(self)
 
     async def run(self) -> None:
         await self.ws.accept()
         if self.extensions:
             await self.send(Connected(version=self.runtime.version, features=self.runtime.features,
-                                      signing_key=self.runtime.signing_public_key))
+                                      signing_key=self.runtime.signing_public_key,
+                                      public_key=self.runtime.e2e_public_key if self.runtime.config.encryption
+                                      else None))
         else:
             await self.send(Connected())
         try:
@@ -107,6 +144,7 @@ class WebSocketConnection:
         finally:
             self._closed = True
             await self._stop_active()
+            self.e2e.forget_all()
             if self.runtime.billing is not None:
                 for job_id in self._jobs:
                     self.runtime.billing.connection_closed(job_id)
@@ -181,9 +219,24 @@ class WebSocketConnection:
         elif isinstance(message, (AuthChallengeRequest, AuthRequest, TokenRefresh, HistoryRequest, SessionClear)):
             await self.on_auth_message(message)
         elif isinstance(message, PromptMessage):
-            self._cancel = threading.Event()
-            self._active = asyncio.create_task(self.serve_prompt(message))
+            self._start(message, _PLAIN)
+        elif isinstance(message, EncryptedSessionInit):
+            await self.e2e.on_init(message)
+        elif isinstance(message, EncryptedMessage):
+            opened = await self.e2e.open_message(message)
+            if opened is not None:
+                self._start(*opened)
+        elif isinstance(message, EncryptedSessionResume):
+            if self.extensions:
+                await self.e2e.on_resume(message)
+            else:
+                await self.reject(ErrorCode.UNKNOWN_MESSAGE_TYPE, "unknown message type 'session_resume'",
+                                  message.request_id)
         # a stream_cancel with nothing streaming has no effect, as on the public node
+
+    def _start(self, message: PromptMessage, output: Output) -> None:
+        self._cancel = threading.Event()
+        self._active = asyncio.create_task(self.serve_prompt(message, output))
 
     async def reject(self, code: str, text: str, request_id: str | None, *, ends_request: bool = True,
                      details: dict[str, object] | None = None) -> None:
@@ -313,7 +366,7 @@ class WebSocketConnection:
             self.session = self.runtime.sessions.open(session_id, message.job_id, message.chain_id)
         return self.session
 
-    async def serve_prompt(self, message: PromptMessage) -> None:
+    async def serve_prompt(self, message: PromptMessage, output: Output = _PLAIN) -> None:
         rid = message.request_id
         session = self._session_for(message)
         assert self.runtime.limiter is not None
@@ -351,7 +404,13 @@ class WebSocketConnection:
             await self.reject(exc.code, exc.message, rid, details=exc.details)
             return
         try:
-            text, finished = await self._stream_tokens(prepared, rid)
+            text, finished = await self._stream_tokens(prepared, rid, output)
+            cancelled = finished.finish_reason == "cancelled"
+            closing = [] if cancelled else output.complete(finished.finish_reason, rid)
+        except E2EError as exc:
+            log.warning("encryption failed on session %s: %s", session.session_id, exc)
+            await self.reject(E2EErrorCode.ENCRYPTION_FAILED, exc.message, rid)
+            return
         except EngineError as exc:
             log.warning("generation failed on session %s: %s", session.session_id, exc)
             await self.reject(ErrorCode.ENGINE_ERROR, str(exc.message), rid)
@@ -364,9 +423,8 @@ class WebSocketConnection:
         session.record_turn(request.prompt, text)
         if job_id is not None and self.runtime.billing is not None:
             self.runtime.billing.add_tokens(job_id, finished.completion_tokens)
-        cancelled = finished.finish_reason == "cancelled"
-        if not cancelled:
-            await self.send(StreamChunk(content="", tokens=0, request_id=rid))
+        for closing_message in closing:
+            await self.send(closing_message)
         usage = Usage(prepared.fitted.prompt_tokens, finished.completion_tokens, self.runtime.inference.context_window)
         await self.send(
             StreamEnd(
@@ -396,7 +454,8 @@ class WebSocketConnection:
         )
         return sign_receipt(receipt, self.runtime.signing_key).to_wire()
 
-    async def _stream_tokens(self, prepared: PreparedPrompt, rid: str | None) -> tuple[str, Finished]:
+    async def _stream_tokens(self, prepared: PreparedPrompt, rid: str | None,
+                             output: Output = _PLAIN) -> tuple[str, Finished]:
         parts: list[str] = []
         self._tokens_sent = 0
         finished = Finished("cancelled", 0)
@@ -405,7 +464,7 @@ class WebSocketConnection:
                 if isinstance(event, TokenPiece):
                     parts.append(event.text)
                     self._tokens_sent += event.tokens
-                    await self.send(StreamChunk(content=event.text, tokens=event.tokens, request_id=rid))
+                    await self.send(output.chunk(event.text, event.tokens, rid))
                 else:
                     finished = event
         return "".join(parts), finished

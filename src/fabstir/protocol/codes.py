@@ -47,6 +47,8 @@ class Feature(enum.StrEnum):
     SIGNED_RECEIPTS = "signed-receipts"
     RATE_LIMITS = "rate-limits"
     JWT_AUTH = "jwt-auth"
+    E2E = "e2e-v1"
+    E2E_COMPRESSION = "e2e-compression"
     SIGNED_MESSAGES = "signed-messages"
 
 

@@ -39,6 +39,11 @@ __all__ = [
     "Usage",
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_TEMPERATURE",
+    "EncryptedChunk",
+    "EncryptedMessage",
+    "EncryptedResponse",
+    "EncryptedSessionInit",
+    "EncryptedSessionResume",
 ]
 
 JSONObject: TypeAlias = dict[str, Any]
@@ -48,6 +53,7 @@ StreamEndReason = Literal["complete", "cancelled", "error"]
 DEFAULT_MAX_TOKENS = 4000
 """``max_tokens`` when a request gives none (the public node's default)."""
 DEFAULT_TEMPERATURE = 0.7
+
 
 
 def _drop_none(obj: JSONObject) -> JSONObject:
@@ -289,9 +295,102 @@ class SessionClear:
         return _drop_none({"type": "session_clear", "session_id": self.session_id, "id": self.request_id})
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class EncryptedSessionInit:
+    """``encrypted_session_init``: open an encrypted session (PROTOCOL.md §2.2).
+
+    ``payload`` is kept exactly as received (``None`` when absent); :mod:`fabstir.protocol.e2e` validates
+    and opens it. The outer ``job_id`` is informational: the node takes the job id from the sealed ``jobId``.
+    """
+
+    payload: object
+    session_id: str | None = None
+    job_id: int | None = None
+    chain_id: int | None = None
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none(
+            {
+                "type": "encrypted_session_init",
+                "session_id": self.session_id,
+                "job_id": None if self.job_id is None else str(self.job_id),
+                "chain_id": self.chain_id,
+                "payload": self.payload,
+                "id": self.request_id,
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EncryptedMessage:
+    """``encrypted_message``: one sealed chat request (PROTOCOL.md §2.5).
+
+    The sealed plaintext is the inner JSON ``{prompt, model, max_tokens, temperature, stream, thinking?}`` (or
+    bare prompt text). The optional outer fields are fallbacks for missing inner ones (inner > outer > default).
+    """
+
+    payload: object
+    session_id: str | None = None
+    request_id: str | None = None
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stream: bool | None = None
+    thinking: str | None = None
+    web_search: bool | None = None
+    max_searches: int | None = None
+    search_queries: tuple[str, ...] | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none(
+            {
+                "type": "encrypted_message",
+                "session_id": self.session_id,
+                "id": self.request_id,
+                "payload": self.payload,
+                "model": self.model,
+                "max_tokens": self.max_tokens,
+                "temperature": self.temperature,
+                "stream": self.stream,
+                "thinking": self.thinking,
+                "web_search": self.web_search,
+                "max_searches": self.max_searches,
+                "search_queries": None if self.search_queries is None else list(self.search_queries),
+            }
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EncryptedSessionResume:
+    """``session_resume`` with a sealed ``payload`` (extension ``e2e-v1`` + ``session-resume``).
+
+    The sealed plaintext (AAD ``message_<n>`` of the current encrypted session) is
+    ``{"conversation_context": [{role, content}, …], "last_message_index": n}``.
+    """
+
+    session_id: str
+    payload: object
+    job_id: int | None = None
+    chain_id: int | None = None
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none(
+            {
+                "type": "session_resume",
+                "session_id": self.session_id,
+                "job_id": self.job_id,
+                "chain_id": self.chain_id,
+                "payload": self.payload,
+                "id": self.request_id,
+            }
+        )
+
+
 ClientMessage: TypeAlias = (
     SessionInit | PromptMessage | StreamCancel | SessionResume | AuthChallengeRequest | AuthRequest | TokenRefresh
-    | HistoryRequest | SessionClear
+    | HistoryRequest | SessionClear | EncryptedSessionInit | EncryptedMessage | EncryptedSessionResume
 )
 
 
@@ -307,6 +406,11 @@ class Connected:
     features: tuple[str, ...] | None = None
     signing_key: str | None = None
     """Our extension: the node's Ed25519 public key (hex) that signs receipts."""
+    public_key: str | None = None
+    """Our extension: the node's compressed secp256k1 public key (hex) for end-to-end encryption.
+
+    Announced over the same unauthenticated socket, so it protects against passive observers only; the
+    key published in the host's registry metadata (``publicKey``) is the one to trust."""
 
     def to_wire(self) -> JSONObject:
         return _drop_none(
@@ -316,6 +420,7 @@ class Connected:
                 "version": self.version,
                 "features": None if self.features is None else list(self.features),
                 "signing_key": self.signing_key,
+                "public_key": self.public_key,
             }
         )
 
@@ -332,6 +437,8 @@ class SessionInitAck:
     features: tuple[str, ...] | None = None
     message_index: int | None = None
     request_id: str | None = None
+    client_address: str | None = None
+    """Answer to ``encrypted_session_init``: the address recovered from the init's signature."""
 
     def to_wire(self) -> JSONObject:
         wire: JSONObject = {
@@ -340,8 +447,10 @@ class SessionInitAck:
             "session_id": self.session_id,
             "job_id": self.job_id,
             "chain_id": self.chain_id,
-            "message": self.message,
         }
+        if self.client_address is not None:
+            wire["client_address"] = self.client_address
+        wire["message"] = self.message
         if self.features is not None:
             wire["features"] = list(self.features)
         if self.message_index is not None:
@@ -501,6 +610,50 @@ class History:
                            "message_index": self.message_index, "id": self.request_id})
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class EncryptedChunk:
+    """``encrypted_chunk``: one sealed piece of an answer (AAD ``chunk_<i>``, ``payload.index`` i).
+
+    The last chunk of a complete answer is empty, ``tokens`` 0, with ``final`` true.
+    """
+
+    payload: object
+    tokens: int = 1
+    session_id: str | None = None
+    request_id: str | None = None
+    final: bool = False
+
+    def to_wire(self) -> JSONObject:
+        wire: JSONObject = {"type": "encrypted_chunk", "tokens": self.tokens}
+        if self.request_id is not None:
+            wire["id"] = self.request_id
+        if self.session_id is not None:
+            wire["session_id"] = self.session_id
+        wire["payload"] = self.payload
+        if self.final:
+            wire["final"] = True
+        return wire
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EncryptedResponse:
+    """``encrypted_response``: ends a complete encrypted answer (AAD ``encrypted_response_final``,
+    plaintext = finish_reason); the plaintext ``stream_end`` follows."""
+
+    payload: object
+    session_id: str | None = None
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        wire: JSONObject = {"type": "encrypted_response"}
+        if self.request_id is not None:
+            wire["id"] = self.request_id
+        if self.session_id is not None:
+            wire["session_id"] = self.session_id
+        wire["payload"] = self.payload
+        return wire
+
+
 ServerMessage: TypeAlias = (
     Connected
     | AuthChallenge
@@ -510,6 +663,8 @@ ServerMessage: TypeAlias = (
     | SessionResumed
     | StreamChunk
     | StreamEnd
+    | EncryptedChunk
+    | EncryptedResponse
     | ErrorMessage
     | UnknownMessage
 )

@@ -7,14 +7,28 @@ malformed input raises :class:`~fabstir.errors.RemoteProtocolError` carrying an
 ever escapes. Aliases of the public Fabstir node are accepted: ``session_id`` /
 ``sessionId``, ``job_id`` / ``jobId`` as a number or decimal string (a trailing
 ``n`` is stripped), ``chain_id`` / ``chainId``.
+
+Encrypted messages (PROTOCOL.md §2.2, §2.5, §3.2) parse like the others, but their
+``payload`` is kept as received: :mod:`fabstir.protocol.e2e` validates and opens it
+with the public node's codes. The sealed plaintext of ``encrypted_message`` is read
+by :func:`parse_encrypted_request` (inner JSON, or bare prompt text), after
+:func:`decode_inner_payload` has undone our optional compression:
+
+Inner compression (extension ``e2e-compression``): a sealed plaintext may be the byte
+``0xFF`` followed by a zlib stream (RFC 1950) of the UTF-8 inner JSON. ``0xFF`` never
+occurs in UTF-8, and the public format is always UTF-8 (the public node answers
+``INVALID_UTF8`` otherwise), so a compressed plaintext can never be mistaken for a
+public-format one. Senders compress only when the node advertises the feature and the
+JSON is at least :data:`INNER_COMPRESSION_THRESHOLD` bytes and shrinks.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fabstir.errors import RemoteProtocolError
 from fabstir.protocol.codes import ErrorCode
@@ -28,6 +42,11 @@ from fabstir.protocol.messages import (
     ChatTurn,
     ClientMessage,
     Connected,
+    EncryptedChunk,
+    EncryptedMessage,
+    EncryptedResponse,
+    EncryptedSessionInit,
+    EncryptedSessionResume,
     ErrorMessage,
     History,
     HistoryRequest,
@@ -49,10 +68,18 @@ from fabstir.protocol.messages import (
 )
 
 __all__ = [
+    "COMPRESSED_INNER_MARKER",
     "DEFAULT_MAX_FRAME_BYTES",
+    "INNER_COMPRESSION_THRESHOLD",
     "MAX_JSON_DEPTH",
     "check_json_depth",
+    "decode_inner_payload",
+    "encode_inner_payload",
     "encode_message",
+    "encrypted_request_body",
+    "encrypted_resume_body",
+    "parse_encrypted_request",
+    "parse_encrypted_resume",
     "parse_client_message",
     "parse_server_message",
 ]
@@ -78,9 +105,18 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 def encode_message(message: ClientMessage | ServerMessage) -> str:
     """Serialise a message to the compact JSON text of one frame."""
-    if type(message) is StreamChunk:  # once per token: build the text directly
-        rid = "" if message.request_id is None else ',"id":' + _dumps(message.request_id)
-        return f'{{"type":"stream_chunk","content":{_dumps(message.content)},"tokens":{message.tokens}{rid}}}'
+    kind = type(message)
+    if kind is StreamChunk:  # once per token: build the text directly
+        chunk: StreamChunk = message  # type: ignore[assignment]
+        rid = "" if chunk.request_id is None else ',"id":' + _dumps(chunk.request_id)
+        return f'{{"type":"stream_chunk","content":{_dumps(chunk.content)},"tokens":{chunk.tokens}{rid}}}'
+    if kind is EncryptedChunk:
+        sealed: EncryptedChunk = message  # type: ignore[assignment]
+        rid = "" if sealed.request_id is None else ',"id":' + _dumps(sealed.request_id)
+        sid = "" if sealed.session_id is None else ',"session_id":' + _dumps(sealed.session_id)
+        final = ',"final":true' if sealed.final else ""
+        return (f'{{"type":"encrypted_chunk","tokens":{sealed.tokens}{rid}{sid},'
+                f'"payload":{_dumps(sealed.payload)}{final}}}')
     return _dumps(message.to_wire())
 
 
@@ -286,10 +322,13 @@ def _parse_request(fields: _Fields, *, defaults: bool) -> InferenceRequest:
     )
 
 
-def _validation_errors(parse: Callable[[_Fields], PromptMessage]) -> Callable[[_Fields], PromptMessage]:
+_M = TypeVar("_M", PromptMessage, EncryptedMessage)
+
+
+def _validation_errors(parse: Callable[[_Fields], _M]) -> Callable[[_Fields], _M]:
     """Report every bad field of a chat request as VALIDATION_ERROR."""
 
-    def parse_validated(fields: _Fields) -> PromptMessage:
+    def parse_validated(fields: _Fields) -> _M:
         try:
             return parse(fields)
         except RemoteProtocolError as exc:
@@ -340,10 +379,13 @@ def _parse_stream_cancel(fields: _Fields) -> StreamCancel:
     )
 
 
-def _parse_session_resume(fields: _Fields) -> SessionResume:
+def _parse_session_resume(fields: _Fields) -> SessionResume | EncryptedSessionResume:
     session_id = _session_id(fields)
     if session_id is None:
         raise fields.fail("session_resume needs a session_id", ErrorCode.MISSING_SESSION_ID)
+    if fields.obj.get("payload") is not None:
+        return EncryptedSessionResume(session_id=session_id, payload=fields.obj["payload"], job_id=_job_id(fields),
+                                      chain_id=_chain_id(fields), request_id=fields.request_id)
     context = fields.turns("conversation_context")
     last_index = fields.int_("last_message_index", minimum=-1)
     return SessionResume(
@@ -407,6 +449,45 @@ def _parse_session_clear(fields: _Fields) -> SessionClear:
     return SessionClear(session_id=session_id, request_id=fields.request_id)
 
 
+def _parse_encrypted_session_init(fields: _Fields) -> EncryptedSessionInit:
+    return EncryptedSessionInit(
+        payload=fields.obj.get("payload"),
+        session_id=_session_id(fields),
+        job_id=_lenient_int(fields, "job_id", "jobId"),
+        chain_id=_chain_id(fields),
+        request_id=fields.request_id,
+    )
+
+
+def _lenient_int(fields: _Fields, *names: str) -> int | None:
+    """An informational integer that the receiver ignores when malformed (the outer ``job_id`` of an init)."""
+    try:
+        return fields.int_(*names)
+    except RemoteProtocolError:
+        return None
+
+
+@_validation_errors
+def _parse_encrypted_message(fields: _Fields) -> EncryptedMessage:
+    queries = fields.raw("search_queries")
+    if queries is not None and (not isinstance(queries, list) or not all(isinstance(q, str) for q in queries)):
+        raise fields.fail("'search_queries' must be a list of strings")
+    temperature = fields.raw("temperature")
+    return EncryptedMessage(
+        payload=fields.obj.get("payload"),
+        session_id=_session_id(fields),
+        request_id=fields.request_id,
+        model=fields.str_("model"),
+        max_tokens=fields.int_("max_tokens", minimum=1),
+        temperature=None if temperature is None else fields.float_("temperature", DEFAULT_TEMPERATURE),
+        stream=None if fields.raw("stream") is None else fields.bool_("stream", True),
+        thinking=fields.str_("thinking"),
+        web_search=None if fields.raw("web_search") is None else fields.bool_("web_search", False),
+        max_searches=fields.int_("max_searches"),
+        search_queries=None if queries is None else tuple(queries),
+    )
+
+
 _CLIENT_PARSERS: dict[str, Callable[[_Fields], ClientMessage]] = {
     "auth_challenge": _parse_auth_challenge_request,
     "auth": _parse_auth,
@@ -418,6 +499,8 @@ _CLIENT_PARSERS: dict[str, Callable[[_Fields], ClientMessage]] = {
     "inference": _parse_inference,
     "stream_cancel": _parse_stream_cancel,
     "session_resume": _parse_session_resume,
+    "encrypted_session_init": _parse_encrypted_session_init,
+    "encrypted_message": _parse_encrypted_message,
 }
 
 
@@ -455,6 +538,7 @@ def _parse_connected(fields: _Fields) -> Connected:
         version=fields.str_("version"),
         features=_features(fields),
         signing_key=fields.str_("signing_key"),
+        public_key=fields.str_("public_key"),
     )
 
 
@@ -468,6 +552,7 @@ def _parse_init_ack(fields: _Fields) -> SessionInitAck:
         features=_features(fields),
         message_index=fields.int_("message_index"),
         request_id=fields.request_id,
+        client_address=fields.str_("client_address"),
     )
 
 
@@ -551,6 +636,21 @@ def _parse_history(fields: _Fields) -> History:
                    or (), message_index=fields.int_("message_index") or 0, request_id=fields.request_id)
 
 
+def _parse_encrypted_chunk(fields: _Fields) -> EncryptedChunk:
+    return EncryptedChunk(
+        payload=fields.obj.get("payload"),
+        tokens=fields.int_("tokens") or 0,
+        session_id=_session_id(fields),
+        request_id=fields.request_id,
+        final=fields.obj.get("final") is True,
+    )
+
+
+def _parse_encrypted_response(fields: _Fields) -> EncryptedResponse:
+    return EncryptedResponse(payload=fields.obj.get("payload"), session_id=_session_id(fields),
+                             request_id=fields.request_id)
+
+
 _SERVER_PARSERS: dict[str, Callable[[_Fields], ServerMessage]] = {
     "auth_challenge": _parse_challenge,
     "auth_success": _parse_auth_success,
@@ -560,5 +660,142 @@ _SERVER_PARSERS: dict[str, Callable[[_Fields], ServerMessage]] = {
     "session_resumed": _parse_resumed,
     "stream_chunk": _parse_chunk,
     "stream_end": _parse_stream_end,
+    "encrypted_chunk": _parse_encrypted_chunk,
+    "encrypted_response": _parse_encrypted_response,
     "error": _parse_error,
 }
+
+
+# --- the sealed plaintext of encrypted messages -----------------------------
+
+COMPRESSED_INNER_MARKER = 0xFF
+"""First byte of a compressed inner plaintext (never valid UTF-8, so never a public-format plaintext)."""
+INNER_COMPRESSION_THRESHOLD = 1024
+"""Inner JSON shorter than this is never compressed."""
+_INNER_IGNORED = ("conversation_context", "job_id", "jobId", "session_id", "sessionId", "chain_id", "chainId",
+                  "request")
+
+
+def encode_inner_payload(body: JSONObject, *, compress: bool = False,
+                         threshold: int = INNER_COMPRESSION_THRESHOLD) -> bytes:
+    """The plaintext to seal: compact UTF-8 JSON, or ``0xFF`` + zlib of it when ``compress`` and it pays off."""
+    data = _dumps(body).encode()
+    if compress and len(data) >= threshold:
+        packed = bytes([COMPRESSED_INNER_MARKER]) + zlib.compress(data, 6)
+        if len(packed) < len(data):
+            return packed
+    return data
+
+
+def decode_inner_payload(data: bytes, *, allow_compressed: bool, max_bytes: int) -> str:
+    """The inner text of a decrypted plaintext, inflating it first if it is compressed.
+
+    Raises:
+        RemoteProtocolError: INVALID_UTF8 (not UTF-8; also a compressed plaintext when ``allow_compressed``
+            is false, as on the public node), INVALID_PAYLOAD (a broken zlib stream), FRAME_TOO_LARGE (it
+            inflates beyond ``max_bytes``).
+    """
+    if allow_compressed and data[:1] == bytes([COMPRESSED_INNER_MARKER]):
+        inflater = zlib.decompressobj()
+        try:
+            data = inflater.decompress(data[1:], max_bytes + 1)
+        except zlib.error as exc:
+            raise RemoteProtocolError(f"compressed payload is not a zlib stream: {exc}",
+                                      code="INVALID_PAYLOAD") from None
+        if len(data) > max_bytes or inflater.unconsumed_tail:
+            raise RemoteProtocolError(f"compressed payload inflates beyond {max_bytes} bytes",
+                                      code=ErrorCode.FRAME_TOO_LARGE)
+        if not inflater.eof or inflater.unused_data:
+            raise RemoteProtocolError("compressed payload is truncated or has trailing data", code="INVALID_PAYLOAD")
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("decrypted payload is not UTF-8", code="INVALID_UTF8") from None
+
+
+def encrypted_request_body(request: InferenceRequest, *, message_index: int | None = None) -> JSONObject:
+    """The inner JSON an SDK seals into ``encrypted_message`` (the TS SDK's keys, plus our ``message_index``)."""
+    return _drop_none_values({
+        "prompt": request.prompt,
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "stream": True,
+        "thinking": request.thinking,
+        "message_index": message_index,
+    })
+
+
+def encrypted_resume_body(conversation_context: tuple[ChatTurn, ...], last_message_index: int) -> JSONObject:
+    """The inner JSON of an encrypted ``session_resume``."""
+    return {"conversation_context": [t.to_wire() for t in conversation_context],
+            "last_message_index": last_message_index}
+
+
+def _drop_none_values(obj: JSONObject) -> JSONObject:
+    return {k: v for k, v in obj.items() if v is not None}
+
+
+def _inner_object(text: str) -> JSONObject | None:
+    """The inner JSON object, or ``None`` when the text is not one (then it is the prompt itself)."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        check_json_depth(text)
+        obj = json.loads(text)
+    except (ValueError, RecursionError, RemoteProtocolError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def parse_encrypted_request(text: str, outer: EncryptedMessage) -> PromptMessage:
+    """The chat request sealed in an ``encrypted_message`` (``text`` is the decrypted inner text).
+
+    Inner JSON ``{prompt, model, max_tokens, temperature, stream, thinking?, message_index?}``; text that is
+    not a JSON object is the whole prompt. Each field comes from the inner JSON, else the outer message, else
+    the default (PROTOCOL.md §2.5). An inner ``conversation_context`` is ignored, as on the public node:
+    context comes from the node's own history of the session.
+
+    Raises:
+        RemoteProtocolError: UNSUPPORTED_ACTION (an inner ``action`` such as image_generation),
+            VALIDATION_ERROR (empty prompt, bad field).
+    """
+    inner = _inner_object(text)
+    rid = outer.request_id
+    if inner is None:
+        inner = {"prompt": text}
+    action = inner.get("action")
+    if action is not None:
+        shown = action[:64] if isinstance(action, str) else type(action).__name__
+        raise RemoteProtocolError(f"action {shown!r} is not supported by this node (chat only)",
+                                  code=ErrorCode.UNSUPPORTED_ACTION, request_id=rid)
+    merged: JSONObject = _drop_none_values({
+        "model": outer.model, "max_tokens": outer.max_tokens, "temperature": outer.temperature,
+        "stream": outer.stream, "thinking": outer.thinking,
+    })
+    merged.update((k, v) for k, v in inner.items() if v is not None and k not in _INNER_IGNORED)
+    fields = _Fields(merged, rid)
+    try:
+        request = _parse_request(fields, defaults=True)
+        message_index = fields.int_("message_index")
+    except RemoteProtocolError as exc:
+        exc.code = ErrorCode.VALIDATION_ERROR
+        raise
+    return PromptMessage(request=request, wire_type="prompt", session_id=outer.session_id,
+                         message_index=message_index, request_id=rid)
+
+
+def parse_encrypted_resume(text: str, outer: EncryptedSessionResume) -> SessionResume:
+    """The ``session_resume`` sealed in ``outer`` (``text`` is the decrypted inner JSON).
+
+    Raises:
+        RemoteProtocolError: INVALID_MESSAGE, the inner text is not a JSON object or has bad fields.
+    """
+    inner = _inner_object(text)
+    if inner is None:
+        raise RemoteProtocolError("an encrypted session_resume must seal a JSON object", request_id=outer.request_id)
+    fields = _Fields(inner, outer.request_id)
+    last_index = fields.int_("last_message_index", minimum=-1)
+    return SessionResume(session_id=outer.session_id, conversation_context=fields.turns("conversation_context") or (),
+                         last_message_index=-1 if last_index is None else last_index, job_id=outer.job_id,
+                         chain_id=outer.chain_id, request_id=outer.request_id)

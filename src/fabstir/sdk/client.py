@@ -28,6 +28,9 @@ class FabstirSDK:
     Settings are keyword-only; each has a default. Precedence: keyword argument
     > environment (``FABSTIR_NO_COMPRESSION=1`` turns compression off) > default.
 
+    Sessions are end-to-end encrypted when the host's public key is known (its registry
+    metadata ``publicKey``), see :meth:`InferenceManager.connect_to_session`.
+
     Use it as an async context manager, or call :meth:`aclose` when done::
 
         async with FabstirSDK() as sdk:
@@ -46,12 +49,16 @@ class FabstirSDK:
         deployment: Deployment | None = None,
         account: LocalAccount | None = None,
         signing_key: SigningKey | None = None,
+        encryption: bool | None = None,
     ) -> None:
         self.chain = chain
         self.deployment = deployment
         self.account = account
         self.signing_key = signing_key
         """Ed25519 key that signs every message sent to hosts (see fabstir.keys for key files)."""
+        self.encryption = encryption
+        """Default end-to-end encryption mode of ``inference.connect_to_session``: ``None`` encrypts whenever the
+        host's public key is given, ``True`` always (never plaintext), ``False`` never."""
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
         if compression is None:

@@ -19,6 +19,14 @@ raises :class:`ConnectionClosedError` (its partial text is in the history only
 if the node finished it). A prompt refused with ``RATE_LIMITED`` is sent again
 after the node's ``retry_after`` (nothing was generated or billed), up to
 ``RetryPolicy.attempts`` times.
+
+End-to-end encryption (:mod:`fabstir.sdk.e2e`) is on whenever the host's public key
+is known (``host_public_key``, from its registry metadata ``publicKey``): the session
+opens with ``encrypted_session_init``, each prompt is an ``encrypted_message`` under a
+fresh session key, and the answer's ``encrypted_chunk`` frames are decrypted before
+they reach the accumulator, so results, receipts, billing, cancel and reconnect work
+the same in both modes. Context is restored with an encrypted ``session_resume``; the
+history never travels in plaintext.
 """
 
 from __future__ import annotations
@@ -26,17 +34,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 from fabstir.errors import (
+    ConfigError,
     ConnectError,
     ConnectionClosedError,
     InvalidMessageIndexError,
     NodeError,
     RemoteProtocolError,
+    RequestTimeoutError,
     SessionError,
 )
 from fabstir.protocol import (
@@ -45,12 +56,15 @@ from fabstir.protocol import (
     AuthRequest,
     AuthSuccess,
     ChatTurn,
+    ClientMessage,
+    ErrorCode,
     ErrorMessage,
     Feature,
     History,
     HistoryRequest,
     InferenceRequest,
     PromptMessage,
+    ServerMessage,
     SessionInit,
     SessionInitAck,
     SessionResume,
@@ -64,15 +78,20 @@ from fabstir.protocol import (
     error_from_message,
 )
 from fabstir.protocol.auth import TokenClaims, decode_token, sign_challenge
+from fabstir.protocol.e2e import E2EError
 from fabstir.protocol.signing import Receipt, SignatureError, verify_receipt
+from fabstir.sdk import e2e as _e2e
 from fabstir.sdk.config import backoff
 from fabstir.sdk.connection import HostConnection
+from fabstir.sdk.e2e import ClientEncryption, EncryptedStream, embed_context, normalize_public_key
 from fabstir.sdk.types import InferenceResult, PromptOptions, TokenCallback
 
 if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
 
 __all__ = ["InferenceManager", "InferenceStream", "PUBLIC_CONTEXT_MESSAGES"]
+
+log = logging.getLogger("fabstir.sdk")
 
 TOKEN_REFRESH_MARGIN = 60
 """Refresh the session token when it has less than this many seconds left."""
@@ -96,10 +115,21 @@ class _Session:
     host_signing_key: str | None = None
     token: str | None = None
     token_expires_at: int = 0
+    encryption: ClientEncryption | None = None
+    """End-to-end encryption state; ``None`` for a plaintext session."""
+    embed_context: bool = False
+    """Encrypted, on a node that cannot resume encrypted: the next prompt carries the restored history."""
 
     @property
     def server_context(self) -> bool:
         return Feature.SERVER_CONTEXT in self.features and Feature.MESSAGE_INDEX in self.features
+
+    @property
+    def can_resume(self) -> bool:
+        """The node takes ``session_resume`` in this session's mode (encrypted needs ``e2e-v1`` too)."""
+        if Feature.SESSION_RESUME not in self.features:
+            return False
+        return self.encryption is None or Feature.E2E in self.features
 
 
 class InferenceManager:
@@ -121,6 +151,8 @@ class InferenceManager:
         *,
         chain_id: int | None = None,
         host_signing_key: str | None = None,
+        host_public_key: str | None = None,
+        encryption: bool | None = None,
     ) -> None:
         """Open a WebSocket to ``host_url`` for ``session_id`` and initialise it.
 
@@ -130,10 +162,27 @@ class InferenceManager:
         host's published Ed25519 key (registry metadata ``ed25519PublicKey``); receipts must be
         signed by it. Without it, the key the node announces on connect is used.
 
+        End-to-end encryption: ``host_public_key`` is the host's compressed secp256k1 key (hex),
+        from its registry metadata ``publicKey`` (``HostInfo.metadata.public_key``).
+
+        - ``encryption=None`` (default: ``FabstirSDK(encryption=...)``, itself ``None``): encrypt
+          whenever ``host_public_key`` is given. A node that answers ENCRYPTION_NOT_SUPPORTED gets
+          plaintext (logged as a warning; :meth:`is_encrypted` tells).
+        - ``encryption=True``: always encrypt, never fall back. Without ``host_public_key`` the key our
+          node announces in ``connected.public_key`` is used; that travels over the same socket, so it
+          protects against passive observers only, not against a host impersonator.
+        - ``encryption=False``: plaintext.
+
+        The init is signed by ``FabstirSDK(account=...)`` when set (the node echoes its address),
+        else by a random key made for this session.
+
         Raises:
             ConnectError: the host cannot be reached.
             RequestTimeoutError: the host did not acknowledge in time.
             NodeError: the host refused the session.
+            ConfigError: ``encryption=True`` but no host key is known (HOST_KEY_UNKNOWN), or the key
+                is malformed (INVALID_HOST_KEY).
+            E2EError: the node announces a different key than ``host_public_key`` (HOST_KEY_MISMATCH).
         """
         if session_id in self._sessions:
             await self.close(session_id)
@@ -142,8 +191,13 @@ class InferenceManager:
         session.next_index = _turns_in(session.history)
         self._sessions[session.session_id] = session
         self._current = session.session_id
+        if encryption is None:
+            encryption = self._sdk.encryption
+        if host_public_key is not None:
+            host_public_key = normalize_public_key(host_public_key)
         try:
             await self._connect(session)
+            session.encryption = self._choose_encryption(session, host_public_key, encryption)
             await self._authenticate_if_offered(session)
             if conversation_context:
                 await self.resume_session(session.session_id, conversation_context)
@@ -152,6 +206,51 @@ class InferenceManager:
         except BaseException:
             await self.close(session.session_id)
             raise
+
+    def _choose_encryption(self, session: _Session, host_public_key: str | None,
+                           encryption: bool | None) -> ClientEncryption | None:
+        if encryption is False:
+            return None
+        connected = session.connection.connected if session.connection else None
+        announced = connected.public_key if connected is not None else None
+        key = host_public_key
+        if key is None and encryption:
+            key = announced
+        if key is None:
+            if encryption:
+                raise ConfigError("encryption=True, but the host's public key is unknown: pass host_public_key "
+                                  "(its registry metadata publicKey)", code="HOST_KEY_UNKNOWN")
+            return None
+        account = self._sdk.account
+        client_key = bytes(account.key) if account is not None else None
+        encrypted = ClientEncryption(key, client_key, required=bool(encryption),
+                                     announced=host_public_key is None)
+        self._check_announced_key(session, encrypted)
+        return encrypted
+
+    @staticmethod
+    def _check_announced_key(session: _Session, encrypted: ClientEncryption) -> None:
+        connected = session.connection.connected if session.connection else None
+        announced = connected.public_key if connected is not None else None
+        if announced is None:
+            return
+        try:
+            same = normalize_public_key(announced) == encrypted.host_public_key
+        except ConfigError:
+            same = False
+        if not same:
+            raise E2EError(f"the host announces public key {announced[:80]!r}, not the one given "
+                           f"({encrypted.host_public_key}); is its registry metadata stale?",
+                           code="HOST_KEY_MISMATCH")
+
+    def is_encrypted(self, session_id: str | None = None) -> bool:
+        """Whether the session's traffic is end-to-end encrypted."""
+        return self._session(session_id).encryption is not None
+
+    def client_address(self, session_id: str | None = None) -> str | None:
+        """The address the host recovered from our last encrypted init (``None`` for plaintext)."""
+        encryption = self._session(session_id).encryption
+        return encryption.client_address if encryption is not None else None
 
     # --- JWT session auth (plan 11.5) ----------------------------------------------
 
@@ -238,17 +337,43 @@ class InferenceManager:
         session = self._session(session_id)
         if job_id is not None:
             session.job_id = job_id
+        ack = await self._send_init(session)
+        if session.server_context and ack.message_index is not None and ack.message_index != session.next_index:
+            # the node remembers this session differently (e.g. it restarted): give it our copy
+            await self._resume_on_node(session)
+        session.state.move(SessionState.READY)
+        return ack
+
+    async def _send_init(self, session: _Session, model: str | None = None) -> SessionInitAck:
+        """``session_init``, or ``encrypted_session_init`` with a fresh session key; returns the ack."""
         connection = self._connection(session)
+        encryption = session.encryption
+        if encryption is not None:
+            request_id = _new_request_id()
+            model_name = self._sdk.default_options.model if model is None else model
+            await connection.send(encryption.init_message(session.session_id, session.job_id, session.chain_id,
+                                                          model_name, request_id))
+            try:
+                ack = await self._await_reply(session, SessionInitAck, request_id)
+            except NodeError as exc:
+                if exc.code != ErrorCode.ENCRYPTION_NOT_SUPPORTED or encryption.required:
+                    raise
+                log.warning("host %s does not support end-to-end encryption; session %s continues in plaintext",
+                            session.host_url, session.session_id)
+                encryption.forget()
+                session.encryption = None
+            else:
+                assert isinstance(ack, SessionInitAck)
+                encryption.accept(ack)
+                if ack.features is not None:
+                    session.features = frozenset(ack.features)
+                return ack
         request_id = _new_request_id()
         await connection.send(SessionInit(session.session_id, session.job_id, session.chain_id, request_id))
         ack = await self._await_reply(session, SessionInitAck, request_id)
         assert isinstance(ack, SessionInitAck)
         if ack.features is not None:
             session.features = frozenset(ack.features)
-        if session.server_context and ack.message_index is not None and ack.message_index != session.next_index:
-            # the node remembers this session differently (e.g. it restarted): give it our copy
-            await self._resume_on_node(session)
-        session.state.move(SessionState.READY)
         return ack
 
     async def resume_session(self, session_id: str, conversation_context: Sequence[ChatTurn]) -> SessionResumed | None:
@@ -260,7 +385,11 @@ class InferenceManager:
         session = self._session(session_id)
         session.history = list(conversation_context)
         session.next_index = _turns_in(session.history)
-        if Feature.SESSION_RESUME not in session.features:
+        if session.encryption is not None and session.can_resume:
+            await self._send_init(session)  # the key the resume is sealed with (may fall back to plaintext)
+        if not session.can_resume:
+            if session.encryption is not None:
+                session.embed_context = bool(session.history)
             await self.initialize_session(session.session_id)
             return None
         resumed = await self._resume_on_node(session)
@@ -271,8 +400,17 @@ class InferenceManager:
     async def _resume_on_node(self, session: _Session) -> SessionResumed:
         connection = self._connection(session)
         request_id = _new_request_id()
-        await connection.send(SessionResume(session.session_id, tuple(session.history), session.next_index - 1,
-                                            session.job_id, session.chain_id, request_id))
+        encryption = session.encryption
+        if encryption is None:
+            await connection.send(SessionResume(session.session_id, tuple(session.history), session.next_index - 1,
+                                                session.job_id, session.chain_id, request_id))
+        else:
+            if encryption.current is None:
+                await self._send_init(session)
+            await connection.send(encryption.seal_resume(
+                session.session_id, session.history, session.next_index - 1, job_id=session.job_id,
+                chain_id=session.chain_id, compress=Feature.E2E_COMPRESSION in session.features,
+                request_id=request_id))
         resumed = await self._await_reply(session, SessionResumed, request_id)
         assert isinstance(resumed, SessionResumed)
         session.features = session.features | {Feature.SESSION_RESUME}
@@ -319,11 +457,14 @@ class InferenceManager:
                 continue
             session.features = session.connection.features
             session.state.move(SessionState.CONNECTED)
+            if session.encryption is not None:
+                session.encryption.forget()  # keys lived on the old connection only
+                self._check_announced_key(session, session.encryption)
             await self._authenticate_if_offered(session)
-            if session.history and Feature.SESSION_RESUME in session.features:
+            if session.history and session.can_resume and session.encryption is None:
                 await self._resume_on_node(session)
                 session.state.move(SessionState.READY)
-            else:
+            else:  # encrypted: the init's ack tells whether the node still has our context
                 await self.initialize_session(session.session_id)
             return
         session.state.move(SessionState.CLOSED)
@@ -394,6 +535,8 @@ class InferenceManager:
             self._current = next(iter(self._sessions), None)
         if session.connection is not None:
             await session.connection.aclose()
+        if session.encryption is not None:
+            session.encryption.forget()
         if session.state.can(SessionState.CLOSED):
             session.state.move(SessionState.CLOSED)
 
@@ -427,6 +570,25 @@ class InferenceManager:
                              chain_id=session.chain_id,
                              message_index=session.next_index if session.server_context else None,
                              request_id=request_id)
+
+    async def _encrypted_prompt(self, session: _Session, prompt: str, options: PromptOptions,
+                                request_id: str) -> tuple[ClientMessage, EncryptedStream | None]:
+        """The ``encrypted_message`` for ``prompt`` (after a fresh init unless the current key is unused).
+
+        Returns a plaintext ``prompt`` and ``None`` when the node turned out not to support encryption.
+        """
+        encryption = session.encryption
+        assert encryption is not None
+        if not encryption.fresh:
+            await self._send_init(session, options.model)
+            if session.encryption is None:
+                return self._prompt_message(session, prompt, options, request_id), None
+        text = embed_context(session.history, prompt) if session.embed_context else prompt
+        request = InferenceRequest(prompt=text, model=options.model, max_tokens=options.max_tokens,
+                                   temperature=options.temperature)
+        return encryption.seal_prompt(session.session_id, request,
+                                      message_index=session.next_index if session.server_context else None,
+                                      compress=Feature.E2E_COMPRESSION in session.features, request_id=request_id)
 
 
 class InferenceStream:
@@ -475,6 +637,11 @@ class InferenceStream:
                     return
                 except SignatureError:
                     raise  # a bad receipt is the host's fault, not the connection's: never retried
+                except E2EError:
+                    # a frame that does not decrypt: never retried; drop the socket so the host stops
+                    if session.connection is not None:
+                        await session.connection.aclose()
+                    raise
                 except (ConnectionClosedError, RemoteProtocolError) as exc:
                     recovered += 1
                     if received_any or recovered > 1:
@@ -506,15 +673,33 @@ class InferenceStream:
         connection = self._manager._connection(session)
         connection.drain()
         timeouts = self._manager._sdk.timeouts
-        message = self._manager._prompt_message(session, self._prompt, self._options, request_id)
-        accumulator = StreamAccumulator(request_id, started_at=time.perf_counter())
+        started_at = time.perf_counter()
+        sealed: EncryptedStream | None = None
+        message: ClientMessage
+        if session.encryption is not None:
+            message, sealed = await self._manager._encrypted_prompt(session, self._prompt, self._options, request_id)
+        else:
+            message = self._manager._prompt_message(session, self._prompt, self._options, request_id)
+        accumulator = StreamAccumulator(request_id, started_at=started_at)
         await connection.send(message)
         session.state.move(SessionState.STREAMING)
         timeout = timeouts.first_token
         while not accumulator.done:
-            frame = await connection.receive(timeout)
+            frame: ServerMessage | None
+            try:
+                frame = await connection.receive(timeout)
+            except RequestTimeoutError:
+                if sealed is None or not sealed.ended:
+                    raise
+                frame = sealed.synthesized_end()  # no stream_end after the final chunk: finish anyway
+            if sealed is not None:
+                frame = sealed.open(frame)
+                timeout = _e2e.END_GRACE_S if sealed.ended else timeouts.between_frames
+                if frame is None:
+                    continue
+            else:
+                timeout = timeouts.between_frames
             delta = accumulator.feed(frame, time.perf_counter())
-            timeout = timeouts.between_frames
             if delta is not None:
                 yield delta.text
         snapshot = accumulator.snapshot()
@@ -545,6 +730,7 @@ class InferenceStream:
     def _finish(self, snapshot: StreamSnapshot, request_id: str) -> None:
         receipt = self._verified_receipt(snapshot)
         session = self._session
+        session.embed_context = False
         session.history.append(ChatTurn("user", self._prompt))
         if snapshot.text:
             session.history.append(ChatTurn("assistant", snapshot.text))
