@@ -88,3 +88,29 @@ async def test_malformed_metadata_is_reported_per_host(world: PaidWorld) -> None
         assert [h.address for h in await sdk.registry.get_all_active_nodes()] == [world.host.address]
         names = [e.name for e in await sdk.registry.get_registry_events()]
         assert names.count("NodeRegistered") == 2 and "NodeActiveChanged" in names
+
+
+async def test_long_answers_are_checkpointed_while_they_stream(world: PaidWorld, node_factory: NodeFactory,
+                                                                tmp_path: Path) -> None:
+    billing = service(world, tmp_path / "l.db", complete_sessions=False)
+    node = await node_factory(billing=billing)
+    await register(world, node.url)
+    seen_mid_answer: list[int] = []
+    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client,
+                          default_options=PromptOptions(max_tokens=300, temperature=0.0)) as sdk:
+        job = await sdk.sessions.create_session(world.host.address, world.model, 10**15, HOST_PRICE_NATIVE)
+        await sdk.inference.connect_to_session(str(job.job_id), node.url, job_id=job.job_id)
+        count = 0
+
+        def watch(_: str) -> None:
+            nonlocal count
+            count += 1
+            if count == 250:
+                entry = billing.entry(job.job_id)
+                seen_mid_answer.append(entry.generated if entry else -1)
+
+        result = await sdk.inference.send_prompt("a long one", on_token=watch)
+        assert result.completion_tokens == 300
+        assert seen_mid_answer == [200], "the node reported 100-token steps to billing while streaming"
+        await billing.wait_idle(30)
+        assert (await sdk.sessions.get_session(job.job_id)).tokens_used == 300

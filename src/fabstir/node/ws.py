@@ -116,6 +116,7 @@ class WebSocketConnection:
         self._cancel = threading.Event()
         self._closed = False
         self._tokens_sent = 0
+        self._tokens_billed = 0
         self._jobs: set[int] = set()
         self._job_prices: dict[int, int] = {}
         self._grants = Grants()
@@ -404,7 +405,7 @@ class WebSocketConnection:
             await self.reject(exc.code, exc.message, rid, details=exc.details)
             return
         try:
-            text, finished = await self._stream_tokens(prepared, rid, output)
+            text, finished = await self._stream_tokens(prepared, rid, output, job_id)
             cancelled = finished.finish_reason == "cancelled"
             closing = [] if cancelled else output.complete(finished.finish_reason, rid)
         except E2EError as exc:
@@ -422,7 +423,8 @@ class WebSocketConnection:
             session.history = list(request.conversation_context)
         session.record_turn(request.prompt, text)
         if job_id is not None and self.runtime.billing is not None:
-            self.runtime.billing.add_tokens(job_id, finished.completion_tokens)
+            # the rest of the answer (tokens reported mid-stream already count); stop tokens included
+            self.runtime.billing.add_tokens(job_id, max(0, finished.completion_tokens - self._tokens_billed))
         for closing_message in closing:
             await self.send(closing_message)
         usage = Usage(prepared.fitted.prompt_tokens, finished.completion_tokens, self.runtime.inference.context_window)
@@ -454,10 +456,14 @@ class WebSocketConnection:
         )
         return sign_receipt(receipt, self.runtime.signing_key).to_wire()
 
-    async def _stream_tokens(self, prepared: PreparedPrompt, rid: str | None,
-                             output: Output = _PLAIN) -> tuple[str, Finished]:
+    async def _stream_tokens(self, prepared: PreparedPrompt, rid: str | None, output: Output = _PLAIN,
+                             job_id: int | None = None) -> tuple[str, Finished]:
+        """Stream the answer; on a paid job, report every ``checkpoint_tokens`` to billing as they are served,
+        so long answers are checkpointed while they stream (the chain work happens off this path)."""
         parts: list[str] = []
-        self._tokens_sent = 0
+        self._tokens_sent = self._tokens_billed = 0
+        billing = self.runtime.billing if job_id is not None else None
+        step = billing.checkpoint_tokens if billing is not None else 0
         finished = Finished("cancelled", 0)
         async with self.runtime.inference.open_stream(prepared, self._cancel) as events:
             async for event in events:
@@ -465,6 +471,9 @@ class WebSocketConnection:
                     parts.append(event.text)
                     self._tokens_sent += event.tokens
                     await self.send(output.chunk(event.text, event.tokens, rid))
+                    if billing is not None and job_id is not None and self._tokens_sent - self._tokens_billed >= step:
+                        billing.add_tokens(job_id, self._tokens_sent - self._tokens_billed, end_of_response=False)
+                        self._tokens_billed = self._tokens_sent
                 else:
                     finished = event
         return "".join(parts), finished
