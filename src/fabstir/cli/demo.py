@@ -89,9 +89,11 @@ async def _paid_demo(config: NodeConfig, prompts: tuple[str, ...], options: Prom
             billing = BillingService(HostChain(market, host, model), Path(scratch) / "ledger.db",
                                      retry_delay=0.25)
             async with serve_node(config, billing=billing, progress=_progress) as server:
-                await register_host(market, host, metadata=build_host_metadata("demo host", models=[model_file]),
-                                    api_url=server.url, models=[model], min_price_native=HOST_PRICE_WEI,
-                                    min_price_stable=10_000)
+                runtime = server.runtime
+                metadata = build_host_metadata("demo host", models=[model_file], publicKey=runtime.e2e_public_key,
+                                               ed25519PublicKey=runtime.signing_public_key)
+                await register_host(market, host, metadata=metadata, api_url=server.url, models=[model],
+                                    min_price_native=HOST_PRICE_WEI, min_price_stable=10_000)
                 _progress(f"host {host.address} staked 1000 FAB and registered {server.url}")
                 sdk = FabstirSDK(chain=chain, deployment=deployment, account=client, default_options=options)
                 summary = await _paid_session(sdk, market, billing, model, prompts, server.runtime.inference.model_id,
@@ -112,7 +114,12 @@ async def _paid_session(sdk: FabstirSDK, market: Marketplace, billing: BillingSe
     job = await sdk.sessions.create_session(chosen.address, model, DEPOSIT_WEI, chosen.record.min_price_native,
                                             max_duration=3600, proof_interval=PROOF_INTERVAL)
     _progress(f"opened session job {job.job_id} with a deposit of {format_units(job.deposit, 18, 'ETH')}")
-    results = await _chat(sdk, str(job.job_id), job.job_id, chosen.api_url, prompts)
+    keys = chosen.metadata
+    _progress("end-to-end encrypted with the host's published key; receipts checked against its Ed25519 key"
+              if keys and keys.public_key else "the host publishes no encryption key: plaintext session")
+    results = await _chat(sdk, str(job.job_id), job.job_id, chosen.api_url, prompts,
+                          host_public_key=keys.public_key if keys else None,
+                          host_signing_key=keys.signing_key if keys else None)
     _progress("closed the session; the host checkpoints and settles after the dispute window")
     await _wait_settled(billing, job.job_id)
     final = await sdk.sessions.get_session(job.job_id)
@@ -121,6 +128,8 @@ async def _paid_session(sdk: FabstirSDK, market: Marketplace, billing: BillingSe
     owed = await earnings(market, host)
     summary = summarize(chosen.api_url, model_name, results, 0.0)
     summary.update({
+        "encrypted": bool(keys and keys.public_key),
+        "receipts_verified": sum(1 for r in results if r.receipt is not None),
         "job_id": job.job_id,
         "deposit": final.deposit,
         "price_per_token": final.price_per_token,
@@ -146,10 +155,11 @@ async def _wait_settled(billing: BillingService, job_id: int, timeout: float = 1
         await asyncio.sleep(0.1)
 
 
-async def _chat(sdk: FabstirSDK, session_id: str, job_id: int | None, host_url: str,
-                prompts: tuple[str, ...]) -> list[InferenceResult]:
+async def _chat(sdk: FabstirSDK, session_id: str, job_id: int | None, host_url: str, prompts: tuple[str, ...],
+                *, host_public_key: str | None = None, host_signing_key: str | None = None) -> list[InferenceResult]:
     results = []
-    await sdk.inference.connect_to_session(session_id, host_url, job_id=job_id)
+    await sdk.inference.connect_to_session(session_id, host_url, job_id=job_id, host_public_key=host_public_key,
+                                           host_signing_key=host_signing_key)
     for prompt in prompts:
         print(f"\nuser> {prompt}\nassistant> ", end="", flush=True)
         result = await sdk.inference.send_prompt(prompt, on_token=_echo)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+import coincurve
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
@@ -13,6 +14,7 @@ from fabstir.chain.metadata import build_host_metadata
 from fabstir.chain.network import NetworkConfig
 from fabstir.chain.units import format_units
 from fabstir.errors import ConfigError
+from fabstir.keys import load_signing_key
 from fabstir.node.registration import earnings, register_host, unregister_host, withdraw_earnings
 from fabstir.sdk.sessions import resolve_model_id
 
@@ -35,7 +37,11 @@ async def run_host_command(args: argparse.Namespace) -> int:
         market = Marketplace(chain, network.deployment)
         host = _host_account(args, network)
         if args.node_command == "register":
-            metadata = build_host_metadata(args.name, models=args.models, publicKey=args.public_key)
+            public_key = args.public_key or coincurve.PrivateKey(bytes(host.key)).public_key.format(True).hex()
+            signing = load_signing_key(args.signing_key_file).verify_key.encode().hex() \
+                if args.signing_key_file else None
+            metadata = build_host_metadata(args.name, models=args.models, publicKey=public_key,
+                                           ed25519PublicKey=signing)
             stake = await register_host(market, host, metadata=metadata, api_url=args.api_url,
                                         models=[m for m in (resolve_model_id(x) for x in args.models) if m],
                                         min_price_native=args.price_native, min_price_stable=args.price_stable)

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repo", help="repo part of the on-chain model id (default 'local')")
     serve.add_argument("--checkpoint-tokens", type=int, help="tokens per checkpoint (default 1000)")
     serve.add_argument("--ledger", dest="ledger_path", help="billing ledger file (SQLite)")
+    serve.add_argument("--signing-key-file", help="Ed25519 key that signs receipts (created 0600 if missing; "
+                                                  "password in $FABSTIR_NODE_KEY_PASSWORD)")
+    serve.add_argument("--require-auth", action="store_const", const=True, default=None,
+                       help="serve a paid session only to its authenticated depositor")
     _add_chain_commands(node_commands, commands)
     return parser
 
@@ -81,7 +85,10 @@ def _add_chain_commands(node_commands: Any, commands: Any) -> None:
                              help="minimum price in wei per token x1000 (default 2000000000)")
             sub.add_argument("--price-stable", type=int, default=10_000,
                              help="minimum price in stablecoin base units per token x1000 (default 10000)")
-            sub.add_argument("--public-key", help="compressed secp256k1 key for encrypted sessions (hex)")
+            sub.add_argument("--public-key", help="compressed secp256k1 key for encrypted sessions (hex; "
+                                                  "default: the host key's, which the node uses)")
+            sub.add_argument("--signing-key-file", help="the node's Ed25519 key file (publishes the key that "
+                                                        "signs receipts)")
         if name == "withdraw":
             sub.add_argument("--token", default=None, help="ERC20 address (default: ETH)")
 

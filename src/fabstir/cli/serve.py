@@ -12,7 +12,8 @@ from fabstir.node.server import serve_node
 __all__ = ["run_serve"]
 
 _FLAGS = ("model_path", "model_id", "host", "port", "template", "context_window", "parallel", "threads",
-          "max_frame_bytes", "network", "model_repo", "checkpoint_tokens", "ledger_path")
+          "max_frame_bytes", "network", "model_repo", "checkpoint_tokens", "ledger_path", "signing_key_file",
+          "require_auth")
 
 
 async def run_serve(args: argparse.Namespace) -> int:
