@@ -23,12 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from billing import run_billing  # noqa: E402
 from common import Settings, close_all, log, resolve_model  # noqa: E402
+from compression import run_compression  # noqa: E402
 from concurrency import ConcurrencyOptions, run_concurrency  # noqa: E402
+from encryption import run_encryption  # noqa: E402
 from overhead import run_overhead  # noqa: E402
 from peer import run_peer  # noqa: E402
+from security import run_security  # noqa: E402
 from session_open import run_session_open  # noqa: E402
 
-BENCHMARKS = ("overhead", "peer", "concurrency", "billing", "session_open")
+BENCHMARKS = ("overhead", "peer", "concurrency", "billing", "session_open", "compression", "security",
+              "encryption")
 NAMES = (*BENCHMARKS, "all")
 
 
@@ -78,6 +82,12 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
             results[name] = await run_billing(settings, args.billing_prompts)
         elif name == "session_open":
             results[name] = await run_session_open(settings)
+        elif name == "compression":
+            results[name] = await run_compression(settings)
+        elif name == "security":
+            results[name] = await run_security(settings)
+        elif name == "encryption":
+            results[name] = await run_encryption(settings)
         else:
             results[name] = await run_concurrency(settings, concurrency)
         log(f"=== {name} done in {time.perf_counter() - started:.1f} s: {json.dumps(results[name])}")
