@@ -1,7 +1,7 @@
 """``billing``: tokens/s through SDK -> node with on-chain checkpoints ON vs. OFF.
 
 Two in-process nodes over the same GGUF and settings: one paid (a ``BillingService`` with
-``checkpoint_tokens=100`` on the embedded chain, serving one session job), one free (no billing).
+the node's default ``checkpoint_tokens=1000`` on the embedded chain, serving one session job), one free (no billing).
 A run is one SDK session with ``prompts`` answers in a row on one connection. After each answer the
 paid node's billing submits a checkpoint for it, on the chain thread, while the next answer
 streams: that overlap is what this measures. Runs alternate in ABBA order after warm-ups; before
@@ -32,7 +32,8 @@ from paid import (
     wait_billed,
 )
 
-CHECKPOINT_TOKENS = 100
+CHECKPOINT_TOKENS = 1000
+"""The node's default; every answer of at least 100 tokens still ends with its own checkpoint."""
 
 
 async def run_billing(settings: Settings, prompts: int = 3) -> dict[str, object]:

@@ -31,7 +31,7 @@ INACTIVITY_TIMEOUT = 3600  # deploy_marketplace's default, used by build_world
 
 def host_billing(world: PaidWorld, ledger: Path, host: HostChain | None = None, **kwargs: Any) -> BillingService:
     return BillingService(host or HostChain(world.market, world.host, world.model), ledger,
-                          checkpoint_tokens=100, retry_delay=0.2, **kwargs)
+                          checkpoint_tokens=100, retry_delay=0.2, defer_while_streaming=False, **kwargs)
 
 
 def client_sdk(world: PaidWorld, account: Any = None) -> FabstirSDK:

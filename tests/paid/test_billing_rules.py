@@ -19,7 +19,7 @@ from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, register
 
 def service(world: PaidWorld, ledger: Path, **kwargs: object) -> BillingService:
     return BillingService(HostChain(world.market, world.host, world.model), ledger, checkpoint_tokens=100,
-                          retry_delay=0.2, **kwargs)  # type: ignore[arg-type]
+                          retry_delay=0.2, defer_while_streaming=False, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_deposit_limits_what_is_served(world: PaidWorld, node_factory: NodeFactory, tmp_path: Path) -> None:
@@ -114,3 +114,30 @@ async def test_long_answers_are_checkpointed_while_they_stream(world: PaidWorld,
         assert seen_mid_answer == [200], "the node reported 100-token steps to billing while streaming"
         await billing.wait_idle(30)
         assert (await sdk.sessions.get_session(job.job_id)).tokens_used == 300
+
+
+async def test_checkpoints_wait_for_a_quiet_moment(world: PaidWorld, tmp_path: Path) -> None:
+    """The deferral policy, with the engines' idle time injected (busy, then quiet)."""
+    await register(world, "http://127.0.0.1:9")
+    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client) as sdk:
+        job = await sdk.sessions.create_session(world.host.address, world.model, 10**15, HOST_PRICE_NATIVE)
+    idle = [0.0]
+    billing = BillingService(HostChain(world.market, world.host, world.model), tmp_path / "q.db",
+                             checkpoint_tokens=100, retry_delay=0.2, complete_sessions=False,
+                             quiet_for=lambda: idle[0], quiet_seconds=0.25, max_defer=30)
+    await billing.start()
+    try:
+        billing.open_job(job.job_id, job.max_tokens, job.proof_interval)
+        billing.add_tokens(job.job_id, 150)  # an answer ended while another is streaming
+        await asyncio.sleep(0.6)
+        assert billing.entry(job.job_id).submitted == 0, "held back while the engines stream"  # type: ignore[union-attr]
+        billing.add_tokens(job.job_id, 60)
+        idle[0] = 1.0  # the engines went quiet
+        await billing.wait_idle(30)
+        assert billing.entry(job.job_id).submitted == 210  # type: ignore[union-attr]
+        billing.add_tokens(job.job_id, 250)  # 2 x checkpoint_tokens unbilled: no more waiting, even if busy
+        idle[0] = 0.0
+        await billing.wait_idle(30)
+        assert billing.entry(job.job_id).submitted == 460  # type: ignore[union-attr]
+    finally:
+        await billing.aclose()

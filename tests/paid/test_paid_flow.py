@@ -22,7 +22,7 @@ PROMPT = PromptOptions(max_tokens=60, temperature=0.0)
 
 def host_billing(world: PaidWorld, tmp_path: Path, **kwargs: object) -> BillingService:
     return BillingService(HostChain(world.market, world.host, world.model), tmp_path / "ledger.db",
-                          checkpoint_tokens=100, retry_delay=0.2, **kwargs)  # type: ignore[arg-type]
+                          checkpoint_tokens=100, retry_delay=0.2, defer_while_streaming=False, **kwargs)  # type: ignore[arg-type]
 
 
 async def wait_settled(billing: BillingService, job_id: int, timeout: float = 30) -> None:

@@ -18,7 +18,10 @@ does the chain work for every job in turn:
 3. Once the client has gone and nothing billable is left, the job is completed
    when chain time passes the last checkpoint plus the dispute window. A job the
    depositor already settled is simply marked done.
-4. A refused transaction that may succeed later ("Rate limit exceeded") is
+4. Checkpoints wait for a quiet moment: while engines stream (and a quarter second after), a
+   due checkpoint is held back, at most ``max_defer`` seconds and never past twice
+   ``checkpoint_tokens`` unbilled, so chain work does not compete with tokens for the CPU.
+5. A refused transaction that may succeed later ("Rate limit exceeded") is
    retried after ``retry_delay``; others are logged and the job is parked.
 
 On start, unfinished jobs are loaded from the ledger and resumed, so a node that
@@ -33,6 +36,7 @@ import dataclasses
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fabstir.chain.records import JobStatus
@@ -118,12 +122,21 @@ class BillingService:
         min_tokens: int = MIN_PROVEN_TOKENS,
         retry_delay: float = 1.0,
         complete_sessions: bool = True,
+        quiet_for: Callable[[], float] | None = None,
+        quiet_seconds: float = 0.25,
+        max_defer: float = 5.0,
+        defer_while_streaming: bool = True,
     ) -> None:
         self.host = host
         self.checkpoint_tokens = checkpoint_tokens
         self.min_tokens = min_tokens
         self.retry_delay = retry_delay
         self.complete_sessions = complete_sessions
+        self._quiet_for = quiet_for
+        self._defer_while_streaming = defer_while_streaming
+        self._quiet_seconds = quiet_seconds
+        self._max_defer = max_defer
+        self._due_since: dict[int, float] = {}
         self._ledger = _Ledger(Path(ledger_path))
         self._jobs: dict[int, JobLedgerEntry] = {}
         self._wake = asyncio.Event()
@@ -168,6 +181,11 @@ class BillingService:
             entry.closed, entry.flush = True, True
             self._save(entry)
             self._poke()
+
+    def watch_engines(self, quiet_for: Callable[[], float]) -> None:
+        """Hold checkpoints back while the node's engines generate (``quiet_for``: seconds idle)."""
+        if self._quiet_for is None and self._defer_while_streaming:
+            self._quiet_for = quiet_for
 
     def entry(self, job_id: int) -> JobLedgerEntry | None:
         return self._jobs.get(job_id)
@@ -255,6 +273,10 @@ class BillingService:
         if entry.pending_tokens:
             await self._confirm_pending(entry)
         if self._checkpoint_due(entry):
+            wait = self._defer(entry)
+            if wait:
+                return wait
+            self._due_since.pop(entry.job_id, None)
             await self._checkpoint(entry)
             return 0.0
         if entry.flush and not entry.closed:
@@ -263,6 +285,22 @@ class BillingService:
         if entry.closed and self.complete_sessions:
             return await self._settle(entry)
         return None
+
+    def _defer(self, entry: JobLedgerEntry) -> float:
+        """Seconds to hold a due checkpoint back while the engines stream (0: send it now).
+
+        Chain work shares the process (and, on the embedded chain, the GIL) with token streaming, so a
+        checkpoint waits for ``quiet_seconds`` without generation, at most ``max_defer`` seconds and
+        never past twice ``checkpoint_tokens`` unbilled.
+        """
+        if self._quiet_for is None or entry.unbilled >= 2 * self.checkpoint_tokens:
+            return 0.0
+        now = time.monotonic()
+        since = self._due_since.setdefault(entry.job_id, now)
+        quiet = self._quiet_for()
+        if quiet >= self._quiet_seconds or now - since >= self._max_defer:
+            return 0.0
+        return max(0.02, self._quiet_seconds - quiet)
 
     async def _confirm_pending(self, entry: JobLedgerEntry) -> None:
         proof = bytes.fromhex(entry.pending_hash)

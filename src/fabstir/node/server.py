@@ -158,6 +158,8 @@ async def serve_node(
         if pool is not None:
             pool.close()
         raise
+    if billing is not None:
+        billing.watch_engines(pool.quiet_for)
     server = NodeServer(build_runtime(config, pool, billing), sock)
     try:
         if billing is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,6 +33,8 @@ class EnginePool:
         self._engines = list(engines)
         self._executor = ThreadPoolExecutor(max_workers=len(self._engines), thread_name_prefix="fabstir-engine")
         self._free: asyncio.Queue[Engine] | None = None
+        self._in_use = 0
+        self.last_active = 0.0
 
     @property
     def primary(self) -> Engine:
@@ -54,10 +57,17 @@ class EnginePool:
         """Wait for a free engine and hold it for the block."""
         free = self._queue()
         engine = await free.get()
+        self._in_use += 1
         try:
             yield engine
         finally:
+            self._in_use -= 1
+            self.last_active = time.monotonic()
             free.put_nowait(engine)
+
+    def quiet_for(self) -> float:
+        """Seconds since the last engine finished; 0 while any engine is generating."""
+        return 0.0 if self._in_use else time.monotonic() - self.last_active
 
     async def stream(
         self, engine: Engine, prompt: str, params: GenerationParams, cancel: threading.Event
