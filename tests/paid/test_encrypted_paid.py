@@ -112,3 +112,22 @@ async def test_encrypted_session_on_an_auth_required_node(world: PaidWorld, node
     await thief.close()
     entry = billing.entry(job_id)
     assert entry is not None and entry.generated == 40
+
+
+async def test_keys_come_from_the_registry_by_default(world: PaidWorld, node_factory: NodeFactory,
+                                                      tmp_path: Path) -> None:
+    """No keys passed: the SDK reads the job's host metadata on chain, encrypts and checks receipts."""
+    billing = BillingService(HostChain(world.market, world.host, world.model), tmp_path / "l.db",
+                             complete_sessions=False)
+    node: NodeServer = await node_factory(billing=billing)
+    metadata = build_host_metadata("keyed host", publicKey=node.runtime.e2e_public_key,
+                                   ed25519PublicKey=node.runtime.signing_public_key)
+    await register_host(world.market, world.host, metadata=metadata, api_url=node.url, models=[world.model],
+                        min_price_native=HOST_PRICE_NATIVE, min_price_stable=HOST_PRICE_STABLE)
+    job_id = await open_job(world)
+    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client,
+                          default_options=OPTIONS) as sdk:
+        await sdk.inference.connect_to_session(str(job_id), node.url, job_id=job_id)
+        assert sdk.inference.is_encrypted()
+        result = await sdk.inference.send_prompt("hello")
+        assert result.receipt is not None and result.receipt.key == node.runtime.signing_public_key

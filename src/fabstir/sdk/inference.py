@@ -44,6 +44,7 @@ from fabstir.errors import (
     ConfigError,
     ConnectError,
     ConnectionClosedError,
+    FabstirError,
     InvalidMessageIndexError,
     NodeError,
     RemoteProtocolError,
@@ -163,7 +164,9 @@ class InferenceManager:
         signed by it. Without it, the key the node announces on connect is used.
 
         End-to-end encryption: ``host_public_key`` is the host's compressed secp256k1 key (hex),
-        from its registry metadata ``publicKey`` (``HostInfo.metadata.public_key``).
+        from its registry metadata ``publicKey`` (``HostInfo.metadata.public_key``). When neither key
+        is given and the SDK has a chain, both are read from the registry metadata of the job's host,
+        so sessions are encrypted and receipts checked by default whenever the host publishes keys.
 
         - ``encryption=None`` (default: ``FabstirSDK(encryption=...)``, itself ``None``): encrypt
           whenever ``host_public_key`` is given. A node that answers ENCRYPTION_NOT_SUPPORTED gets
@@ -186,6 +189,8 @@ class InferenceManager:
         """
         if session_id in self._sessions:
             await self.close(session_id)
+        if host_public_key is None and host_signing_key is None and encryption is not False:
+            host_public_key, host_signing_key = await self._published_keys(job_id)
         session = _Session(str(session_id), host_url, job_id, chain_id, host_signing_key=host_signing_key)
         session.history = list(conversation_context or ())
         session.next_index = _turns_in(session.history)
@@ -251,6 +256,20 @@ class InferenceManager:
         """The address the host recovered from our last encrypted init (``None`` for plaintext)."""
         encryption = self._session(session_id).encryption
         return encryption.client_address if encryption is not None else None
+
+    async def _published_keys(self, job_id: int | None) -> tuple[str | None, str | None]:
+        """(encryption key, receipt key) from the registry metadata of ``job_id``'s host, if known."""
+        sdk = self._sdk
+        if job_id is None or sdk.chain is None or sdk.deployment is None:
+            return None, None
+        try:
+            job = await sdk.sessions.get_session(job_id)
+            host = await sdk.registry.get_host(job.host)
+        except FabstirError:  # no such job or host: the node will say so
+            return None, None
+        if host.metadata is None:
+            return None, None
+        return host.metadata.public_key, host.metadata.signing_key
 
     # --- JWT session auth (plan 11.5) ----------------------------------------------
 
