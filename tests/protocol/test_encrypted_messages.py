@@ -33,7 +33,7 @@ from fabstir.protocol import (
     parse_encrypted_resume,
     parse_server_message,
 )
-from fabstir.protocol.parse import INNER_COMPRESSION_THRESHOLD
+from fabstir.protocol.inner import INNER_COMPRESSION_THRESHOLD
 
 PAYLOAD = {"ciphertextHex": "ab", "nonceHex": "00" * 24, "aadHex": "6d6573736167655f30"}
 

@@ -6,6 +6,14 @@ wire are thin I/O around them.
 """
 
 from fabstir.protocol.codes import PROTOCOL_FEATURES, ErrorCode, Feature
+from fabstir.protocol.inner import (
+    decode_inner_payload,
+    encode_inner_payload,
+    encrypted_request_body,
+    encrypted_resume_body,
+    parse_encrypted_request,
+    parse_encrypted_resume,
+)
 from fabstir.protocol.messages import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TEMPERATURE,
@@ -41,14 +49,8 @@ from fabstir.protocol.messages import (
 )
 from fabstir.protocol.parse import (
     DEFAULT_MAX_FRAME_BYTES,
-    decode_inner_payload,
-    encode_inner_payload,
     encode_message,
-    encrypted_request_body,
-    encrypted_resume_body,
     parse_client_message,
-    parse_encrypted_request,
-    parse_encrypted_resume,
     parse_server_message,
 )
 from fabstir.protocol.state import TRANSITIONS, SessionState, SessionStateMachine
