@@ -29,10 +29,11 @@ from encryption import run_encryption  # noqa: E402
 from overhead import run_overhead  # noqa: E402
 from peer import run_peer  # noqa: E402
 from security import run_security  # noqa: E402
+from selection import run_selection  # noqa: E402
 from session_open import run_session_open  # noqa: E402
 
 BENCHMARKS = ("overhead", "peer", "concurrency", "billing", "session_open", "compression", "security",
-              "encryption")
+              "encryption", "selection")
 NAMES = (*BENCHMARKS, "all")
 
 
@@ -88,6 +89,8 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
             results[name] = await run_security(settings)
         elif name == "encryption":
             results[name] = await run_encryption(settings)
+        elif name == "selection":
+            results[name] = await run_selection(settings)
         else:
             results[name] = await run_concurrency(settings, concurrency)
         log(f"=== {name} done in {time.perf_counter() - started:.1f} s: {json.dumps(results[name])}")
