@@ -248,3 +248,9 @@ def test_node_config_validates_directly() -> None:
     assert NodeConfig(port=0).port == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         NodeConfig().port = 1  # type: ignore[misc]
+
+
+def test_a_network_file_as_config(tmp_path: Path) -> None:
+    network = tmp_path / "devnet.json"
+    network.write_text("{}", encoding="utf-8")
+    assert load_node_config(network, env={}).network == str(network)

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     node = commands.add_parser("node", help="run a host node")
     node_commands = node.add_subparsers(dest="node_command", required=True)
     serve = node_commands.add_parser("serve", help="serve a model over HTTP and /v1/ws")
-    serve.add_argument("--config", help="TOML file ([node] table)")
+    serve.add_argument("--config", help="TOML settings ([node] table), or a network file from fabstir devnet up")
     serve.add_argument("--model", dest="model_path", help="GGUF file (default: Gemma 3 270M)")
     serve.add_argument("--model-id", help="name clients use for the model")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
@@ -73,7 +73,8 @@ def _add_chain_commands(node_commands: Any, commands: Any) -> None:
                        ("earnings", "show what the host may withdraw"),
                        ("withdraw", "withdraw the host's earnings")):
         sub = node_commands.add_parser(name, help=text)
-        sub.add_argument("--network", required=True, help="network file (fabstir devnet up writes one)")
+        sub.add_argument("--network", "--config", dest="network", required=True,
+                         help="network file (fabstir devnet up writes one)")
         sub.add_argument("--key", help="host private key (default: $FABSTIR_NODE_HOST_KEY, or --account)")
         sub.add_argument("--account", help="a named account from the network file (development networks)")
         if name == "register":

@@ -1,7 +1,7 @@
 """Typed node configuration with a documented precedence.
 
 Precedence, lowest to highest: built-in defaults < TOML file (``[node]``
-table or top level) < environment variables ``FABSTIR_NODE_<FIELD>`` (e.g.
+table or top level; a ``.json`` network file written by ``fabstir devnet up`` sets ``network``) < environment variables ``FABSTIR_NODE_<FIELD>`` (e.g.
 ``FABSTIR_NODE_PORT=9000``) < explicit overrides (command-line flags).
 """
 
@@ -131,6 +131,8 @@ def load_node_config(
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    if path.suffix == ".json":  # a network file (fabstir devnet up): serve paid sessions on that chain
+        return {"network": str(path)}
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
