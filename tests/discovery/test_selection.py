@@ -237,3 +237,13 @@ def test_properties(hosts: list[HostCandidate], weights: Weights, req: Requireme
         assert req.capabilities <= h.capabilities
         assert req.region is None or h.region == req.region
         assert req.max_latency_ms is None or (h.latency_ms is not None and h.latency_ms <= req.max_latency_ms)
+
+
+def test_tiny_spans_do_not_produce_nan() -> None:
+    """Found by hypothesis: latencies 0 and 2.2e-313 made the min-max scale overflow to inf * 0."""
+    hosts = [HostCandidate(address=f"0x{i}", api_url="http://h", models=(), price_per_token=0, stake=0,
+                           reputation=0.0, latency_ms=latency, tokens_per_s=None, capabilities=frozenset(),
+                           region=None, sources=frozenset())
+             for i, latency in enumerate((0.0, 2.2250738585e-313))]
+    ranked = HostSelector().rank_hosts(hosts, Weights(0.0, 1.0, 0.0, 0.0, 1.0))
+    assert all(r.score == r.score and 0.0 <= r.score <= 2.0 for r in ranked)

@@ -186,7 +186,7 @@ class _Scale:
                 continue
             lo, hi = bound
             span = hi - lo
-            if not span:
+            if not span or not math.isfinite(1.0 / span):  # equal values (or a span too small to invert)
                 terms.append((1.0, lo, 0.0))
             elif lower:
                 terms.append((0.0, hi, -1.0 / span))
