@@ -8,6 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# no per-example deadline (a loaded 2-core machine must not turn slowness into failures); in CI the
+# examples are derived from the test, so a run is reproducible
+settings.register_profile("fabstir", deadline=None, derandomize=bool(os.environ.get("CI")))
+settings.load_profile("fabstir")
 
 from fabstir.node.config import NodeConfig
 from fabstir.node.server import NodeServer, serve_node
