@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 
 import coincurve
@@ -20,6 +19,7 @@ from fabstir.node.ratelimit import RateLimiter
 from fabstir.node.sessions import SessionStore
 from fabstir.protocol import Feature
 from fabstir.protocol.e2e import E2EError, InitReplayCache, decode_hex
+from fabstir.protocol.e2e_keys import random_private_key
 from fabstir.protocol.signing import ReplayCache
 
 __all__ = ["NodeRuntime"]
@@ -80,13 +80,7 @@ class NodeRuntime:
             if len(key) != 32:
                 raise ConfigError("host_key is not a secp256k1 private key (32 bytes of hex)")
             return key
-        while True:
-            key = os.urandom(32)
-            try:
-                coincurve.PrivateKey(key)
-            except ValueError:  # pragma: no cover - probability 2**-128
-                continue
-            return key
+        return random_private_key()
 
     @functools.cached_property
     def authenticator(self) -> NodeAuthenticator:

@@ -41,6 +41,7 @@ from fabstir.errors import RemoteProtocolError
 from fabstir.protocol.parse import check_json_depth
 
 __all__ = [
+    "random_private_key",
     "ALG",
     "INIT_PAYLOAD_FIELDS",
     "NONCE_SIZE",
@@ -420,3 +421,14 @@ def open_encrypted_session_init(payload: object, host_private_key: bytes | str) 
     init = SessionInitPayload.from_json_bytes(plaintext)
     address = recover_address(signature, hashlib.sha256(ciphertext).digest())
     return OpenedSessionInit(init, address, init_id=eph_point.format(compressed=True)[1:])
+
+
+def random_private_key() -> bytes:
+    """A fresh random secp256k1 private key (32 bytes)."""
+    while True:
+        key = os.urandom(32)
+        try:
+            coincurve.PrivateKey(key)
+        except ValueError:  # pragma: no cover - probability 2**-128
+            continue
+        return key

@@ -24,7 +24,6 @@ messages for the ordinary :class:`~fabstir.protocol.StreamAccumulator`: each
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import coincurve
@@ -53,6 +52,7 @@ from fabstir.protocol.e2e import (
     build_encrypted_session_init,
     decode_hex,
 )
+from fabstir.protocol.e2e_keys import random_private_key
 
 __all__ = ["END_GRACE_S", "ClientEncryption", "EncryptedStream", "embed_context", "normalize_public_key"]
 
@@ -84,7 +84,7 @@ class ClientEncryption:
 
     def __init__(self, host_public_key: str, client_key: bytes | None, *, required: bool, announced: bool) -> None:
         self.host_public_key = normalize_public_key(host_public_key)
-        self._client_key = bytes(client_key) if client_key is not None else _random_key()
+        self._client_key = bytes(client_key) if client_key is not None else random_private_key()
         self.required = required
         """The caller asked for encryption: never fall back to plaintext."""
         self.announced = announced
@@ -209,12 +209,3 @@ def embed_context(history: Sequence[ChatTurn], prompt: str) -> str:
     lines = "\n".join(f"{turn.role.capitalize()}: {turn.content}" for turn in turns)
     return f"Previous conversation:\n{lines}\n\nUser: {prompt}"
 
-
-def _random_key() -> bytes:
-    while True:
-        key = os.urandom(32)
-        try:
-            coincurve.PrivateKey(key)
-        except ValueError:  # pragma: no cover - probability 2**-128
-            continue
-        return key
