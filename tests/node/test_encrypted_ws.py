@@ -241,7 +241,7 @@ async def test_cancel_ends_without_final_or_response(node: NodeServer) -> None:
 async def test_request_in_progress_does_not_consume_an_index(node: NodeServer) -> None:
     client = await E2EWire.open(node.ws_url)
     await client.init("busy")
-    await client.send(client.message_frame({"prompt": "long", "max_tokens": 60, "temperature": 0.0}, rid="a"))
+    await client.send(client.message_frame({"prompt": "long", "max_tokens": 300, "temperature": 0.0}, rid="a"))
     assert (await client.recv())["type"] == "encrypted_chunk"
     await client.send(client.forged_frame({"prompt": "meanwhile"}, 1, rid="b"))
     frames = await client.wire.until_end()

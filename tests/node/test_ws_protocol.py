@@ -126,7 +126,7 @@ async def test_prompt_over_context_window(node: NodeServer) -> None:
 
 async def test_request_while_streaming_is_rejected_and_stream_completes(node: NodeServer) -> None:
     client = await WireClient.open(node.ws_url)
-    await client.send(prompt("a long answer", rid="one", max_tokens=200))
+    await client.send(prompt("a long answer", rid="one", max_tokens=300))
     first = await client.recv()
     assert first["type"] == "stream_chunk"
     await client.send(prompt("me too", rid="two"))
@@ -138,7 +138,7 @@ async def test_request_while_streaming_is_rejected_and_stream_completes(node: No
     if frames[-1].get("id") == "two":
         frames = await client.until_end()
     assert frames[-1]["id"] == "one" and frames[-1]["reason"] == "complete"
-    assert frames[-1]["usage"]["completion_tokens"] == 200
+    assert frames[-1]["usage"]["completion_tokens"] == 300
     await client.close()
 
 
@@ -256,7 +256,7 @@ def test_text_of_helper() -> None:
 
 async def test_bad_frame_while_streaming_does_not_end_the_stream(node: NodeServer) -> None:
     client = await WireClient.open(node.ws_url)
-    await client.send(prompt("stream on", rid="main", max_tokens=150))
+    await client.send(prompt("stream on", rid="main", max_tokens=300))
     assert (await client.recv())["type"] == "stream_chunk"
     await client.send("{broken")
     await client.send('{"type":"prompt","id":"bad","prompt":""}')
@@ -268,5 +268,5 @@ async def test_bad_frame_while_streaming_does_not_end_the_stream(node: NodeServe
     assert "id" not in errors[0] and errors[1]["id"] == "bad"
     ends = [f for f in frames if f["type"] == "stream_end"]
     assert [e.get("id") for e in ends] == ["bad", "main"], "only the frame with an id gets its own stream_end"
-    assert ends[-1]["reason"] == "complete" and ends[-1]["usage"]["completion_tokens"] == 150
+    assert ends[-1]["reason"] == "complete" and ends[-1]["usage"]["completion_tokens"] == 300
     await client.close()
