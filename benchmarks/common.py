@@ -257,21 +257,27 @@ async def start_node(settings: Settings, *, parallel: int, threads: int) -> tupl
 # --- one timed run of each kind ----------------------------------------------------
 
 
+async def timed_prompt(sdk: FabstirSDK, session_id: str, settings: Settings, *,
+                       max_tokens: int | None = None) -> Sample:
+    """Time ``settings.prompt`` (greedy) on an open session: from sending to each token's arrival."""
+    stamps: list[float] = []
+    options = PromptOptions(max_tokens=max_tokens or settings.max_tokens, temperature=0.0)
+    started = time.perf_counter()
+    result = await asyncio.wait_for(
+        sdk.inference.send_prompt(settings.prompt, options, session_id=session_id,
+                                  on_token=lambda _piece: stamps.append(time.perf_counter())),
+        settings.run_timeout)
+    return Sample.from_stamps(started, stamps, result.completion_tokens, result.text)
+
+
 async def sdk_run(sdk: FabstirSDK, url: str, settings: Settings, *, max_tokens: int | None = None) -> Sample:
     """One prompt through the SDK on a fresh session (connecting is not timed)."""
     session_id = f"bench-{uuid.uuid4().hex[:12]}"
     await sdk.inference.connect_to_session(session_id, url)
     try:
-        stamps: list[float] = []
-        options = PromptOptions(max_tokens=max_tokens or settings.max_tokens, temperature=0.0)
-        started = time.perf_counter()
-        result = await asyncio.wait_for(
-            sdk.inference.send_prompt(settings.prompt, options, session_id=session_id,
-                                      on_token=lambda _piece: stamps.append(time.perf_counter())),
-            settings.run_timeout)
+        return await timed_prompt(sdk, session_id, settings, max_tokens=max_tokens)
     finally:
         await sdk.inference.close(session_id)
-    return Sample.from_stamps(started, stamps, result.completion_tokens, result.text)
 
 
 def inprocess_run(engine: LlamaCppEngine, settings: Settings) -> Sample:

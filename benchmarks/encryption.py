@@ -23,13 +23,22 @@ import asyncio
 import json
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Sample, Settings, close_all, log, resolve_model, rounded, start_node, summarize  # noqa: E402
+from common import (  # noqa: E402
+    Sample,
+    Settings,
+    close_all,
+    log,
+    resolve_model,
+    rounded,
+    start_node,
+    summarize,
+    timed_prompt,
+)
 from fabstir.sdk import FabstirSDK, PromptOptions, Timeouts  # noqa: E402
 
 MODES = ("plaintext", "encrypted")
@@ -46,16 +55,9 @@ async def encrypted_run(sdk: FabstirSDK, url: str, settings: Settings, *, encryp
         if second:
             await sdk.inference.send_prompt("The end.", PromptOptions(max_tokens=1, temperature=0.0),
                                             session_id=session_id)
-        stamps: list[float] = []
-        options = PromptOptions(max_tokens=settings.max_tokens, temperature=0.0)
-        started = time.perf_counter()
-        result = await asyncio.wait_for(
-            sdk.inference.send_prompt(settings.prompt, options, session_id=session_id,
-                                      on_token=lambda _piece: stamps.append(time.perf_counter())),
-            settings.run_timeout)
+        return await timed_prompt(sdk, session_id, settings)
     finally:
         await sdk.inference.close(session_id)
-    return Sample.from_stamps(started, stamps, result.completion_tokens, result.text)
 
 
 async def run_encryption(settings: Settings) -> dict[str, object]:

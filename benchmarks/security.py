@@ -16,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import tempfile
-import time
 import timeit
 from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from common import Sample, Settings, log, rounded, summarize
+from common import Sample, Settings, log, rounded, summarize, timed_prompt
 from fabstir.chain.backend import Chain
 from fabstir.chain.metadata import build_host_metadata
 from fabstir.node.billing import BillingService
@@ -32,7 +31,7 @@ from fabstir.node.runtime import NodeRuntime
 from fabstir.node.server import serve_node
 from fabstir.protocol.e2e import ClientE2ESession, ServerE2ESession
 from fabstir.protocol.signing import Receipt, sign_receipt, text_digest, verify_receipt
-from fabstir.sdk import FabstirSDK, PromptOptions
+from fabstir.sdk import FabstirSDK
 from paid import PaidMarket, deploy_paid_market, node_config
 
 PRICE = 2_000_000_000
@@ -40,13 +39,10 @@ PRICE = 2_000_000_000
 
 async def _timed(sdk: FabstirSDK, session: str, url: str, settings: Settings, **connect: object) -> Sample:
     await sdk.inference.connect_to_session(session, url, **connect)  # type: ignore[arg-type]
-    stamps: list[float] = []
-    started = time.perf_counter()
-    result = await sdk.inference.send_prompt(
-        settings.prompt, PromptOptions(max_tokens=settings.max_tokens, temperature=0.0),
-        on_token=lambda _t: stamps.append(time.perf_counter()))
-    await sdk.inference.close()
-    return Sample.from_stamps(started, stamps, result.completion_tokens, result.text)
+    try:
+        return await timed_prompt(sdk, session, settings)
+    finally:
+        await sdk.inference.close(session)
 
 
 def _operation_costs() -> dict[str, float]:
