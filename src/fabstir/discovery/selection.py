@@ -67,6 +67,8 @@ class HostCandidate:
         capabilities: feature names the host advertises.
         region: the host's region, when known.
         sources: which discovery sources saw this host.
+        signing_key: the host's Ed25519 public key (hex), when a source told it.
+        expires_at_ms: when the announcement this came from goes stale (unix ms); ``None`` for the chain.
     """
 
     address: str
@@ -80,6 +82,8 @@ class HostCandidate:
     capabilities: frozenset[str] = frozenset()
     region: str | None = None
     sources: frozenset[str] = frozenset()
+    signing_key: str | None = None
+    expires_at_ms: int | None = None
     _row: tuple[float, float | None, float, float | None, float] = dataclasses.field(
         init=False, repr=False, compare=False, hash=False)
 

@@ -1,0 +1,38 @@
+"""The interface every discovery source implements, and the conversion from signed announcements.
+
+A source answers :meth:`DiscoverySource.discover` with :class:`HostCandidate` objects whose
+``sources`` is ``{source.name}``. Sources that relay signed announcements (HTTP service, mDNS,
+DHT) verify each record on read and drop the ones that fail; they never invent measurements.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from eth_utils import to_checksum_address
+
+from fabstir.discovery.selection import HostCandidate, Requirements
+from fabstir.protocol.announcement import HostAnnouncement
+
+__all__ = ["DiscoverySource", "candidate_from_announcement"]
+
+
+@runtime_checkable
+class DiscoverySource(Protocol):
+    """Something that can list hosts: the chain, the HTTP discovery service, mDNS, the DHT."""
+
+    name: str
+    """Short, stable name (``"chain"``, ``"http"``, ``"mdns"``, ``"dht"``) reported in ``HostCandidate.sources``."""
+
+    async def discover(self, requirements: Requirements | None = None) -> list[HostCandidate]:
+        """The hosts this source knows now. Filtering by ``requirements`` is optional (the caller filters again)."""
+        ...
+
+
+def candidate_from_announcement(record: HostAnnouncement, source: str) -> HostCandidate:
+    """A candidate from a verified announcement: checksum address, stake 0, nothing measured (the chain knows stake)."""
+    return HostCandidate(
+        address=to_checksum_address(record.host), api_url=record.api_url, models=record.models,
+        price_per_token=record.price_per_token, capabilities=frozenset(record.capabilities), region=record.region,
+        sources=frozenset({source}), signing_key=record.signing_key, expires_at_ms=record.expires_at_ms,
+    )
