@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from fabstir.discovery.selection import HostCandidate, Requirements
 from fabstir.protocol.announcement import HostAnnouncement
