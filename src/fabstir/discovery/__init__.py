@@ -1,7 +1,10 @@
-"""Host discovery data structures and selection: network-free, pure policy over snapshots."""
+"""Host discovery: sources (chain, HTTP service, mDNS, DHT), unified discovery, peer observations and selection."""
 
 from __future__ import annotations
 
+from fabstir.discovery.manager import DiscoveryManager, SourceHealth
+from fabstir.discovery.merge import MergeResult, merge_candidates
+from fabstir.discovery.peers import PeerManager, PeerQuality
 from fabstir.discovery.selection import (
     FACTORS,
     HostCandidate,
@@ -13,10 +16,20 @@ from fabstir.discovery.selection import (
     Strategy,
     Weights,
 )
+from fabstir.discovery.sources import DiscoverySource, StaticSource, candidate_from_announcement
 from fabstir.discovery.tracking import HostStats, SelectionStats
 
 __all__ = [
+    "DiscoveryManager",
+    "DiscoverySource",
     "FACTORS",
+    "MergeResult",
+    "PeerManager",
+    "PeerQuality",
+    "SourceHealth",
+    "StaticSource",
+    "candidate_from_announcement",
+    "merge_candidates",
     "HostCandidate",
     "HostSelector",
     "HostStats",

@@ -68,6 +68,7 @@ class HostCandidate:
         region: the host's region, when known.
         sources: which discovery sources saw this host.
         signing_key: the host's Ed25519 public key (hex), when a source told it.
+        encryption_key: the host's secp256k1 public key (hex) for end-to-end encryption, when known.
         expires_at_ms: when the announcement this came from goes stale (unix ms); ``None`` for the chain.
     """
 
@@ -83,6 +84,7 @@ class HostCandidate:
     region: str | None = None
     sources: frozenset[str] = frozenset()
     signing_key: str | None = None
+    encryption_key: str | None = None
     expires_at_ms: int | None = None
     _row: tuple[float, float | None, float, float | None, float] = dataclasses.field(
         init=False, repr=False, compare=False, hash=False)

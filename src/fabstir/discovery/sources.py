@@ -7,6 +7,7 @@ DHT) verify each record on read and drop the ones that fail; they never invent m
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol, runtime_checkable
 
 from eth_utils.address import to_checksum_address
@@ -14,7 +15,7 @@ from eth_utils.address import to_checksum_address
 from fabstir.discovery.selection import HostCandidate, Requirements
 from fabstir.protocol.announcement import HostAnnouncement
 
-__all__ = ["DiscoverySource", "candidate_from_announcement"]
+__all__ = ["DiscoverySource", "StaticSource", "candidate_from_announcement"]
 
 
 @runtime_checkable
@@ -36,3 +37,16 @@ def candidate_from_announcement(record: HostAnnouncement, source: str) -> HostCa
         price_per_token=record.price_per_token, capabilities=frozenset(record.capabilities), region=record.region,
         sources=frozenset({source}), signing_key=record.signing_key, expires_at_ms=record.expires_at_ms,
     )
+
+
+class StaticSource:
+    """A fixed list of hosts (from configuration, or known out of band) as a discovery source."""
+
+    def __init__(self, hosts: list[HostCandidate], name: str = "static") -> None:
+        self.name = name
+        self.hosts = list(hosts)
+
+    async def discover(self, requirements: Requirements | None = None) -> list[HostCandidate]:
+        """The configured hosts, each marked as seen by this source."""
+        return [h if self.name in h.sources else dataclasses.replace(h, sources=h.sources | {self.name})
+                for h in self.hosts]

@@ -95,6 +95,11 @@ class SelectionStats:
         stats = self._hosts.get(address)
         return stats is not None and stats.banned_until is not None and now < stats.banned_until
 
+    def next_ban_end(self, now: float) -> float | None:
+        """The earliest ban end after ``now``, or ``None`` when no ban is running."""
+        ends = [s.banned_until for s in self._hosts.values() if s.banned_until is not None and s.banned_until > now]
+        return min(ends, default=None)
+
     def available(self, hosts: Iterable[HostCandidate], now: float) -> list[HostCandidate]:
         """The hosts not banned at ``now``, in input order."""
         return [host for host in hosts if not self.is_banned(host.address, now)]
