@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterable
 from types import TracebackType
 
 from eth_account.signers.local import LocalAccount
@@ -11,6 +12,9 @@ from nacl.signing import SigningKey
 
 from fabstir.chain.backend import Chain
 from fabstir.chain.contracts import Deployment, Marketplace
+from fabstir.discovery.manager import DiscoveryManager
+from fabstir.discovery.peers import PeerManager
+from fabstir.discovery.sources import DiscoverySource
 from fabstir.errors import ConfigError
 from fabstir.sdk.billing import BillingTracker
 from fabstir.sdk.config import RetryPolicy, Timeouts
@@ -50,6 +54,8 @@ class FabstirSDK:
         account: LocalAccount | None = None,
         signing_key: SigningKey | None = None,
         encryption: bool | None = None,
+        discovery_sources: Iterable[DiscoverySource] = (),
+        peers: PeerManager | None = None,
     ) -> None:
         self.chain = chain
         self.deployment = deployment
@@ -65,6 +71,8 @@ class FabstirSDK:
             compression = os.environ.get("FABSTIR_NO_COMPRESSION", "") not in ("1", "true", "yes")
         self.compression = compression
         self.default_options = default_options or PromptOptions()
+        self._discovery_sources = list(discovery_sources)
+        self._peers = peers
 
     @functools.cached_property
     def inference(self) -> InferenceManager:
@@ -80,6 +88,18 @@ class FabstirSDK:
     def registry(self) -> NodeRegistryClient:
         """Hosts registered on chain (plan 12.1)."""
         return NodeRegistryClient(self)
+
+    @functools.cached_property
+    def discovery(self) -> DiscoveryManager:
+        """Unified discovery (plan 12.5): the chain's registry first when the SDK has a chain, then the
+        ``discovery_sources`` given (HTTP service, mDNS, DHT...), with ``peers`` as the observations."""
+        sources: list[DiscoverySource] = []
+        if self.chain is not None and self.deployment is not None:
+            from fabstir.discovery.chain_source import ChainSource
+
+            sources.append(ChainSource(self))
+        sources.extend(self._discovery_sources)
+        return DiscoveryManager(sources, peers=self._peers)
 
     @functools.cached_property
     def billing(self) -> BillingTracker:

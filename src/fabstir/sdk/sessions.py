@@ -11,10 +11,12 @@ from web3.logs import DISCARD
 from fabstir.chain.contracts import Marketplace, model_id
 from fabstir.chain.records import SessionJob
 from fabstir.chain.units import settle
+from fabstir.discovery.selection import Requirements, Strategy, Weights
 from fabstir.errors import ConfigError, ContractError, SessionError
 
 if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
+    from fabstir.sdk.opening import OpenedSession
 
 __all__ = ["SessionEvent", "SessionManager", "resolve_model_id"]
 
@@ -98,6 +100,26 @@ class SessionManager:
         job = await self.get_session(int(created[0]["args"]["jobId"]))
         self._sdk.billing.track_session(job)
         return job
+
+    async def open_session(self, model: bytes | str, deposit: int, *, strategy: Strategy | str = "composite",
+                           host: str | None = None, requirements: Requirements | None = None,
+                           weights: Weights | None = None, token: str | None = None, max_duration: int = 3600,
+                           proof_interval: int = 100, probe: bool = True) -> OpenedSession:
+        """Pick a host through ``sdk.discovery`` by ``strategy`` (``cheapest``, ``fastest``, ``reputable``,
+        ``composite``, ``round_robin``) or take ``host``, and open a session job with it at its on-chain price.
+
+        Returns an :class:`~fabstir.sdk.opening.OpenedSession`: ``await opened.connect()``, then
+        ``await opened.send_prompt(...)``, then ``await opened.close()``.
+
+        Raises:
+            SelectionError: no registered host serves ``model`` within ``requirements`` (NO_HOST_AVAILABLE).
+            ContractError: the marketplace refused the job.
+        """
+        from fabstir.sdk.opening import open_session
+
+        return await open_session(self._sdk, model, deposit, strategy=strategy, host=host, requirements=requirements,
+                                  weights=weights, token=token, max_duration=max_duration,
+                                  proof_interval=proof_interval, probe=probe)
 
     async def _ensure_allowance(self, token: str, amount: int) -> None:
         market, account = self._market, self._sdk.require_account()

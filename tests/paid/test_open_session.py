@@ -1,0 +1,95 @@
+"""Opening a paid session through unified discovery: real nodes, real chain, real contracts."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from eth_account.signers.local import LocalAccount
+
+from fabstir.chain.backend import dev_account
+from fabstir.chain.metadata import build_host_metadata
+from fabstir.discovery import Requirements, SelectionError
+from fabstir.discovery.chain_source import ChainSource
+from fabstir.node.billing import BillingService
+from fabstir.node.host_chain import HostChain
+from fabstir.node.registration import register_host
+from fabstir.sdk import FabstirSDK
+from tests.paid.conftest import PaidWorld
+
+DEPOSIT = 10**15
+
+
+async def add_host(world: PaidWorld, account: LocalAccount, api_url: str, price: int, *,
+                   signing_key: str | None = None, encryption_key: str | None = None) -> None:
+    await world.chain.transact(world.owner, world.market.stake_token.functions.mint(account.address, 10_000 * 10**18))
+    metadata = build_host_metadata(f"host {account.address[:8]}", models=["tiny"], ed25519PublicKey=signing_key,
+                                   publicKey=encryption_key, capabilities=["e2e-v1"])
+    await register_host(world.market, account, metadata=metadata, api_url=api_url, models=[world.model],
+                        min_price_native=price, min_price_stable=10_000)
+
+
+async def start_host(world: PaidWorld, node_factory, tmp_path: Path, account: LocalAccount, price: int):
+    billing = BillingService(HostChain(world.market, account, world.model), tmp_path / f"{account.address}.db",
+                             retry_delay=0.25)
+    node = await node_factory(billing=billing)
+    await add_host(world, account, node.url, price, signing_key=node.runtime.signing_public_key,
+                   encryption_key=node.runtime.e2e_public_key)
+    return node
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+async def test_chain_source_lists_registered_hosts_with_chain_price_stake_and_keys(world: PaidWorld, node_factory,
+                                                                                   tmp_path: Path) -> None:
+    node = await start_host(world, node_factory, tmp_path, world.host, 3_000_000)
+    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment) as sdk:
+        (host,) = await ChainSource(sdk).discover()
+        assert host.address == world.host.address and host.api_url == node.url
+        assert host.price_per_token == 3_000_000 and host.stake > 0
+        assert host.signing_key == node.runtime.signing_public_key
+        assert host.encryption_key == node.runtime.e2e_public_key
+        assert "0x" + world.model.hex() in host.models and "tiny" in host.models
+        assert host.sources == {"chain"} and host.capabilities == {"e2e-v1"}
+        assert await ChainSource(sdk, payment_token=world.market.stable_token.address).discover() != []
+        assert (await ChainSource(sdk, payment_token="0x" + "11" * 20).discover())[0].price_per_token == 10_000
+        by_model = await ChainSource(sdk).discover(Requirements(model=f"local/{world.model_file}"))
+        assert [h.address for h in by_model] == [world.host.address]
+        assert await ChainSource(sdk).discover(Requirements(model="local/other.gguf")) == []
+
+
+async def test_open_session_picks_the_cheapest_live_host_and_chats_encrypted(world: PaidWorld, node_factory,
+                                                                            tmp_path: Path) -> None:
+    """Three registered hosts: the cheapest is dead (its port is closed), so the probe bans it before any deposit
+    is locked; the cheaper of the two live ones gets the session, at its on-chain price."""
+    third = dev_account(4)
+    await start_host(world, node_factory, tmp_path, world.host, 5_000_000)
+    cheap = await start_host(world, node_factory, tmp_path, world.stranger, 2_000_000)
+    await add_host(world, third, closed_port_url(), 1_000_000)
+    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client) as sdk:
+        opened = await sdk.sessions.open_session(f"local/{world.model_file}", DEPOSIT, strategy="cheapest")
+        assert opened.host.address == world.stranger.address and opened.host.api_url == cheap.url
+        assert opened.job.price_per_token == 2_000_000 and opened.job.host == world.stranger.address
+        assert sdk.discovery.peers.is_blocked(third.address, now=time.monotonic())
+        await opened.connect()
+        assert sdk.inference.is_encrypted(opened.session_id)
+        result = await opened.send_prompt("Once upon a time")
+        assert result.completion_tokens > 0 and result.receipt is not None
+        await opened.close()
+        quality = sdk.discovery.peers.quality(world.stranger.address)
+        assert quality.completed == 1 and quality.rtt_ms is not None and quality.tokens_per_s is not None
+        assert sdk.discovery.peers.reputation(world.stranger.address) > 0.5
+
+        fixed = await sdk.sessions.open_session(world.model, DEPOSIT, host=world.host.address, probe=False)
+        assert fixed.job.host == world.host.address and fixed.job.price_per_token == 5_000_000
+        with pytest.raises(SelectionError) as info:
+            await sdk.sessions.open_session(world.model, DEPOSIT, requirements=Requirements(max_price=1_500_000))
+        assert info.value.code == "NO_HOST_AVAILABLE"
+        with pytest.raises(SelectionError):
+            await sdk.sessions.open_session(world.model, DEPOSIT, host="0x" + "22" * 20)
