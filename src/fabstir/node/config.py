@@ -86,6 +86,24 @@ class NodeConfig:
     """SQLite file of the node's billing; default ``~/.local/share/fabstir/ledger-<address>.db``."""
     seed: int = 0
     """Sampling seed (same seed, prompt and temperature give the same text)."""
+    discovery_url: str | None = None
+    """HTTP discovery service to announce this node to (signed record, re-signed every ``announce_ttl / 3`` s)."""
+    announce_mdns: bool = False
+    """Announce this node over mDNS on ``mdns_interface`` (loopback by default)."""
+    mdns_interface: str = "127.0.0.1"
+    """Interface address for mDNS; only loopback unless you mean to reach a real LAN."""
+    dht_bootstrap: str | None = None
+    """Join the Kademlia DHT through these ``host:port`` nodes (comma-separated) and announce there."""
+    dht_port: int = 0
+    """UDP port of this node's DHT peer on 127.0.0.1 (0 picks a free one)."""
+    announce_ttl: int = 60
+    """Seconds an announcement stays valid; heartbeats re-sign it three times per TTL."""
+    announce_price: int = 0
+    """Price per token (x1000, base units) to announce; a registered host's on-chain price wins anyway."""
+    announce_region: str | None = None
+    """Region to announce (free text, e.g. ``eu-west``)."""
+    public_url: str | None = None
+    """URL clients should use, when it is not the bound address (behind a proxy)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -95,6 +113,10 @@ class NodeConfig:
         for name in ("context_window", "parallel", "max_frame_bytes", "max_sessions", "checkpoint_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if not 1 <= self.announce_ttl <= 86_400:
+            raise ConfigError("announce_ttl must be 1..86400 seconds")
+        if self.announce_price < 0:
+            raise ConfigError("announce_price must be non-negative")
         if self.threads is not None and self.threads < 1:
             raise ConfigError("threads must be at least 1")
 

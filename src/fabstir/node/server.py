@@ -16,6 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from fabstir.errors import ConfigError
+from fabstir.node.announce import NodeAnnouncer
 from fabstir.node.app import Progress, build_app, build_billing, build_runtime, load_engines
 from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
@@ -66,6 +67,8 @@ class NodeServer:
 
     def __init__(self, runtime: NodeRuntime, sock: socket.socket | None = None) -> None:
         self.runtime = runtime
+        self.announcer: NodeAnnouncer | None = None
+        """Announces the node to discovery sources, when its config names any (see NodeConfig.discovery_url)."""
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._socket = sock
@@ -161,12 +164,18 @@ async def serve_node(
     if billing is not None:
         billing.watch_engines(pool.quiet_for)
     server = NodeServer(build_runtime(config, pool, billing), sock)
+    announcer: NodeAnnouncer | None = None
     try:
         if billing is not None:
             await billing.start()
         await server.start()
+        if NodeAnnouncer.wanted(server.runtime):
+            announcer = server.announcer = NodeAnnouncer(server.runtime, server.url)
+            await announcer.start()
         yield server
     finally:
+        if announcer is not None:
+            await announcer.aclose()
         await server.aclose()
         if billing is not None:
             await billing.aclose()
