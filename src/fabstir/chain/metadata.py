@@ -9,10 +9,12 @@ node writes ``hardware``, ``performance_tier`` and others).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
 import jsonschema
+import jsonschema.exceptions
 
 from fabstir.errors import FabstirError
 
@@ -65,6 +67,13 @@ class HostMetadata:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@functools.cache
+def _validator() -> Any:
+    # Checking the schema itself and building a validator costs milliseconds: done once, not per host.
+    jsonschema.Draft202012Validator.check_schema(HOST_METADATA_SCHEMA)
+    return jsonschema.Draft202012Validator(HOST_METADATA_SCHEMA)
+
+
 def parse_host_metadata(text: str) -> HostMetadata:
     """Validate ``text`` against the schema.
 
@@ -78,7 +87,9 @@ def parse_host_metadata(text: str) -> HostMetadata:
     except (ValueError, RecursionError) as exc:
         raise MetadataError(f"metadata is not JSON: {exc}") from None
     try:
-        jsonschema.validate(data, HOST_METADATA_SCHEMA)
+        error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+        if error is not None:
+            raise error
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise MetadataError(f"metadata {where}: {exc.message}") from None
