@@ -166,10 +166,10 @@ async def test_mdns_bound_to_127_0_0_1_only(announce: Announce) -> None:
                 multicast_if = sender.sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, 4)
                 assert socket.inet_ntoa(multicast_if) == "127.0.0.1"
             bound = {reader.sock.getsockname() for reader in engine.readers}
-            # the wildcard is the shared 5353 listener multicast needs; it joined the group on 127.0.0.1 only
-            assert bound == {("127.0.0.1", 5353), ("0.0.0.0", 5353)}
+            # the shared 5353 listener is bound to the mDNS group (never the wildcard), joined on 127.0.0.1 only
+            assert bound == {("127.0.0.1", 5353), ("224.0.0.251", 5353)}
             for reader in engine.readers:
-                if reader.sock.getsockname()[0] == "0.0.0.0" and sys.platform.startswith("linux"):
+                if reader.sock.getsockname()[0] == "224.0.0.251" and sys.platform.startswith("linux"):
                     assert reader.sock.getsockopt(socket.IPPROTO_IP, 49, 4) == b"\x00\x00\x00\x00"  # IP_MULTICAST_ALL
         assert address(7) in mine(await discovery.discover(), 7)
 

@@ -13,10 +13,11 @@ record and drops it when a readable key disagrees with it. A heartbeat is
 Safety: every ``Zeroconf`` here is built with ``interfaces=[interface]`` and
 ``IPVersion.V4Only``, and ``interface`` must be a loopback address unless
 ``allow_non_loopback=True``. zeroconf then sends only from a socket bound to that
-address, joins the multicast group only there, and shares a wildcard listener on port
-5353 (how multicast is received on Linux); on Linux that listener is also told to accept
-only the groups it joined itself (``IP_MULTICAST_ALL`` off), so mDNS seen by other
-programs on other interfaces does not reach it.
+address and joins the multicast group only there. Its shared 5353 listener, which
+zeroconf binds to the wildcard address, is bound here to the mDNS group address
+``224.0.0.251`` instead (on Linux a socket bound to a group receives only that group's
+datagrams), so nothing here listens on all interfaces; and it accepts only the groups
+it joined itself (``IP_MULTICAST_ALL`` off).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
+import zeroconf._core as zc_core
+import zeroconf._utils.net as zc_net
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf, current_time_millis
 from zeroconf._dns import DNSText  # exported by zeroconf but missing from its __all__
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
@@ -71,6 +74,7 @@ CHUNK_BYTES = 250
 _MAX_CHUNKS = -(-MAX_ANNOUNCEMENT_BYTES // CHUNK_BYTES) + 1
 _READABLE_BYTES = 200
 _TYPE_TXT, _CLASS_IN = 16, 1  # DNS record type TXT, class IN
+_MDNS_GROUP = "224.0.0.251"
 _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux <linux/in.h>; not exported by Python 3.11
 
 
@@ -180,13 +184,36 @@ def _service_info(record: HostAnnouncement, interface: str, port: int | None, na
 # -- I/O -------------------------------------------------------------------------------------------------------
 
 
+def _group_bound_sockets(interfaces: Any, unicast: bool, ip_version: IPVersion,
+                         apple_p2p: bool = False) -> tuple[socket.socket | None, list[socket.socket]]:
+    """zeroconf's ``create_sockets``, with the shared listener bound to the mDNS group, not the wildcard."""
+    listen = zc_net.new_socket(bind_addr=(_MDNS_GROUP,), ip_version=ip_version, apple_p2p=apple_p2p)
+    if listen is None:
+        raise ConfigError(f"cannot bind an mDNS listener to {_MDNS_GROUP}:5353")
+    interfaces = zc_net.normalize_interface_choice(interfaces, ip_version)
+    responders = [zc_net.add_interface(listen, i, apple_p2p=apple_p2p, unicast=unicast) for i in interfaces]
+    return listen, [r for r in responders if r is not None]
+
+
+def _new_zeroconf(interface: str) -> Zeroconf:
+    # zeroconf has no setting for where its listener binds; its socket factory is swapped for the duration of
+    # this synchronous constructor (zeroconf._core looks the name up at call time).
+    core: Any = zc_core
+    original = core.create_sockets
+    core.create_sockets = _group_bound_sockets
+    try:
+        return Zeroconf(interfaces=[interface], ip_version=IPVersion.V4Only, use_asyncio=True)
+    finally:
+        core.create_sockets = original
+
+
 async def _open_zeroconf(interface: str) -> AsyncZeroconf:
     """A started AsyncZeroconf bound to ``interface`` only (IPv4), attached to the running loop."""
-    aiozc = AsyncZeroconf(zc=Zeroconf(interfaces=[interface], ip_version=IPVersion.V4Only, use_asyncio=True))
+    aiozc = AsyncZeroconf(zc=_new_zeroconf(interface))
     await aiozc.zeroconf.async_wait_for_start()
     if sys.platform.startswith("linux"):
         for reader in aiozc.zeroconf.engine.readers:
-            if reader.sock_name[0] == "0.0.0.0":
+            if reader.sock_name[0] == _MDNS_GROUP:
                 reader.sock.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
     return aiozc
 
