@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--require-auth", action="store_const", const=True, default=None,
                        help="serve a paid session only to its authenticated depositor")
     _add_chain_commands(node_commands, commands)
+
+    discovery = commands.add_parser("discovery", help="the HTTP discovery service")
+    discovery_commands = discovery.add_subparsers(dest="discovery_command", required=True)
+    discovery_serve = discovery_commands.add_parser("serve", help="list hosts that announce signed records")
+    discovery_serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    discovery_serve.add_argument("--port", type=int, default=8090, help="port (default 8090; 0 picks a free one)")
+    discovery_serve.add_argument("--max-hosts", type=int, default=1000, help="live hosts held (default 1000)")
     return parser
 
 
@@ -121,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fabstir.cli.devnet import run_devnet
 
             return run_devnet(args)
+        if args.command == "discovery":
+            from fabstir.cli.discovery import run_discovery_serve
+
+            return asyncio.run(run_discovery_serve(args))
         if args.node_command == "serve":
             from fabstir.cli.serve import run_serve
 
