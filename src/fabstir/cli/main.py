@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fabstir import __version__
+from fabstir.cli.hosts import add_hosts_parser
 from fabstir.errors import FabstirError
 
 __all__ = ["main", "run"]
@@ -61,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ledger", dest="ledger_path", help="billing ledger file (SQLite)")
     serve.add_argument("--signing-key-file", help="Ed25519 key that signs receipts (created 0600 if missing; "
                                                   "password in $FABSTIR_NODE_KEY_PASSWORD)")
+    serve.add_argument("--discovery-url", help="HTTP discovery service to announce to (signed heartbeats)")
+    serve.add_argument("--announce-mdns", action="store_const", const=True, default=None,
+                       help="announce over mDNS on 127.0.0.1")
+    serve.add_argument("--dht-bootstrap", help="join the DHT through host:port[,host:port...] and announce there")
+    serve.add_argument("--dht-port", type=int, help="UDP port of this node's DHT peer (default: a free one)")
+    serve.add_argument("--announce-price", type=int, help="price per token to announce (x1000, base units)")
+    serve.add_argument("--announce-region", help="region to announce")
+    serve.add_argument("--announce-ttl", type=int, help="seconds an announcement stays valid (default 60)")
+    serve.add_argument("--public-url", help="URL to announce, when not the bound address")
     serve.add_argument("--require-auth", action="store_const", const=True, default=None,
                        help="serve a paid session only to its authenticated depositor")
     _add_chain_commands(node_commands, commands)
@@ -100,6 +110,8 @@ def _add_chain_commands(node_commands: Any, commands: Any) -> None:
         if name == "withdraw":
             sub.add_argument("--token", default=None, help="ERC20 address (default: ETH)")
 
+    add_hosts_parser(commands)
+
     devnet = commands.add_parser("devnet", help="a local anvil chain with the contracts deployed")
     devnet_commands = devnet.add_subparsers(dest="devnet_command", required=True)
     up = devnet_commands.add_parser("up", help="start anvil, deploy, fund accounts, write a network file")
@@ -128,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fabstir.cli.devnet import run_devnet
 
             return run_devnet(args)
+        if args.command == "hosts":
+            from fabstir.cli.hosts import run_hosts
+
+            return asyncio.run(run_hosts(args))
         if args.command == "discovery":
             from fabstir.cli.discovery import run_discovery_serve
 

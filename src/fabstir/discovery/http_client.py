@@ -196,9 +196,11 @@ class HttpDiscoveryClient:
         key = _key(requirements, limit)
         now = self._clock()
         cached = self._cache.get(key)
-        if cached is not None and now - cached.fetched_ms < self.cache_ttl_ms:
+        # A cached answer holding a lapsed record is refetched: the host has most likely re-announced since.
+        if cached is not None and now - cached.fetched_ms < self.cache_ttl_ms \
+                and not any(host.record.is_expired(now) for host in cached.hosts):
             self.stats.hits += 1
-            return [host for host in cached.hosts if not host.record.is_expired(now)]
+            return list(cached.hosts)
         self.stats.misses += 1
         return await self._fetch(key)
 

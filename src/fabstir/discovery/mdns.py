@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import zeroconf._core as zc_core
 import zeroconf._utils.net as zc_net
-from zeroconf import IPVersion, ServiceStateChange, Zeroconf, current_time_millis
+from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange, Zeroconf, current_time_millis
 from zeroconf._dns import DNSText  # exported by zeroconf but missing from its __all__
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_fabstir._tcp.local."
 DEFAULT_INTERFACE = "127.0.0.1"
-DEFAULT_TIMEOUT_S = 1.0
+DEFAULT_TIMEOUT_S = 1.5
 """How long :class:`MdnsDiscovery` browses (loopback answers arrive in well under a second)."""
 CHUNK_BYTES = 250
 """JSON bytes per ``r<i>`` TXT entry: ``r<i>=`` plus the chunk stays within the 255-byte entry limit."""
@@ -367,6 +367,9 @@ class MdnsDiscovery:
             else:
                 names.add(name)
 
+        # zeroconf's first query asks for unicast answers (QU); every zeroconf instance on this machine binds
+        # 127.0.0.1:5353, and the kernel hands a unicast answer to one of them, often not ours. Its second query,
+        # about 1 s later, is multicast and reaches every browser: hence the 1.5 s default window.
         browser = AsyncServiceBrowser(zc, [SERVICE_TYPE], handlers=[on_change])
         try:
             await asyncio.sleep(self.timeout_s)
@@ -376,7 +379,9 @@ class MdnsDiscovery:
 
     async def _resolve(self, zc: Zeroconf, name: str) -> list[bytes]:
         """Every live TXT record cached for ``name`` (a heartbeat can briefly leave the old one beside the new)."""
-        await AsyncServiceInfo(SERVICE_TYPE, name).async_request(zc, max(int(self.timeout_s * 1000), 200))
+        # Multicast questions (QM) so the answer reaches this instance (see _browse).
+        await AsyncServiceInfo(SERVICE_TYPE, name).async_request(zc, max(int(self.timeout_s * 1000), 200),
+                                                                 question_type=DNSQuestionType.QM)
         now = current_time_millis()
         texts = [r.text for r in zc.cache.get_all_by_details(name, _TYPE_TXT, _CLASS_IN)
                  if isinstance(r, DNSText) and not r.is_expired(now)]

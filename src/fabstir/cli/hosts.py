@@ -1,0 +1,123 @@
+"""``fabstir hosts``: ranked hosts from every discovery source, with score breakdowns and sources."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from typing import Any
+
+from fabstir.discovery.manager import DiscoveryManager
+from fabstir.discovery.selection import FACTORS, STRATEGIES, RankedHost, Requirements, SelectionError
+from fabstir.discovery.sources import DiscoverySource
+from fabstir.errors import ConfigError
+
+__all__ = ["add_hosts_parser", "run_hosts"]
+
+
+def add_hosts_parser(commands: Any) -> None:
+    """Register ``fabstir hosts`` on the CLI's subcommands."""
+    hosts = commands.add_parser("hosts", help="discover hosts and rank them (chain, HTTP service, mDNS, DHT)")
+    hosts.add_argument("--network", help="network file: read the on-chain registry (prices and stake from chain)")
+    hosts.add_argument("--discovery-url", help="an HTTP discovery service (fabstir discovery serve)")
+    hosts.add_argument("--mdns", action="store_true", help="browse mDNS on 127.0.0.1")
+    hosts.add_argument("--dht-bootstrap", help="search the DHT, joining through host:port[,host:port...]")
+    hosts.add_argument("--model", help="only hosts serving this model (repo/file, 0x id, or a served name)")
+    hosts.add_argument("--strategy", default="composite", choices=STRATEGIES,
+                       help="how to choose the host marked as chosen (default composite)")
+    hosts.add_argument("--max-price", type=int, help="highest price per token (x1000, base units)")
+    hosts.add_argument("--capability", action="append", default=[], help="required capability (repeatable)")
+    hosts.add_argument("--region", help="required region")
+    hosts.add_argument("--no-ping", action="store_true", help="do not measure each host's round trip")
+    hosts.add_argument("--timeout", type=float, default=3.0, help="seconds each source may take (default 3)")
+    hosts.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+async def run_hosts(args: argparse.Namespace) -> int:
+    """Discover, rank and print; exit code 1 when no host qualifies."""
+    async with contextlib.AsyncExitStack() as stack:
+        sources = await _open_sources(args, stack)
+        if not sources:
+            raise ConfigError("name at least one source: --network, --discovery-url, --mdns or --dht-bootstrap")
+        manager = DiscoveryManager(sources, source_timeout_s=args.timeout)
+        requirements = Requirements(model=args.model, max_price=args.max_price,
+                                    capabilities=frozenset(args.capability), region=args.region)
+        hosts = await manager.discover_all_hosts(requirements)
+        if hosts and not args.no_ping:
+            await manager.measure_latency(hosts)
+        ranked = await manager.rank_hosts(requirements)
+        chosen = None
+        with contextlib.suppress(SelectionError):
+            chosen = (await manager.select_host(args.strategy, requirements)).address
+        stats = manager.get_discovery_stats()
+    if args.json:
+        print(json.dumps({"hosts": [_row(r) for r in ranked], "strategy": args.strategy, "chosen": chosen,
+                          "stats": stats, "rejected": [list(r) for r in manager.rejected]}))
+    else:
+        _print_table(ranked, chosen, args.strategy, stats, manager.rejected)
+    return 0 if ranked else 1
+
+
+async def _open_sources(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> list[DiscoverySource]:
+    sources: list[DiscoverySource] = []
+    if args.network:
+        from fabstir.chain.network import NetworkConfig
+        from fabstir.discovery.chain_source import ChainSource
+        from fabstir.sdk import FabstirSDK
+
+        network = NetworkConfig.load(args.network)
+        chain = network.connect()
+        stack.callback(chain.close)
+        sources.append(ChainSource(FabstirSDK(chain=chain, deployment=network.deployment)))
+    if args.discovery_url:
+        from fabstir.discovery.http_client import HttpDiscoveryClient
+
+        sources.append(await stack.enter_async_context(HttpDiscoveryClient(args.discovery_url)))
+    if args.mdns:
+        from fabstir.discovery.mdns import MdnsDiscovery
+
+        sources.append(await stack.enter_async_context(MdnsDiscovery(timeout_s=min(args.timeout, 1.5))))
+    if args.dht_bootstrap:
+        from fabstir.discovery.dht import DhtNode
+        from fabstir.node.announce import parse_bootstrap
+
+        node = DhtNode(timeout=args.timeout)
+        await node.start(parse_bootstrap(args.dht_bootstrap))
+        stack.push_async_callback(node.stop)
+        sources.append(node)
+    return sources
+
+
+def _row(ranked: RankedHost) -> dict[str, Any]:
+    host = ranked.host
+    return {"address": host.address, "api_url": host.api_url, "price_per_token": host.price_per_token,
+            "stake": host.stake, "reputation": host.reputation, "latency_ms": host.latency_ms,
+            "tokens_per_s": host.tokens_per_s, "score": ranked.score, "breakdown": ranked.breakdown,
+            "sources": sorted(host.sources), "models": list(host.models), "capabilities": sorted(host.capabilities),
+            "region": host.region}
+
+
+def _print_table(ranked: list[RankedHost], chosen: str | None, strategy: str, stats: dict[str, Any],
+                 rejected: list[tuple[str, str, str]]) -> None:
+    out = sys.stdout
+    if not ranked:
+        print("no host matches", file=out)
+    header = ["#", "host", "url", "price", "stake", "rtt ms", "score", *(f[:5] for f in FACTORS), "sources"]
+    rows = []
+    for i, r in enumerate(ranked, 1):
+        host, parts = r.host, r.breakdown
+        rows.append([f"{i}{'*' if host.address == chosen else ''}", host.address[:10] + "…", host.api_url,
+                     str(host.price_per_token), str(host.stake),
+                     "-" if host.latency_ms is None else f"{host.latency_ms:.1f}", f"{r.score:.2f}",
+                     *(f"{parts[f]:.2f}" for f in FACTORS), ",".join(sorted(host.sources))])
+    if rows:
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+        for line in (header, *rows):
+            print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip(), file=out)
+        print(f"* chosen by strategy {strategy!r}", file=out)
+    health = ", ".join(f"{s['name']}: {'ok' if s['healthy'] else 'FAILED (' + str(s['last_error']) + ')'} "
+                       f"{s['hosts']} host(s)" for s in stats["sources"])
+    print(f"sources: {health}", file=out)
+    for address, source, reason in rejected:
+        print(f"refused {address} from {source}: {reason}", file=out)
