@@ -1,10 +1,10 @@
 """``fabstir demo``: the whole paid flow on one machine.
 
 An in-process EVM with our contracts; a host node that registers and stakes;
-a client that discovers it through the registry, opens a session with a
-deposit, streams a multi-turn chat over the real WebSocket, and leaves; the
-host checkpoints and settles; a receipt shows where every unit of the deposit
-went. ``--free`` skips the chain (the foundation's plain demo).
+a client that finds it through unified discovery (the on-chain registry), picks
+it by strategy, opens a session with a deposit, streams a multi-turn chat over
+the real WebSocket, and leaves; the host checkpoints and settles; a receipt
+shows where every unit of the deposit went. ``--free`` skips the chain (the foundation's plain demo).
 """
 
 from __future__ import annotations
@@ -107,19 +107,18 @@ async def _paid_demo(config: NodeConfig, prompts: tuple[str, ...], options: Prom
 async def _paid_session(sdk: FabstirSDK, market: Marketplace, billing: BillingService, model: bytes,
                         prompts: tuple[str, ...], model_name: str, host: str, client: str) -> dict[str, Any]:
     chain = market.chain
-    hosts = await sdk.registry.get_nodes_for_model(model)
-    chosen = min(hosts, key=lambda h: h.record.min_price_native)
-    _progress(f"discovered {len(hosts)} host(s) for the model on chain; chose {chosen.address} at {chosen.api_url}")
     balances_before = {"client": await chain.balance(client), "host": await chain.balance(host)}
-    job = await sdk.sessions.create_session(chosen.address, model, DEPOSIT_WEI, chosen.record.min_price_native,
-                                            max_duration=3600, proof_interval=PROOF_INTERVAL)
+    opened = await sdk.sessions.open_session(model, DEPOSIT_WEI, strategy="cheapest", max_duration=3600,
+                                             proof_interval=PROOF_INTERVAL)
+    chosen, job = opened.host, opened.job
+    found = sdk.discovery.get_discovery_stats()["hosts"]
+    _progress(f"discovered {found} host(s) ({', '.join(sorted(chosen.sources))}); strategy 'cheapest' chose "
+              f"{chosen.address} at {chosen.api_url}")
     _progress(f"opened session job {job.job_id} with a deposit of {format_units(job.deposit, 18, 'ETH')}")
-    keys = chosen.metadata
     _progress("end-to-end encrypted with the host's published key; receipts checked against its Ed25519 key"
-              if keys and keys.public_key else "the host publishes no encryption key: plaintext session")
+              if chosen.encryption_key else "the host publishes no encryption key: plaintext session")
     results = await _chat(sdk, str(job.job_id), job.job_id, chosen.api_url, prompts,
-                          host_public_key=keys.public_key if keys else None,
-                          host_signing_key=keys.signing_key if keys else None)
+                          host_public_key=chosen.encryption_key, host_signing_key=chosen.signing_key)
     _progress("closed the session; the host checkpoints and settles after the dispute window")
     await _wait_settled(billing, job.job_id)
     final = await sdk.sessions.get_session(job.job_id)
@@ -128,7 +127,7 @@ async def _paid_session(sdk: FabstirSDK, market: Marketplace, billing: BillingSe
     owed = await earnings(market, host)
     summary = summarize(chosen.api_url, model_name, results, 0.0)
     summary.update({
-        "encrypted": bool(keys and keys.public_key),
+        "encrypted": chosen.encryption_key is not None,
         "receipts_verified": sum(1 for r in results if r.receipt is not None),
         "job_id": job.job_id,
         "deposit": final.deposit,
