@@ -86,6 +86,19 @@ def test_devnet_up_register_earnings_down(devnet_file: Path, tmp_path: Path,
         assert f"registered {dev_account(1).address}" in register.stdout
         assert chain.call_sync(market.node_registry.functions.isActiveNode(dev_account(1).address))
 
+        # the registry as a discovery source: the host, its chain price, stake and sources; nothing answers pings
+        hosts = cli("hosts", "--network", str(devnet_file), "--model", "local/x.gguf", "--strategy", "cheapest",
+                    "--json")
+        assert hosts.returncode == 0, hosts.stderr
+        listing = json.loads(hosts.stdout.strip().splitlines()[-1])
+        (row,) = listing["hosts"]
+        assert row["address"] == dev_account(1).address and row["api_url"] == "http://127.0.0.1:8080"
+        assert row["sources"] == ["chain"] and row["stake"] > 0 and row["price_per_token"] > 0
+        assert row["reachable"] is False and listing["chosen"] is None  # nothing serves its URL: banned for now
+        table = cli("hosts", "--network", str(devnet_file), "--no-ping")
+        assert table.returncode == 0 and "chosen by strategy 'composite'" in table.stdout
+        assert "chain: ok 1 host(s)" in table.stdout
+
         owed = cli("node", "earnings", "--network", str(devnet_file), "--account", "host1")
         assert owed.returncode == 0, owed.stderr
         assert owed.stdout.strip() == f"{dev_account(1).address} may withdraw 0 ETH and 0 USDC"

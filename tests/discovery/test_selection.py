@@ -230,6 +230,9 @@ def test_properties(hosts: list[HostCandidate], weights: Weights, req: Requireme
         assert all(0.0 <= v <= 1.0 for v in r.breakdown.values())
     keys = [(-r.score, r.host.address) for r in ranked]
     assert keys == sorted(keys)
+    for k in (0, 1, 3, len(hosts)):  # the partial (partition) path agrees with the full sort, ties included
+        assert [(r.host, r.score) for r in sel.rank_hosts(hosts, weights, top_k=k)] == \
+            [(r.host, r.score) for r in ranked[:k]]
     for h in sel.filter_by_requirements(hosts, req):
         assert req.model is None or req.model in h.models
         assert req.max_price is None or h.price_per_token <= req.max_price

@@ -44,18 +44,22 @@ async def run_hosts(args: argparse.Namespace) -> int:
         requirements = Requirements(model=args.model, max_price=args.max_price,
                                     capabilities=frozenset(args.capability), region=args.region)
         hosts = await manager.discover_all_hosts(requirements)
+        unreachable: set[str] = set()
         if hosts and not args.no_ping:
-            await manager.measure_latency(hosts)
-        ranked = await manager.rank_hosts(requirements)
+            answered = await manager.measure_latency(hosts, limit=len(hosts))
+            unreachable = {h.address for h in hosts} - set(answered)
+        # Every host found is listed (an unreachable one too, marked); the choice skips the ones now banned.
+        ranked = manager.selector.rank_hosts([manager.peers.apply(h) for h in hosts])
         chosen = None
         with contextlib.suppress(SelectionError):
             chosen = (await manager.select_host(args.strategy, requirements)).address
         stats = manager.get_discovery_stats()
     if args.json:
-        print(json.dumps({"hosts": [_row(r) for r in ranked], "strategy": args.strategy, "chosen": chosen,
+        print(json.dumps({"hosts": [_row(r, r.host.address in unreachable) for r in ranked],
+                          "strategy": args.strategy, "chosen": chosen,
                           "stats": stats, "rejected": [list(r) for r in manager.rejected]}))
     else:
-        _print_table(ranked, chosen, args.strategy, stats, manager.rejected)
+        _print_table(ranked, chosen, args.strategy, stats, manager.rejected, unreachable)
     return 0 if ranked else 1
 
 
@@ -89,9 +93,9 @@ async def _open_sources(args: argparse.Namespace, stack: contextlib.AsyncExitSta
     return sources
 
 
-def _row(ranked: RankedHost) -> dict[str, Any]:
+def _row(ranked: RankedHost, unreachable: bool) -> dict[str, Any]:
     host = ranked.host
-    return {"address": host.address, "api_url": host.api_url, "price_per_token": host.price_per_token,
+    return {"address": host.address, "reachable": not unreachable, "api_url": host.api_url, "price_per_token": host.price_per_token,
             "stake": host.stake, "reputation": host.reputation, "latency_ms": host.latency_ms,
             "tokens_per_s": host.tokens_per_s, "score": ranked.score, "breakdown": ranked.breakdown,
             "sources": sorted(host.sources), "models": list(host.models), "capabilities": sorted(host.capabilities),
@@ -99,7 +103,7 @@ def _row(ranked: RankedHost) -> dict[str, Any]:
 
 
 def _print_table(ranked: list[RankedHost], chosen: str | None, strategy: str, stats: dict[str, Any],
-                 rejected: list[tuple[str, str, str]]) -> None:
+                 rejected: list[tuple[str, str, str]], unreachable: set[str]) -> None:
     out = sys.stdout
     if not ranked:
         print("no host matches", file=out)
@@ -109,13 +113,15 @@ def _print_table(ranked: list[RankedHost], chosen: str | None, strategy: str, st
         host, parts = r.host, r.breakdown
         rows.append([f"{i}{'*' if host.address == chosen else ''}", host.address[:10] + "…", host.api_url,
                      str(host.price_per_token), str(host.stake),
-                     "-" if host.latency_ms is None else f"{host.latency_ms:.1f}", f"{r.score:.2f}",
+                     "down" if host.address in unreachable else "-" if host.latency_ms is None
+                     else f"{host.latency_ms:.1f}", f"{r.score:.2f}",
                      *(f"{parts[f]:.2f}" for f in FACTORS), ",".join(sorted(host.sources))])
     if rows:
         widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
         for line in (header, *rows):
             print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip(), file=out)
-        print(f"* chosen by strategy {strategy!r}", file=out)
+        print(f"* chosen by strategy {strategy!r}" if chosen else f"no reachable host for strategy {strategy!r}",
+              file=out)
     health = ", ".join(f"{s['name']}: {'ok' if s['healthy'] else 'FAILED (' + str(s['last_error']) + ')'} "
                        f"{s['hosts']} host(s)" for s in stats["sources"])
     print(f"sources: {health}", file=out)

@@ -17,13 +17,17 @@ it lies in ``[0, sum of weights]``. Ties are broken by address, ascending.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import heapq
+import gc
 import math
-from collections.abc import Iterable, Sequence
+import struct
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from operator import attrgetter
 from typing import Any, Literal, NamedTuple
+
+import numpy as np
 
 from fabstir.errors import FabstirError
 
@@ -42,6 +46,8 @@ __all__ = [
 Strategy = Literal["cheapest", "fastest", "reputable", "composite", "round_robin"]
 STRATEGIES: tuple[str, ...] = ("cheapest", "fastest", "reputable", "composite", "round_robin")
 FACTORS: tuple[str, ...] = ("price", "latency", "reputation", "throughput", "stake")
+_NAN = math.nan
+_PACK = struct.Struct("=5d").pack
 """The scored factors, in the order they are summed and reported."""
 
 
@@ -86,18 +92,22 @@ class HostCandidate:
     signing_key: str | None = None
     encryption_key: str | None = None
     expires_at_ms: int | None = None
-    _row: tuple[float, float | None, float, float | None, float] = dataclasses.field(
+    _row: tuple[float, float, float, float, float] = dataclasses.field(
         init=False, repr=False, compare=False, hash=False)
+    _packed: bytes = dataclasses.field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        # The scored numbers as one tuple of floats, computed once: ranking reads one attribute per host.
-        object.__setattr__(self, "_row", (
+        # The scored numbers as one tuple of floats (NaN: not measured), computed once: ranking reads one attribute
+        # per host and hands the rows to numpy in one call.
+        row = (
             float(self.price_per_token),
-            None if self.latency_ms is None else float(self.latency_ms),
+            _NAN if self.latency_ms is None else float(self.latency_ms),
             float(self.reputation),
-            None if self.tokens_per_s is None else float(self.tokens_per_s),
+            _NAN if self.tokens_per_s is None else float(self.tokens_per_s),
             float(self.stake),
-        ))
+        )
+        object.__setattr__(self, "_row", row)
+        object.__setattr__(self, "_packed", _PACK(*row))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -204,7 +214,7 @@ class _Scale:
         values = host._row
         out = {}
         for name, value, (base, origin, factor) in zip(FACTORS, values, self.terms):
-            out[name] = 0.0 if value is None else base + (value - origin) * factor
+            out[name] = 0.0 if math.isnan(value) else base + (value - origin) * factor
         return out
 
 
@@ -227,12 +237,25 @@ class RankedHost(NamedTuple):
         return f"RankedHost(address={self.host.address!r}, score={self.score!r})"
 
 
-_columns = attrgetter("_row")
+_packed = attrgetter("_packed")
 _address = attrgetter("address")
 
 
-def _bounds(values: Sequence[float]) -> tuple[float, float] | None:
-    return (min(values), max(values)) if values else None
+def _bounds(values: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[float, float] | None:
+    known = values[~np.isnan(values)]
+    return (float(known.min()), float(known.max())) if known.size else None
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (if it runs) while a burst of acyclic objects is built."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 _new_ranked: Any = tuple.__new__  # builds RankedHost without the Python-level __new__ (hot path)
@@ -264,20 +287,25 @@ class HostSelector:
         Each term ``w * (base + (x - origin) * factor)`` is folded into ``const + slope * x`` before the loop, so
         a score equals the weighted sum of its breakdown up to float rounding (the breakdown itself is exact).
         """
+        values, scale = self._score_array(hosts, weights)
+        return values.tolist(), scale
+
+    def _score_array(self, hosts: Sequence[HostCandidate],
+                     weights: Weights | None = None) -> tuple[np.ndarray[Any, np.dtype[np.float64]], _Scale]:
         weight = (weights or self.weights).as_tuple()
-        rows = list(map(_columns, hosts))
-        prices, lats, reps, tps, stakes = zip(*rows)
-        scale = _Scale.of((_bounds(prices), _bounds([v for v in lats if v is not None]), _bounds(reps),
-                           _bounds([v for v in tps if v is not None]), _bounds(stakes)), _LOWER_BETTER)
+        n = len(hosts)
+        table = np.frombuffer(b"".join(map(_packed, hosts)), dtype=np.float64).reshape(n, 5)
+        prices, lats, reps, tps, stakes = table.T
+        scale = _Scale.of((_bounds(prices), _bounds(lats), _bounds(reps), _bounds(tps), _bounds(stakes)),
+                          _LOWER_BETTER)
         (cp, kp), (cl, kl), (cr, kr), (ct, kt), (cs, ks) = (
             (w * (base - origin * factor), w * factor) for w, (base, origin, factor) in zip(weight, scale.terms))
-        const = cp + cr + cs
-        scores = [
-            const + kp * p + kr * r + ks * s
-            + (0.0 if lat is None else cl + kl * lat)
-            + (0.0 if t is None else ct + kt * t)
-            for p, lat, r, t, s in rows
-        ]
+        # Same operations in the same order as the scalar formula, element-wise: identical floats.
+        scores = (cp + cr + cs) + kp * prices
+        scores += kr * reps
+        scores += ks * stakes
+        scores += np.where(np.isnan(lats), 0.0, cl + kl * lats)
+        scores += np.where(np.isnan(tps), 0.0, ct + kt * tps)
         return scores, scale
 
     def rank_hosts(self, hosts: Sequence[HostCandidate], weights: Weights | None = None, *,
@@ -286,22 +314,29 @@ class HostSelector:
         hosts = list(hosts)
         if not hosts:
             return []
-        scores, scale = self.scores(hosts, weights)
+        scores, scale = self._score_array(hosts, weights)
         n = len(hosts)
-        unique = len(set(scores)) == n
-        if top_k is not None and top_k < n and unique:
-            # No ties: a heap of k beats a full sort, and the order is the same.
-            order = heapq.nlargest(max(top_k, 0), range(n), key=scores.__getitem__)
+        k = n if top_k is None else min(max(top_k, 0), n)
+        descending = -scores
+        if k < n and k * 8 < n:
+            # Only the best k matter: partition first, then order the few candidates (ties at the cut included).
+            cut = np.partition(descending, k - 1)[k - 1] if k else -np.inf
+            candidates = np.flatnonzero(descending <= cut)
         else:
-            order = list(range(n))
-            if not unique:  # equal scores: address order first, the stable score sort keeps it
-                order.sort(key=list(map(_address, hosts)).__getitem__)
-            order.sort(key=scores.__getitem__, reverse=True)  # reverse=True keeps equal items in order
-            if top_k is not None:
-                del order[max(top_k, 0):]
-        by_index = hosts.__getitem__
-        rows = zip(map(by_index, order), map(scores.__getitem__, order), repeat(scale))
-        return list(map(_new_ranked, repeat(RankedHost), rows))
+            candidates = np.arange(n)
+        picked = descending[candidates]
+        ordered = np.sort(picked)
+        if ordered.size > 1 and bool((ordered[1:] == ordered[:-1]).any()):
+            # Equal scores: address order first, then the stable score sort keeps it.
+            addresses = [hosts[i].address for i in candidates.tolist()]
+            by_address = np.array(sorted(range(len(addresses)), key=addresses.__getitem__), dtype=np.intp)
+            order = candidates[by_address[np.argsort(picked[by_address], kind="stable")]]
+        else:
+            order = candidates[np.argsort(picked, kind="stable")]
+        order_list = order[:k].tolist()
+        rows = zip(map(hosts.__getitem__, order_list), scores[order[:k]].tolist(), repeat(scale))
+        with _gc_paused():  # 10,000 new tuples would otherwise trigger collections that walk every host (~3x)
+            return list(map(_new_ranked, repeat(RankedHost), rows))
 
     # -- picking -----------------------------------------------------------------------------------------------
 
