@@ -92,6 +92,10 @@ def test_expired_announcements_and_registered_only() -> None:
     fresh = announced(SigningKey.generate(), 3)
     result = merge_candidates([("http", [stale, fresh])], NOW_MS)
     assert [h.address for h in result.hosts] == [fresh.address]
+    # an address first seen in a lapsed record and then in a live one is still listed once
+    live = announced(key, 2, source="mdns")
+    once = merge_candidates([("http", [stale]), ("mdns", [live]), ("dht", [stale])], NOW_MS)
+    assert [(h.address, h.sources) for h in once.hosts] == [(live.address, {"mdns"})]
     assert ("http", "expired") in [(s, r) for _, s, r in result.rejected]
     registered = merge_candidates([("http", [fresh]), ("chain", [on_chain(key, 9)])], NOW_MS, registered_only=True)
     assert [h.sources for h in registered.hosts] == [{"chain"}]

@@ -81,7 +81,7 @@ async def _open_sources(args: argparse.Namespace, stack: contextlib.AsyncExitSta
     if args.mdns:
         from fabstir.discovery.mdns import MdnsDiscovery
 
-        sources.append(await stack.enter_async_context(MdnsDiscovery(timeout_s=min(args.timeout, 1.5))))
+        sources.append(await stack.enter_async_context(MdnsDiscovery(timeout_s=min(args.timeout, 2.0))))
     if args.dht_bootstrap:
         from fabstir.discovery.dht import DhtNode
         from fabstir.node.announce import parse_bootstrap

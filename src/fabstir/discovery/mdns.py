@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_fabstir._tcp.local."
 DEFAULT_INTERFACE = "127.0.0.1"
-DEFAULT_TIMEOUT_S = 1.5
+DEFAULT_TIMEOUT_S = 2.0
 """How long :class:`MdnsDiscovery` browses (loopback answers arrive in well under a second)."""
 CHUNK_BYTES = 250
 """JSON bytes per ``r<i>`` TXT entry: ``r<i>=`` plus the chunk stays within the 255-byte entry limit."""
@@ -369,7 +369,9 @@ class MdnsDiscovery:
 
         # zeroconf's first query asks for unicast answers (QU); every zeroconf instance on this machine binds
         # 127.0.0.1:5353, and the kernel hands a unicast answer to one of them, often not ours. Its second query,
-        # about 1 s later, is multicast and reaches every browser: hence the 1.5 s default window.
+        # about 1 s later, is multicast (answers may be held up to 0.5 s to be aggregated) and reaches every
+        # browser: hence the 2 s default window. Asking QM from the start is faster but lets an answer a host
+        # queued before stopping go out after its goodbye, so the host would linger in caches.
         browser = AsyncServiceBrowser(zc, [SERVICE_TYPE], handlers=[on_change])
         try:
             await asyncio.sleep(self.timeout_s)

@@ -39,13 +39,12 @@ def merge_candidates(per_source: Sequence[tuple[str, Sequence[HostCandidate]]], 
     """One candidate per address from ``per_source`` (``(source name, candidates)`` in priority order)."""
     chain: dict[str, HostCandidate] = {}
     announced: dict[str, list[tuple[str, HostCandidate]]] = {}
-    order: list[str] = []
+    order: dict[str, None] = {}  # first-seen order of addresses, each once
     rejected: list[tuple[str, str, str]] = []
     for source, hosts in per_source:
         for host in hosts:
             key = host.address.lower()
-            if key not in chain and key not in announced:
-                order.append(key)
+            order.setdefault(key)
             if source == CHAIN:
                 chain.setdefault(key, host)
             elif host.expires_at_ms is not None and host.expires_at_ms <= now_ms:
