@@ -87,13 +87,15 @@ class NodeAnnouncer:
         self._http: Any = None
         self._mdns: Any = None
         self._dht: Any = None
+        self._dht_peers: list[tuple[str, int]] = []
+        self._dht_joined = False
         self._task: asyncio.Task[None] | None = None
 
     @staticmethod
     def wanted(runtime: NodeRuntime) -> bool:
         """Whether the config names any target."""
         config = runtime.config
-        return bool(config.discovery_url or config.announce_mdns or config.dht_bootstrap)
+        return bool(config.discovery_url or config.announce_mdns or config.dht_bootstrap or config.dht_port)
 
     @property
     def host_address(self) -> str:
@@ -127,11 +129,13 @@ class NodeAnnouncer:
 
             self._http = HttpDiscoveryClient(config.discovery_url, retries=1, cache_ttl_s=0)
             self.status["http"] = TargetStatus("http")
-        if config.dht_bootstrap:
+        if config.dht_bootstrap or config.dht_port:
             from fabstir.discovery.dht import DhtNode
 
+            # Listen first, join on the beats: a bootstrap node that is down must not stop the node from serving.
+            self._dht_peers = parse_bootstrap(config.dht_bootstrap)
             self._dht = DhtNode(port=config.dht_port)
-            await self._dht.start(parse_bootstrap(config.dht_bootstrap))
+            await self._dht.start()
             self.status["dht"] = TargetStatus("dht")
         if config.announce_mdns:
             self.status["mdns"] = TargetStatus("mdns")
@@ -159,6 +163,9 @@ class NodeAnnouncer:
         if name == "http":
             await self._http.announce(record)
         elif name == "dht":
+            if not self._dht_joined and self._dht_peers:
+                await self._dht.bootstrap(self._dht_peers)
+                self._dht_joined = True
             await self._dht.announce_capabilities(record)
         elif self._mdns is None:
             from fabstir.discovery.mdns import MdnsAnnouncer

@@ -95,7 +95,8 @@ class NodeConfig:
     dht_bootstrap: str | None = None
     """Join the Kademlia DHT through these ``host:port`` nodes (comma-separated) and announce there."""
     dht_port: int = 0
-    """UDP port of this node's DHT peer on 127.0.0.1 (0 picks a free one)."""
+    """UDP port of this node's DHT peer on 127.0.0.1 (0 picks a free one); set alone, the node is a DHT seed
+    that others bootstrap from."""
     announce_ttl: int = 60
     """Seconds an announcement stays valid; heartbeats re-sign it three times per TTL."""
     announce_price: int = 0
@@ -115,6 +116,8 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if not 1 <= self.announce_ttl <= 86_400:
             raise ConfigError("announce_ttl must be 1..86400 seconds")
+        if not 0 <= self.dht_port <= 65535:
+            raise ConfigError(f"dht_port must be 0-65535, got {self.dht_port}")
         if self.announce_price < 0:
             raise ConfigError("announce_price must be non-negative")
         if self.threads is not None and self.threads < 1:
