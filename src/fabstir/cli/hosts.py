@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from typing import Any
 
 from fabstir.discovery.manager import DiscoveryManager
@@ -43,9 +44,13 @@ async def run_hosts(args: argparse.Namespace) -> int:
         manager = DiscoveryManager(sources, source_timeout_s=args.timeout)
         requirements = Requirements(model=args.model, max_price=args.max_price,
                                     capabilities=frozenset(args.capability), region=args.region)
+        _progress(f"asking {', '.join(manager.source_names)} (each within {args.timeout:g} s)")
+        started = time.perf_counter()
         hosts = await manager.discover_all_hosts(requirements)
+        _progress(f"{len(hosts)} host(s) in {(time.perf_counter() - started) * 1000:.0f} ms")
         unreachable: set[str] = set()
         if hosts and not args.no_ping:
+            _progress(f"pinging {len(hosts)} host(s)")
             answered = await manager.measure_latency(hosts, limit=len(hosts))
             unreachable = {h.address for h in hosts} - set(answered)
         # Every host found is listed (an unreachable one too, marked); the choice skips the ones now banned.
@@ -81,7 +86,7 @@ async def _open_sources(args: argparse.Namespace, stack: contextlib.AsyncExitSta
     if args.mdns:
         from fabstir.discovery.mdns import MdnsDiscovery
 
-        sources.append(await stack.enter_async_context(MdnsDiscovery(timeout_s=min(args.timeout, 2.0))))
+        sources.append(await stack.enter_async_context(MdnsDiscovery(timeout_s=min(args.timeout, 1.0))))
     if args.dht_bootstrap:
         from fabstir.discovery.dht import DhtNode
         from fabstir.node.announce import parse_bootstrap
@@ -91,6 +96,10 @@ async def _open_sources(args: argparse.Namespace, stack: contextlib.AsyncExitSta
         stack.push_async_callback(node.stop)
         sources.append(node)
     return sources
+
+
+def _progress(text: str) -> None:
+    print(f"[fabstir] {text}", file=sys.stderr, flush=True)
 
 
 def _row(ranked: RankedHost, unreachable: bool) -> dict[str, Any]:

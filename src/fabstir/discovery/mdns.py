@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_fabstir._tcp.local."
 DEFAULT_INTERFACE = "127.0.0.1"
-DEFAULT_TIMEOUT_S = 2.0
+DEFAULT_TIMEOUT_S = 1.0
 """How long :class:`MdnsDiscovery` browses (loopback answers arrive in well under a second)."""
 CHUNK_BYTES = 250
 """JSON bytes per ``r<i>`` TXT entry: ``r<i>=`` plus the chunk stays within the 255-byte entry limit."""
@@ -75,6 +75,7 @@ _MAX_CHUNKS = -(-MAX_ANNOUNCEMENT_BYTES // CHUNK_BYTES) + 1
 _READABLE_BYTES = 200
 _TYPE_TXT, _CLASS_IN = 16, 1  # DNS record type TXT, class IN
 _MDNS_GROUP = "224.0.0.251"
+_AGGREGATION_S = 0.6  # zeroconf holds multicast answers up to 500 ms to aggregate them
 _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux <linux/in.h>; not exported by Python 3.11
 
 
@@ -287,6 +288,10 @@ class MdnsAnnouncer:
         if info is not None:
             with contextlib.suppress(Exception):
                 await (await aiozc.async_unregister_service(info))
+                # zeroconf may still hold multicast answers to recent queries (aggregated up to 500 ms); one sent
+                # after the goodbye would put the host back in caches, so say goodbye again once they are out.
+                await asyncio.sleep(_AGGREGATION_S)
+                aiozc.zeroconf.async_send(aiozc.zeroconf.generate_service_broadcast(info, 0))
         await aiozc.async_close()
 
     async def aclose(self) -> None:
@@ -367,12 +372,10 @@ class MdnsDiscovery:
             else:
                 names.add(name)
 
-        # zeroconf's first query asks for unicast answers (QU); every zeroconf instance on this machine binds
-        # 127.0.0.1:5353, and the kernel hands a unicast answer to one of them, often not ours. Its second query,
-        # about 1 s later, is multicast (answers may be held up to 0.5 s to be aggregated) and reaches every
-        # browser: hence the 2 s default window. Asking QM from the start is faster but lets an answer a host
-        # queued before stopping go out after its goodbye, so the host would linger in caches.
-        browser = AsyncServiceBrowser(zc, [SERVICE_TYPE], handlers=[on_change])
+        # Multicast questions (QM) from the first query: every zeroconf instance on this machine binds
+        # 127.0.0.1:5353, and the kernel would hand a unicast (QU) answer to just one of them, often not ours.
+        # Multicast answers may be held up to 0.5 s to be aggregated: hence the 1 s default window.
+        browser = AsyncServiceBrowser(zc, [SERVICE_TYPE], handlers=[on_change], question_type=DNSQuestionType.QM)
         try:
             await asyncio.sleep(self.timeout_s)
         finally:
@@ -381,7 +384,7 @@ class MdnsDiscovery:
 
     async def _resolve(self, zc: Zeroconf, name: str) -> list[bytes]:
         """Every live TXT record cached for ``name`` (a heartbeat can briefly leave the old one beside the new)."""
-        # Multicast questions (QM) so the answer reaches this instance (see _browse).
+        # QM for the same reason as in _browse.
         await AsyncServiceInfo(SERVICE_TYPE, name).async_request(zc, max(int(self.timeout_s * 1000), 200),
                                                                  question_type=DNSQuestionType.QM)
         now = current_time_millis()
