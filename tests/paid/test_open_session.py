@@ -93,3 +93,37 @@ async def test_open_session_picks_the_cheapest_live_host_and_chats_encrypted(wor
         assert info.value.code == "NO_HOST_AVAILABLE"
         with pytest.raises(SelectionError):
             await sdk.sessions.open_session(world.model, DEPOSIT, host="0x" + "22" * 20)
+
+
+async def test_chain_source_follows_registry_events_after_the_first_read(world: PaidWorld) -> None:
+    """After one full read, refreshes read only the hosts named by events: pricing, URL, stake, activity, exits."""
+    registry = world.market.node_registry.functions
+    await add_host(world, world.host, "http://127.0.0.1:1", 2_000_000)
+    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment) as sdk:
+        source = ChainSource(sdk)
+        assert [h.price_per_token for h in await source.discover()] == [2_000_000]
+        assert (source.full_reads, source.hosts_read) == (1, 1)
+        assert len(await source.discover()) == 1 and source.hosts_read == 1  # nothing happened: nothing read
+
+        await world.chain.transact(world.host, registry.updatePricingNative(3_000_000))
+        await world.chain.transact(world.host, registry.updateApiUrl("http://127.0.0.1:2"))
+        await add_host(world, world.stranger, "http://127.0.0.1:3", 1_500_000)
+        hosts = {h.address: h for h in await source.discover()}
+        assert hosts[world.host.address].price_per_token == 3_000_000
+        assert hosts[world.host.address].api_url == "http://127.0.0.1:2"
+        assert hosts[world.stranger.address].price_per_token == 1_500_000
+        assert (source.full_reads, source.hosts_read) == (1, 3)
+
+        stake = hosts[world.host.address].stake
+        await world.chain.transact(world.owner, world.market.stake_token.functions.mint(world.host.address, 10**18))
+        await world.chain.transact(world.host, world.market.stake_token.functions.approve(
+            world.market.node_registry.address, 10**18))
+        await world.chain.transact(world.host, registry.stake(10**18))
+        await world.chain.transact(world.stranger, registry.setNodeActive(False))
+        hosts = {h.address: h for h in await source.discover()}
+        assert set(hosts) == {world.host.address} and hosts[world.host.address].stake == stake + 10**18
+        await world.chain.transact(world.host, registry.unregisterNode())
+        assert await source.discover() == []
+        assert source.full_reads == 1
+        fresh = ChainSource(sdk, incremental=False)
+        assert await fresh.discover() == [] and fresh.full_reads == 1

@@ -46,28 +46,48 @@ def candidate_from_host_info(info: HostInfo, payment_token: str | None = None) -
 class ChainSource:
     """Active hosts of the NodeRegistry, read through ``sdk.registry``.
 
+    The first call reads every active host; later calls read only the hosts named by registry events since the
+    last call (registrations, exits, metadata, URL, models, pricing, stake, active flag), so a refresh costs
+    what changed, not the size of the registry.
+
     Args:
         sdk: an SDK with a chain and deployment.
         payment_token: which minimum price to report: ``None`` for ETH, or the ERC20 address sessions will pay in.
+        incremental: follow events after the first full read (``False``: read everything every time).
     """
 
     name = "chain"
 
-    def __init__(self, sdk: FabstirSDK, payment_token: str | None = None) -> None:
+    def __init__(self, sdk: FabstirSDK, payment_token: str | None = None, *, incremental: bool = True) -> None:
         self._sdk = sdk
         self.payment_token = payment_token
+        self.incremental = incremental
+        self._hosts: dict[str, HostCandidate] | None = None
+        self._next_block = 0
+        self.full_reads = 0
+        self.hosts_read = 0
 
     async def discover(self, requirements: Requirements | None = None) -> list[HostCandidate]:
         """Every active registered host (for a model requirement, only the hosts registered for it)."""
-        model = requirements.model if requirements else None
-        model_key = None
-        if model is not None:
-            try:
-                model_key = resolve_model_id(model)
-            except Exception:
-                model_key = None
-        if model_key is not None:
-            infos = await self._sdk.registry.get_nodes_for_model(model_key)
-        else:
+        chain = self._sdk.marketplace.chain
+        block = int(await chain.run(lambda: chain.w3.eth.block_number))
+        if self._hosts is None or not self.incremental:
             infos = await self._sdk.registry.get_all_active_nodes()
-        return [candidate_from_host_info(info, self.payment_token) for info in infos]
+            self._hosts = {info.address: candidate_from_host_info(info, self.payment_token) for info in infos}
+            self.full_reads += 1
+            self.hosts_read += len(infos)
+        elif block >= self._next_block:
+            events = await self._sdk.registry.get_registry_events(from_block=self._next_block)
+            for address in sorted({e.operator for e in events if e.block_number <= block}):
+                info = await self._sdk.registry.get_host(address)
+                self.hosts_read += 1
+                if info.record.active:
+                    self._hosts[info.address] = candidate_from_host_info(info, self.payment_token)
+                else:
+                    self._hosts.pop(info.address, None)
+        self._next_block = block + 1
+        hosts = list(self._hosts.values())
+        aliases = model_aliases(requirements.model) if requirements and requirements.model else ()
+        if aliases:
+            hosts = [h for h in hosts if any(a in h.models for a in aliases)]
+        return hosts

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["HostInfo", "NodeRegistryClient", "RegistryEvent"]
 
 _EVENTS = ("NodeRegistered", "NodeUnregistered", "MetadataUpdated", "ApiUrlUpdated", "ModelsUpdated",
-           "PricingUpdated", "NodeActiveChanged")
+           "PricingUpdated", "NodeActiveChanged", "StakeAdded")
 
 
 @dataclasses.dataclass(frozen=True)
