@@ -219,12 +219,25 @@ async def test_heartbeat_update_is_seen_and_stop_removes_the_host(announce: Anno
         assert mine(await discovery.discover(), 41)[address(41)].price_per_token == 1000
         second = make_record(41, issued_ms=first.issued_at_ms + 5000, price=1500)
         await announcer.update(second)
-        host = mine(await discovery.discover(), 41)[address(41)]
-        assert (host.price_per_token, host.expires_at_ms) == (1500, second.expires_at_ms)
+        # The browser keeps running, so a discover() right after answers from what it knows: the new TXT record
+        # is multicast within moments (a browse window at most).
+        seen = await until(lambda found: found.get(address(41)) is not None
+                           and found[address(41)].price_per_token == 1500, discovery, 41)
+        assert seen[address(41)].expires_at_ms == second.expires_at_ms
         with pytest.raises(ConfigError):
             await announcer.update(make_record(42))
-        await announcer.stop()
-        assert mine(await discovery.discover(), 41) == {}
+        await announcer.stop()  # goodbyes: gone within moments, not at the end of the 60 s TTL
+        assert await until(lambda found: found == {}, discovery, 41) == {}
+
+
+async def until(check, discovery: MdnsDiscovery, *ns: int, timeout: float = 3 * BROWSE_S):
+    """discover() until ``check`` holds for the hosts of ``ns`` (or the timeout passes); returns them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = mine(await discovery.discover(), *ns)
+        if check(found) or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
 
 
 async def test_the_newest_record_wins_when_two_services_claim_one_host(announce: Announce) -> None:

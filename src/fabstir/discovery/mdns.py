@@ -310,11 +310,14 @@ class MdnsAnnouncer:
 class MdnsDiscovery:
     """A :class:`~fabstir.discovery.sources.DiscoverySource` that browses mDNS for announced hosts.
 
-    One AsyncZeroconf per object, opened on first use and closed by :meth:`aclose` (or ``async with``).
+    One AsyncZeroconf and one service browser per object, opened on first use and closed by :meth:`aclose`
+    (or ``async with``). The browser keeps running between calls, so the first :meth:`discover` waits until
+    ``timeout_s`` after opening and later calls answer at once with what is known (hosts that arrive announce
+    themselves; goodbyes and lapsed TTLs remove them).
 
     Args:
         interface: IPv4 address to bind to; loopback unless ``allow_non_loopback``.
-        timeout_s: how long each :meth:`discover` browses before resolving what it saw.
+        timeout_s: how long the browser listens before the first :meth:`discover` answers.
         allow_non_loopback: permit a non-loopback ``interface`` (queries that network).
         clock: unix-milliseconds clock used to check record TTLs.
 
@@ -332,6 +335,9 @@ class MdnsDiscovery:
         self.timeout_s = timeout_s
         self._clock = clock
         self._aiozc: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._names: set[str] = set()
+        self._ready_at = 0.0
 
     @property
     def zeroconf(self) -> AsyncZeroconf | None:
@@ -339,18 +345,35 @@ class MdnsDiscovery:
         return self._aiozc
 
     async def open(self) -> AsyncZeroconf:
-        """Open (once) and return the AsyncZeroconf; :meth:`discover` calls this itself."""
+        """Open (once) the AsyncZeroconf and start browsing; :meth:`discover` calls this itself."""
         if self._aiozc is None:
-            self._aiozc = await _open_zeroconf(self.interface)
+            aiozc = await _open_zeroconf(self.interface)
+            self._names = set()
+            # Multicast questions (QM) from the first query: every zeroconf instance on this machine binds
+            # 127.0.0.1:5353, and the kernel would hand a unicast (QU) answer to just one of them, often not
+            # ours. Multicast answers may be held up to 0.5 s to be aggregated: hence the 1 s default window.
+            self._browser = AsyncServiceBrowser(aiozc.zeroconf, [SERVICE_TYPE], handlers=[self._on_change],
+                                                question_type=DNSQuestionType.QM)
+            self._ready_at = asyncio.get_running_loop().time() + self.timeout_s
+            self._aiozc = aiozc
         return self._aiozc
 
+    def _on_change(self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
+        if state_change is ServiceStateChange.Removed:
+            self._names.discard(name)
+        else:
+            self._names.add(name)
+
     async def discover(self, requirements: Requirements | None = None) -> list[HostCandidate]:
-        """Browse for ``timeout_s``, then return the verified hosts (one per address, newest record), by address.
+        """The verified hosts (one per address, newest record), by address; waits out the first window only.
 
         Records that fail to verify, are expired or malformed are dropped and logged.
         """
         aiozc = await self.open()
-        names = sorted(await self._browse(aiozc.zeroconf))
+        wait = self._ready_at - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        names = sorted(self._names)
         texts = await asyncio.gather(*(self._resolve(aiozc.zeroconf, name) for name in names))
         now_ms = self._clock()
         newest: dict[str, HostAnnouncement] = {}
@@ -363,28 +386,9 @@ class MdnsDiscovery:
         hosts = [candidate_from_announcement(r, self.name) for r in newest.values()]
         return sorted((h for h in hosts if requirements is None or requirements.accepts(h)), key=lambda h: h.address)
 
-    async def _browse(self, zc: Zeroconf) -> set[str]:
-        names: set[str] = set()
-
-        def on_change(zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
-            if state_change is ServiceStateChange.Removed:
-                names.discard(name)
-            else:
-                names.add(name)
-
-        # Multicast questions (QM) from the first query: every zeroconf instance on this machine binds
-        # 127.0.0.1:5353, and the kernel would hand a unicast (QU) answer to just one of them, often not ours.
-        # Multicast answers may be held up to 0.5 s to be aggregated: hence the 1 s default window.
-        browser = AsyncServiceBrowser(zc, [SERVICE_TYPE], handlers=[on_change], question_type=DNSQuestionType.QM)
-        try:
-            await asyncio.sleep(self.timeout_s)
-        finally:
-            await browser.async_cancel()
-        return names
-
     async def _resolve(self, zc: Zeroconf, name: str) -> list[bytes]:
         """Every live TXT record cached for ``name`` (a heartbeat can briefly leave the old one beside the new)."""
-        # QM for the same reason as in _browse.
+        # QM for the same reason as in open(); answered from the cache when the TXT record is already there.
         await AsyncServiceInfo(SERVICE_TYPE, name).async_request(zc, max(int(self.timeout_s * 1000), 200),
                                                                  question_type=DNSQuestionType.QM)
         now = current_time_millis()
@@ -395,8 +399,11 @@ class MdnsDiscovery:
         return texts
 
     async def aclose(self) -> None:
-        """Close the AsyncZeroconf. Idempotent."""
-        aiozc, self._aiozc = self._aiozc, None
+        """Stop browsing and close the AsyncZeroconf. Idempotent."""
+        aiozc, browser = self._aiozc, self._browser
+        self._aiozc = self._browser = None
+        if browser is not None:
+            await browser.async_cancel()
         if aiozc is not None:
             await aiozc.async_close()
 
