@@ -21,7 +21,7 @@ from fabstir.cli.main import main
 from fabstir.discovery.http_client import DiscoveryServiceError, HttpAnnouncer, HttpDiscoveryClient, backoff_delays
 from fabstir.discovery.http_service import DiscoveryRegistry, DiscoveryServer, HostQuery, serve_discovery
 from fabstir.discovery.selection import HostCandidate, Requirements
-from fabstir.errors import ConnectError
+from fabstir.errors import ConnectError, RemoteProtocolError
 from fabstir.node.server import NodeServer
 from fabstir.protocol.announcement import AnnouncementError, HostAnnouncement, sign_announcement
 from fabstir.protocol.signing import SignatureError
@@ -280,9 +280,9 @@ async def test_bad_queries_get_coded_errors(http: httpx.AsyncClient, service: Di
 class LyingRegistry(DiscoveryRegistry):
     """Ignores every filter and lists each host twice."""
 
-    def query(self, query: HostQuery, now_ms: int) -> list[Any]:
-        found = super().query(HostQuery(), now_ms)
-        return found + found
+    def query_page(self, query: HostQuery, now_ms: int) -> tuple[list[Any], int]:
+        found, _ = super().query_page(HostQuery(), now_ms)
+        return found + found, 2 * len(found)
 
 
 async def test_client_drops_records_a_malicious_service_tampered_with(http: httpx.AsyncClient, clock: Clock,
@@ -487,3 +487,34 @@ async def _until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None
     async with asyncio.timeout(timeout_s):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+async def test_listings_are_paged_and_the_client_follows_the_pages(http: httpx.AsyncClient, service: DiscoveryServer,
+                                                                   make_client: ClientFactory) -> None:
+    client = make_client(cache_ttl_s=0)
+    for i in range(1, 6):
+        await client.announce(record(i, price_per_token=100 * i))
+    page = (await http.get(f"{service.url}/v1/hosts?limit=2&offset=2")).json()
+    assert ([int(h["record"]["host"][2:4], 16) for h in page["hosts"]], page["total"], page["next"]) == ([3, 4], 5, 4)
+    assert (await http.get(f"{service.url}/v1/hosts?limit=2&offset=4")).json()["next"] is None
+    assert (await http.get(f"{service.url}/v1/hosts?offset=-1")).status_code == 400
+    paged = make_client(cache_ttl_s=0, page_size=2)
+    before = paged.stats.requests
+    assert numbers(await paged.discover_hosts()) == [1, 2, 3, 4, 5]
+    assert paged.stats.requests - before == 3
+    assert numbers(await paged.discover_hosts(limit=2)) == [1, 2]  # a query with a limit is one page
+    capped = make_client(cache_ttl_s=0, page_size=2, max_hosts=3)
+    assert numbers(await capped.discover_hosts()) == [1, 2, 3]
+
+
+async def test_paging_that_does_not_advance_is_a_coded_error(make_client: ClientFactory) -> None:
+    """A service stuck on one page (faked with httpx.MockTransport: a real one would need a test-only hook)."""
+
+    def stuck(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"hosts": [], "count": 0, "total": 10, "next": 0})
+
+    client = HttpDiscoveryClient("http://discovery.invalid", transport=httpx.MockTransport(stuck), retries=0)
+    with pytest.raises(RemoteProtocolError) as info:
+        await client.discover_hosts()
+    assert info.value.code == "INVALID_RESPONSE" and "does not advance" in str(info.value)
+    await client.aclose()

@@ -42,7 +42,7 @@ __all__ = [
 log = logging.getLogger("fabstir.discovery.http")
 
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
-_MAX_LISTED = 1000
+_PAGE_SIZE = 1000  # the service's largest page
 _QueryKey = tuple[str | None, int | None, tuple[str, ...], str | None, int | None]
 
 
@@ -138,15 +138,22 @@ class HttpDiscoveryClient:
         backoff_s, backoff_max_s: first and largest delay between attempts (doubling).
         clock: unix milliseconds, used to check record TTLs and cache ages.
         transport: an httpx transport to use instead of the network (tests, proxies).
+        page_size: hosts asked for per request when a query has no ``limit`` (the service pages the rest).
+        max_hosts: most hosts one query collects across pages.
     """
 
     name = "http"
 
     def __init__(self, base_url: str, *, cache_ttl_s: float = 30.0, retries: int = 2, timeout_s: float = 5.0,
                  backoff_s: float = 0.1, backoff_max_s: float = 2.0, clock: Callable[[], int] = _wall_clock_ms,
-                 max_cached_queries: int = 128, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 max_cached_queries: int = 128, transport: httpx.AsyncBaseTransport | None = None,
+                 page_size: int = _PAGE_SIZE, max_hosts: int = 10_000) -> None:
         if retries < 0 or cache_ttl_s < 0 or timeout_s <= 0 or max_cached_queries < 1:
             raise ValueError("retries and cache_ttl_s must be >= 0, timeout_s and max_cached_queries > 0")
+        if not 1 <= page_size <= _PAGE_SIZE or max_hosts < 1:
+            raise ValueError(f"page_size must be 1..{_PAGE_SIZE} and max_hosts positive")
+        self.page_size = page_size
+        self.max_hosts = max_hosts
         self.base_url = base_url.rstrip("/")
         self.cache_ttl_ms = int(cache_ttl_s * 1000)
         self.retries = retries
@@ -205,17 +212,35 @@ class HttpDiscoveryClient:
         return await self._fetch(key)
 
     async def _fetch(self, key: _QueryKey) -> list[ListedHost]:
-        body = _json(await self._request("GET", "/v1/hosts", params=_params(key)))
-        items = body.get("hosts") if isinstance(body, dict) else None
-        if not isinstance(items, list):
-            raise RemoteProtocolError("discovery service answered without a 'hosts' list", code="INVALID_RESPONSE")
-        hosts = self._verified(items[:_MAX_LISTED], key)
+        items = await self._fetch_items(key)
+        hosts = self._verified(items, key)
         if self.cache_ttl_ms > 0:
             self._cache[key] = _Cached(self._clock(), hosts)
             self._cache.move_to_end(key)
             while len(self._cache) > self._max_cached:
                 self._cache.popitem(last=False)
         return hosts
+
+    async def _fetch_items(self, key: _QueryKey) -> list[Any]:
+        """The raw listing: one request for a query with a limit, otherwise page after page (``next``)."""
+        limit = key[-1]
+        params = _params(key if limit is not None else (*key[:-1], self.page_size))
+        items: list[Any] = []
+        offset = 0
+        while True:
+            body = _json(await self._request("GET", "/v1/hosts", params=[*params, ("offset", str(offset))]))
+            page = body.get("hosts") if isinstance(body, dict) else None
+            if not isinstance(page, list):
+                raise RemoteProtocolError("discovery service answered without a 'hosts' list",
+                                          code="INVALID_RESPONSE")
+            items.extend(page[:self.max_hosts - len(items)])
+            following = body.get("next")
+            if limit is not None or following is None or len(items) >= self.max_hosts:
+                return items
+            if not isinstance(following, int) or isinstance(following, bool) or following <= offset:
+                raise RemoteProtocolError(f"discovery service paging does not advance (next={following!r} after "
+                                          f"offset {offset})", code="INVALID_RESPONSE")
+            offset = following
 
     def _verified(self, items: list[Any], key: _QueryKey) -> list[ListedHost]:
         now = self._clock()

@@ -20,8 +20,9 @@ Registry rules, keyed by host address (case-insensitive):
 Routes::
 
     POST /v1/announce                 signed record JSON -> {"accepted": true, "expiresAt": ms}
-    GET  /v1/hosts?model=&max_price=&capability=&region=&limit=
-                                      {"hosts": [{"record": {...}, "reports": n}], "count": n}
+    GET  /v1/hosts?model=&max_price=&capability=&region=&limit=&offset=
+                                      {"hosts": [{"record": {...}, "reports": n}], "count": n, "total": n,
+                                       "next": offset of the next page or null}
     GET  /v1/hosts/{address}          {"record": {...}, "reports": n, "recentReports": [...]}
     POST /v1/hosts/{address}/report   {"issue": "..."} -> {"reports": n}
     GET  /health, GET /v1/stats
@@ -112,6 +113,7 @@ class HostQuery:
     capabilities: frozenset[str] = frozenset()
     region: str | None = None
     limit: int = MAX_LIMIT
+    offset: int = 0
 
     def matches(self, record: HostAnnouncement) -> bool:
         """Whether ``record`` passes every filter."""
@@ -191,12 +193,17 @@ class DiscoveryRegistry:
         return self._live(address.lower(), now_ms)
 
     def query(self, query: HostQuery, now_ms: int) -> list[HostEntry]:
-        """Live entries matching ``query``, cheapest first (ties by address), at most ``query.limit``."""
+        """Live entries matching ``query``, cheapest first (ties by address), at most ``query.limit``
+        starting at ``query.offset``."""
+        return self.query_page(query, now_ms)[0]
+
+    def query_page(self, query: HostQuery, now_ms: int) -> tuple[list[HostEntry], int]:
+        """Like :meth:`query`, with the number of matching entries in all pages."""
         self.sweep(now_ms)
         self.counters["queries"] += 1
         found = [entry for entry in self._hosts.values() if query.matches(entry.record)]
         found.sort(key=lambda entry: (entry.record.price_per_token, entry.record.host.lower()))
-        return found[:query.limit]
+        return found[query.offset:query.offset + query.limit], len(found)
 
     def report(self, address: str, reporter: str, issue: str, now_ms: int) -> int:
         """Record ``reporter``'s complaint about ``address``; returns the number of distinct reporters.
@@ -264,7 +271,8 @@ def _parse_query(request: Request) -> HostQuery:
     params = request.query_params
     return HostQuery(model=params.get("model") or None, max_price=_int_param(request, "max_price", 0),
                      capabilities=frozenset(c for c in params.getlist("capability") if c),
-                     region=params.get("region") or None, limit=_int_param(request, "limit", 1, MAX_LIMIT) or MAX_LIMIT)
+                     region=params.get("region") or None, limit=_int_param(request, "limit", 1, MAX_LIMIT) or MAX_LIMIT,
+                     offset=_int_param(request, "offset", 0) or 0)
 
 
 def _listing(entry: HostEntry) -> dict[str, Any]:
@@ -294,8 +302,11 @@ def build_discovery_app(registry: DiscoveryRegistry, *, clock: Callable[[], int]
         return JSONResponse({"accepted": True, "expiresAt": entry.record.expires_at_ms})
 
     async def hosts(request: Request) -> Response:
-        found = registry.query(_parse_query(request), clock())
-        return JSONResponse({"hosts": [_listing(entry) for entry in found], "count": len(found)})
+        query = _parse_query(request)
+        found, total = registry.query_page(query, clock())
+        end = query.offset + len(found)
+        return JSONResponse({"hosts": [_listing(entry) for entry in found], "count": len(found), "total": total,
+                             "next": end if end < total else None})
 
     async def host(request: Request) -> Response:
         address = request.path_params["address"]
