@@ -1,9 +1,10 @@
-"""A raw WebSocket client for wire-level tests: JSON objects in and out, nothing from the SDK."""
+"""Test helpers: a raw WebSocket client for wire-level tests (JSON in and out, nothing from the SDK), free ports."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -57,3 +58,15 @@ def prompt(text: str, *, rid: str = "r", max_tokens: int = 8, temperature: float
     return {"type": "prompt", "id": rid, "prompt": text,
             "request": {"model": "", "prompt": text, "max_tokens": max_tokens, "temperature": temperature},
             **extra}
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A loopback port nothing listens on right now (TCP by default; ``socket.SOCK_DGRAM`` for UDP)."""
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def closed_port_url() -> str:
+    """An ``http://127.0.0.1:<port>`` URL where nothing answers: a dead host or service."""
+    return f"http://127.0.0.1:{free_port()}"

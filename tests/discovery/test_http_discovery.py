@@ -25,6 +25,7 @@ from fabstir.errors import ConnectError, RemoteProtocolError
 from fabstir.node.server import NodeServer
 from fabstir.protocol.announcement import AnnouncementError, HostAnnouncement, sign_announcement
 from fabstir.protocol.signing import SignatureError
+from tests.helpers import free_port
 
 T0 = 1_900_000_000_000
 KEYS = [SigningKey(bytes([i + 1]) * 32) for i in range(16)]
@@ -54,12 +55,6 @@ def record(i: int, now_ms: int = T0, *, key: int | None = None, ttl_s: int = 60,
 
 def numbers(hosts: list[HostCandidate]) -> list[int]:
     return [int(h.address[2:4], 16) for h in hosts]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 from pathlib import Path
@@ -21,18 +20,12 @@ from fabstir.discovery.mdns import MdnsDiscovery
 from fabstir.node.billing import BillingService
 from fabstir.node.host_chain import HostChain
 from fabstir.sdk import FabstirSDK
-from tests.paid.conftest import PaidWorld
+from tests.helpers import closed_port_url
+from tests.paid.conftest import PaidWorld, add_host
 from tests.paid.conftest import world as world  # noqa: F401 (the fixture)
-from tests.paid.test_open_session import add_host
 
 CHAIN_PRICE = {"host": 4_000_000, "stranger": 3_000_000}
 ANNOUNCED_PRICE = 5  # far below either host's on-chain minimum
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.2):

@@ -17,12 +17,7 @@ from fabstir.discovery.http_service import serve_discovery
 from fabstir.errors import ConfigError
 from fabstir.node.announce import address_for_signing_key, parse_bootstrap
 from fabstir.node.config import NodeConfig
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import free_port
 
 
 def test_parse_bootstrap_and_free_node_address() -> None:

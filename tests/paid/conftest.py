@@ -60,3 +60,13 @@ async def register(world: PaidWorld, api_url: str) -> None:
     await register_host(world.market, world.host, metadata=build_host_metadata("test host", models=["tiny"]),
                         api_url=api_url, models=[world.model], min_price_native=HOST_PRICE_NATIVE,
                         min_price_stable=HOST_PRICE_STABLE)
+
+
+async def add_host(world: PaidWorld, account: LocalAccount, api_url: str, price: int, *,
+                   signing_key: str | None = None, encryption_key: str | None = None) -> None:
+    """Stake and register any ``account`` as a host at ``price``, publishing the keys given in its metadata."""
+    await world.chain.transact(world.owner, world.market.stake_token.functions.mint(account.address, 10_000 * 10**18))
+    metadata = build_host_metadata(f"host {account.address[:8]}", models=["tiny"], ed25519PublicKey=signing_key,
+                                   publicKey=encryption_key, capabilities=["e2e-v1"])
+    await register_host(world.market, account, metadata=metadata, api_url=api_url, models=[world.model],
+                        min_price_native=price, min_price_stable=10_000)

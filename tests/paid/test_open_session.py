@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -10,25 +9,15 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from fabstir.chain.backend import dev_account
-from fabstir.chain.metadata import build_host_metadata
 from fabstir.discovery import Requirements, SelectionError
 from fabstir.discovery.chain_source import ChainSource
 from fabstir.node.billing import BillingService
 from fabstir.node.host_chain import HostChain
-from fabstir.node.registration import register_host
 from fabstir.sdk import FabstirSDK
-from tests.paid.conftest import PaidWorld
+from tests.helpers import closed_port_url
+from tests.paid.conftest import PaidWorld, add_host
 
 DEPOSIT = 10**15
-
-
-async def add_host(world: PaidWorld, account: LocalAccount, api_url: str, price: int, *,
-                   signing_key: str | None = None, encryption_key: str | None = None) -> None:
-    await world.chain.transact(world.owner, world.market.stake_token.functions.mint(account.address, 10_000 * 10**18))
-    metadata = build_host_metadata(f"host {account.address[:8]}", models=["tiny"], ed25519PublicKey=signing_key,
-                                   publicKey=encryption_key, capabilities=["e2e-v1"])
-    await register_host(world.market, account, metadata=metadata, api_url=api_url, models=[world.model],
-                        min_price_native=price, min_price_stable=10_000)
 
 
 async def start_host(world: PaidWorld, node_factory, tmp_path: Path, account: LocalAccount, price: int):
@@ -38,12 +27,6 @@ async def start_host(world: PaidWorld, node_factory, tmp_path: Path, account: Lo
     await add_host(world, account, node.url, price, signing_key=node.runtime.signing_public_key,
                    encryption_key=node.runtime.e2e_public_key)
     return node
-
-
-def closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 async def test_chain_source_lists_registered_hosts_with_chain_price_stake_and_keys(world: PaidWorld, node_factory,

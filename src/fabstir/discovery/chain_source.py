@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fabstir.discovery.merge import CHAIN
 from fabstir.discovery.selection import HostCandidate, Requirements
 from fabstir.sdk.registry import HostInfo
 from fabstir.sdk.sessions import resolve_model_id
@@ -38,7 +39,7 @@ def candidate_from_host_info(info: HostInfo, payment_token: str | None = None) -
         address=record.address, api_url=record.api_url, models=tuple(dict.fromkeys(models)),
         price_per_token=record.min_price(payment_token), stake=record.stake,
         capabilities=frozenset(meta.capabilities) if meta else frozenset(),
-        region=meta.region if meta else None, sources=frozenset({"chain"}),
+        region=meta.region if meta else None, sources=frozenset({CHAIN}),
         signing_key=meta.signing_key if meta else None, encryption_key=meta.public_key if meta else None,
     )
 
@@ -56,7 +57,7 @@ class ChainSource:
         incremental: follow events after the first full read (``False``: read everything every time).
     """
 
-    name = "chain"
+    name = CHAIN
 
     def __init__(self, sdk: FabstirSDK, payment_token: str | None = None, *, incremental: bool = True) -> None:
         self._sdk = sdk

@@ -29,7 +29,6 @@ import ipaddress
 import json
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -42,7 +41,7 @@ from kademlia.storage import ForgetfulStorage
 from kademlia.utils import digest
 
 from fabstir.discovery.selection import HostCandidate, Requirements
-from fabstir.discovery.sources import candidate_from_announcement
+from fabstir.discovery.sources import candidate_from_announcement, wall_clock_ms
 from fabstir.errors import ConfigError, ConnectError, FabstirError, RequestTimeoutError, SessionError
 from fabstir.protocol.announcement import MAX_CLOCK_SKEW_MS, MAX_TTL_S, HostAnnouncement, parse_announcement
 
@@ -76,9 +75,6 @@ def model_key(model: str) -> str:
     return f"fabstir/model/{model}"
 
 
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 class DhtNode:
     """A node of the Fabstir DHT that hosts announce through and clients search; a :class:`DiscoverySource`.
@@ -104,7 +100,7 @@ class DhtNode:
 
     def __init__(self, *, interface: str = "127.0.0.1", port: int = 0, ksize: int = 20, alpha: int = 3,
                  rpc_timeout: float = 2.0, timeout: float = 10.0, allow_non_loopback: bool = False,
-                 clock: Callable[[], int] = _wall_clock_ms, max_stored: int = 10_000) -> None:
+                 clock: Callable[[], int] = wall_clock_ms, max_stored: int = 10_000) -> None:
         if not _is_ip(interface):
             raise ConfigError(f"DHT interface must be an IP address, got {interface!r}")
         if not allow_non_loopback and not ipaddress.ip_address(interface).is_loopback:

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from fabstir.discovery.selection import HostCandidate, Requirements
-from fabstir.discovery.sources import candidate_from_announcement
+from fabstir.discovery.sources import candidate_from_announcement, wall_clock_ms
 from fabstir.errors import ConnectError, FabstirError, NodeError, RemoteProtocolError, RequestTimeoutError
 from fabstir.protocol.announcement import AnnouncementError, HostAnnouncement, parse_announcement
 
@@ -37,6 +37,7 @@ __all__ = [
     "HttpDiscoveryClient",
     "ListedHost",
     "backoff_delays",
+    "measure_rtt",
 ]
 
 log = logging.getLogger("fabstir.discovery.http")
@@ -45,9 +46,6 @@ _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _PAGE_SIZE = 1000  # the service's largest page
 _QueryKey = tuple[str | None, int | None, tuple[str, ...], str | None, int | None]
 
-
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def backoff_delays(initial_s: float = 0.1, factor: float = 2.0, maximum_s: float = 2.0) -> Iterator[float]:
@@ -127,6 +125,24 @@ def _health_url(url: str) -> str:
     return (url[:-len("/v1/ws")] if url.endswith("/v1/ws") else url) + "/health"
 
 
+async def measure_rtt(http: httpx.AsyncClient, url: str) -> float:
+    """Measured round trip, in milliseconds, of one ``GET /health`` through ``http`` to the host at ``url``.
+
+    Raises:
+        ConnectError, RequestTimeoutError: the host is unreachable or too slow.
+        DiscoveryServiceError: code ``HOST_UNHEALTHY`` when it answers with an error status.
+    """
+    target = _health_url(url)
+    started = time.perf_counter()
+    with _mapped(target):
+        response = await http.get(target)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        raise DiscoveryServiceError(f"{target} answered {response.status_code}", code="HOST_UNHEALTHY",
+                                    status_code=response.status_code)
+    return elapsed_ms
+
+
 class HttpDiscoveryClient:
     """Lists, looks up, pings and reports hosts through an HTTP discovery service; a :class:`DiscoverySource`.
 
@@ -145,7 +161,7 @@ class HttpDiscoveryClient:
     name = "http"
 
     def __init__(self, base_url: str, *, cache_ttl_s: float = 30.0, retries: int = 2, timeout_s: float = 5.0,
-                 backoff_s: float = 0.1, backoff_max_s: float = 2.0, clock: Callable[[], int] = _wall_clock_ms,
+                 backoff_s: float = 0.1, backoff_max_s: float = 2.0, clock: Callable[[], int] = wall_clock_ms,
                  max_cached_queries: int = 128, transport: httpx.AsyncBaseTransport | None = None,
                  page_size: int = _PAGE_SIZE, max_hosts: int = 10_000) -> None:
         if retries < 0 or cache_ttl_s < 0 or timeout_s <= 0 or max_cached_queries < 1:
@@ -314,15 +330,7 @@ class HttpDiscoveryClient:
             ConnectError, RequestTimeoutError: the host is unreachable or too slow.
             DiscoveryServiceError: code ``HOST_UNHEALTHY`` when it answers with an error status.
         """
-        target = _health_url(url)
-        started = time.perf_counter()
-        with _mapped(target):
-            response = await self._http.get(target)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        if response.status_code != 200:
-            raise DiscoveryServiceError(f"{target} answered {response.status_code}", code="HOST_UNHEALTHY",
-                                        status_code=response.status_code)
-        return elapsed_ms
+        return await measure_rtt(self._http, url)
 
     # -- cache -------------------------------------------------------------------------------------------------
 
@@ -442,7 +450,7 @@ class HttpAnnouncer:
     """
 
     def __init__(self, target: HttpDiscoveryClient | str, make_record: Callable[[int], HostAnnouncement],
-                 interval_s: float, *, clock: Callable[[], int] = _wall_clock_ms) -> None:
+                 interval_s: float, *, clock: Callable[[], int] = wall_clock_ms) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self._owned = isinstance(target, str)

@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -47,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from fabstir.discovery.sources import wall_clock_ms
 from fabstir.errors import FabstirError
 from fabstir.node.server import bind_socket
 from fabstir.protocol.announcement import MAX_ANNOUNCEMENT_BYTES, HostAnnouncement, parse_announcement
@@ -75,10 +75,6 @@ _STATUS = {
     "ANNOUNCEMENT_OUTDATED": 409, "PAYLOAD_TOO_LARGE": 413, "REGISTRY_FULL": 507,
 }
 
-
-def wall_clock_ms() -> int:
-    """Unix time in milliseconds (the default clock)."""
-    return time.time_ns() // 1_000_000
 
 
 class RegistryError(FabstirError):

@@ -26,7 +26,8 @@ from typing import Any, Literal
 
 import httpx
 
-from fabstir.discovery.merge import MergeResult, merge_candidates
+from fabstir.discovery.http_client import measure_rtt
+from fabstir.discovery.merge import CHAIN, MergeResult, merge_candidates
 from fabstir.discovery.peers import PeerManager
 from fabstir.discovery.selection import (
     HostCandidate,
@@ -38,8 +39,8 @@ from fabstir.discovery.selection import (
     Strategy,
     Weights,
 )
-from fabstir.discovery.sources import DiscoverySource
-from fabstir.errors import ConfigError
+from fabstir.discovery.sources import DiscoverySource, wall_clock_ms
+from fabstir.errors import ConfigError, FabstirError
 
 __all__ = ["DiscoveryManager", "SourceHealth"]
 
@@ -116,7 +117,7 @@ class DiscoveryManager:
                  cache_ttl_s: float = 30.0, source_timeout_s: float = 5.0, stale_ok_s: float = 300.0,
                  mode: Literal["merge", "fallback"] = "merge", registered_only: bool = False,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
+                 wall_ms: Callable[[], int] = wall_clock_ms) -> None:
         if mode not in ("merge", "fallback"):
             raise ConfigError(f"mode must be 'merge' or 'fallback', got {mode!r}")
         self.peers = peers or PeerManager()
@@ -215,7 +216,7 @@ class DiscoveryManager:
         plain = dataclasses.replace(requirements, model=None)
         kept = []
         for host in merged:
-            if only_registered and "chain" not in host.sources:
+            if only_registered and CHAIN not in host.sources:
                 continue
             if host.expires_at_ms is not None and host.expires_at_ms <= now_ms:
                 continue
@@ -314,16 +315,12 @@ class DiscoveryManager:
         measured: dict[str, float] = {}
 
         async def ping(client: httpx.AsyncClient, host: HostCandidate) -> None:
-            url = _http_base(host.api_url) + "/health"
-            started = time.perf_counter()
             try:
-                response = await client.get(url)
-                response.raise_for_status()
-            except (httpx.HTTPError, OSError) as exc:
+                rtt = await measure_rtt(client, host.api_url)
+            except FabstirError as exc:
                 log.info("host %s did not answer a ping: %s", host.address, exc)
                 self.peers.record_failure(host.address, self._clock())
                 return
-            rtt = (time.perf_counter() - started) * 1000
             self.peers.record_rtt(host.address, rtt)
             measured[host.address] = rtt
 
@@ -364,11 +361,3 @@ def _model_aliases(model: str | None) -> tuple[str, ...]:
     from fabstir.discovery.chain_source import model_aliases  # the chain layer is only needed for a model filter
 
     return model_aliases(model)
-
-
-def _http_base(api_url: str) -> str:
-    url = api_url.rstrip("/")
-    for ws, http in (("ws://", "http://"), ("wss://", "https://")):
-        if url.startswith(ws):
-            url = http + url[len(ws):]
-    return url

@@ -28,7 +28,6 @@ import ipaddress
 import logging
 import socket
 import sys
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -41,7 +40,7 @@ from zeroconf._dns import DNSText  # exported by zeroconf but missing from its _
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from fabstir.discovery.selection import HostCandidate, Requirements
-from fabstir.discovery.sources import candidate_from_announcement
+from fabstir.discovery.sources import candidate_from_announcement, wall_clock_ms
 from fabstir.errors import ConfigError
 from fabstir.protocol.announcement import (
     MAX_ANNOUNCEMENT_BYTES,
@@ -78,9 +77,6 @@ _MDNS_GROUP = "224.0.0.251"
 _AGGREGATION_S = 0.6  # zeroconf holds multicast answers up to 500 ms to aggregate them
 _IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux <linux/in.h>; not exported by Python 3.11
 
-
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # -- pure core -------------------------------------------------------------------------------------------------
@@ -328,7 +324,7 @@ class MdnsDiscovery:
     name = "mdns"
 
     def __init__(self, *, interface: str = DEFAULT_INTERFACE, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 allow_non_loopback: bool = False, clock: Callable[[], int] = _wall_clock_ms) -> None:
+                 allow_non_loopback: bool = False, clock: Callable[[], int] = wall_clock_ms) -> None:
         self.interface = check_interface(interface, allow_non_loopback=allow_non_loopback)
         if not timeout_s > 0:
             raise ConfigError(f"timeout_s must be positive, got {timeout_s!r}")

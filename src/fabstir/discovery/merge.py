@@ -21,9 +21,10 @@ from collections.abc import Sequence
 
 from fabstir.discovery.selection import HostCandidate
 
-__all__ = ["MergeResult", "merge_candidates"]
+__all__ = ["CHAIN", "MergeResult", "merge_candidates"]
 
 CHAIN = "chain"
+"""The name of the on-chain registry source, whose price, stake, URL and keys win."""
 
 
 @dataclasses.dataclass(frozen=True)

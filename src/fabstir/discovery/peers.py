@@ -87,6 +87,10 @@ class PeerManager:
 
     # -- outcomes ----------------------------------------------------------------------------------------------
 
+    def record_attempt(self, address: str) -> None:
+        """The host was chosen for a session (an outcome should follow); counted in ``stats``."""
+        self.stats.record_attempt(self._key(address))
+
     def record_completed(self, address: str, duration_s: float | None = None) -> None:
         """A session on the host completed (served and settled without dispute)."""
         self.version += 1

@@ -8,6 +8,7 @@ DHT) verify each record on read and drop the ones that fail; they never invent m
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Protocol, runtime_checkable
 
 from eth_utils.address import to_checksum_address
@@ -15,7 +16,12 @@ from eth_utils.address import to_checksum_address
 from fabstir.discovery.selection import HostCandidate, Requirements
 from fabstir.protocol.announcement import HostAnnouncement
 
-__all__ = ["DiscoverySource", "StaticSource", "candidate_from_announcement"]
+__all__ = ["DiscoverySource", "StaticSource", "candidate_from_announcement", "wall_clock_ms"]
+
+
+def wall_clock_ms() -> int:
+    """Unix time in milliseconds: the clock announcements are issued and checked against."""
+    return time.time_ns() // 1_000_000
 
 
 @runtime_checkable

@@ -19,12 +19,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
+from fabstir.discovery.sources import wall_clock_ms
 from fabstir.errors import ConfigError
 from fabstir.protocol.announcement import HostAnnouncement, sign_announcement
 
@@ -144,7 +144,7 @@ class NodeAnnouncer:
 
     async def beat(self) -> HostAnnouncement:
         """Sign a fresh record and push it to every target (a failing target is logged and counted)."""
-        record = self.record = self.make_record(time.time_ns() // 1_000_000)
+        record = self.record = self.make_record(wall_clock_ms())
         for name in list(self.status):
             try:
                 await self._push(name, record)

@@ -88,7 +88,7 @@ async def open_session(sdk: FabstirSDK, model: str | bytes, deposit: int, *,
         chosen = await discovery.select_host(strategy, requirement, weights, registered_only=True, probe=probe)
     info = await sdk.registry.get_host(chosen.address)
     price = info.record.min_price(token)
-    discovery.peers.stats.record_attempt(chosen.address.lower())
+    discovery.peers.record_attempt(chosen.address)
     job = await sdk.sessions.create_session(chosen.address, model_key, deposit, price, max_duration=max_duration,
                                             proof_interval=proof_interval, token=token)
     return OpenedSession(sdk, job, dataclasses.replace(chosen, price_per_token=price))
