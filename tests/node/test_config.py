@@ -21,7 +21,7 @@ DEFAULTS = {
     "session_rate_limit_burst": 20, "require_auth": False, "auth_token_ttl": 900, "require_signed_messages": False,
     "signing_key_file": None, "encryption": True, "discovery_url": None, "announce_mdns": False,
     "mdns_interface": "127.0.0.1", "dht_bootstrap": None, "dht_port": 0, "announce_ttl": 60, "announce_price": 0,
-    "announce_region": None, "public_url": None,
+    "announce_region": None, "public_url": None, "max_concurrent_per_client": 4,
 }
 
 

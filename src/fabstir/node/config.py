@@ -60,6 +60,8 @@ class NodeConfig:
     session_rate_limit_per_minute: int = 120
     """Prompts per minute per session (0: no limit)."""
     session_rate_limit_burst: int = 20
+    max_concurrent_per_client: int = 4
+    """Answers one client address may have generating or queued at once; more get TOO_MANY_REQUESTS (0: no cap)."""
     require_auth: bool = False
     """Serve a paid session only on connections that proved they are its depositor (JWT auth)."""
     auth_token_ttl: int = 900
@@ -118,6 +120,8 @@ class NodeConfig:
             raise ConfigError("announce_ttl must be 1..86400 seconds")
         if not 0 <= self.dht_port <= 65535:
             raise ConfigError(f"dht_port must be 0-65535, got {self.dht_port}")
+        if self.max_concurrent_per_client < 0:
+            raise ConfigError("max_concurrent_per_client must be non-negative (0: no cap)")
         if self.announce_price < 0:
             raise ConfigError("announce_price must be non-negative")
         if self.threads is not None and self.threads < 1:

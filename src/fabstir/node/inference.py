@@ -76,10 +76,14 @@ class InferenceService:
 
     @contextlib.asynccontextmanager
     async def open_stream(
-        self, prepared: PreparedPrompt, cancel: threading.Event
+        self, prepared: PreparedPrompt, cancel: threading.Event, client: str = ""
     ) -> AsyncIterator[AsyncGenerator[GenerationEvent, None]]:
-        """Wait for a free engine, then hand out its token stream; the engine is released on exit."""
-        async with self.pool.acquire() as engine:
+        """Wait for a free engine, then hand out its token stream; the engine is released on exit.
+
+        Args:
+            client: who asks (the client's address); waiting clients take turns at the engines.
+        """
+        async with self.pool.acquire(client) as engine:
             stream = self.pool.stream(engine, prepared.fitted.text, prepared.params, cancel)
             try:
                 yield stream

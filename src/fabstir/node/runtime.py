@@ -14,6 +14,7 @@ from fabstir.errors import ConfigError
 from fabstir.node.auth import NodeAuthenticator
 from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
+from fabstir.node.fairness import ConcurrencyCap
 from fabstir.node.inference import InferenceService
 from fabstir.node.ratelimit import RateLimiter
 from fabstir.node.sessions import SessionStore
@@ -34,6 +35,8 @@ class NodeRuntime:
     sessions: SessionStore
     limiter: RateLimiter | None = None
     """Per-client and per-session request limits (built from the config when not given)."""
+    concurrency: ConcurrencyCap | None = None
+    """Per-client cap on answers in flight (built from ``max_concurrent_per_client`` when not given)."""
     signing_key: SigningKey = dataclasses.field(default_factory=SigningKey.generate, repr=False)
     """Signs every answer's receipt; its public key is in ``connected`` and ``/v1/version``."""
     replay_cache: ReplayCache = dataclasses.field(default_factory=ReplayCache, repr=False)
@@ -56,6 +59,8 @@ class NodeRuntime:
                                        client_burst=config.rate_limit_burst,
                                        session_per_minute=config.session_rate_limit_per_minute,
                                        session_burst=config.session_rate_limit_burst)
+        if self.concurrency is None:
+            self.concurrency = ConcurrencyCap(self.config.max_concurrent_per_client)
 
     @property
     def e2e_public_key(self) -> str:

@@ -3,15 +3,26 @@
 Each engine generates on its own worker thread; tokens cross to the event
 loop through a :class:`ThreadToLoopChannel`, so the loop is never blocked and other connections keep streaming. With ``n``
 engines, ``n`` responses are generated at once; further requests wait for a
-free engine (FIFO).
+free engine.
+
+Theory of operation (fair queue): each client key (the node passes the
+client's address) has its own FIFO of waiters. When an engine frees, it goes
+to the waiting client served least recently (a client never served, or one
+that went idle, comes first; ties go in order of arrival), so clients take
+turns: one client with ten queued answers delays another client's first
+answer by at most one engine turn, not ten. A waiter cancelled while queued
+leaves its FIFO; if an engine was handed to it at that moment, the engine
+goes straight to the next waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,7 +43,13 @@ class EnginePool:
             raise EngineError("an engine pool needs at least one engine")
         self._engines = list(engines)
         self._executor = ThreadPoolExecutor(max_workers=len(self._engines), thread_name_prefix="fabstir-engine")
-        self._free: asyncio.Queue[Engine] | None = None
+        self._idle = list(self._engines)
+        self._waiters: dict[str, deque[asyncio.Future[Engine]]] = {}
+        """Each waiting client's FIFO, in order of arrival."""
+        self._held: dict[str, int] = {}
+        self._served: dict[str, int] = {}
+        """When each active client last got an engine (a turn number), for the rotation."""
+        self._turns = itertools.count()
         self._in_use = 0
         self.last_active = 0.0
 
@@ -45,25 +62,72 @@ class EnginePool:
     def size(self) -> int:
         return len(self._engines)
 
-    def _queue(self) -> asyncio.Queue[Engine]:
-        if self._free is None:
-            self._free = asyncio.Queue()
-            for engine in self._engines:
-                self._free.put_nowait(engine)
-        return self._free
+    @property
+    def waiting(self) -> int:
+        """Requests queued for an engine, over all clients."""
+        return sum(len(queue) for queue in self._waiters.values())
 
     @contextlib.asynccontextmanager
-    async def acquire(self) -> AsyncIterator[Engine]:
-        """Wait for a free engine and hold it for the block."""
-        free = self._queue()
-        engine = await free.get()
+    async def acquire(self, client: str = "") -> AsyncIterator[Engine]:
+        """Wait for a free engine and hold it for the block.
+
+        Args:
+            client: who asks (the node uses the client's address); waiting clients take turns.
+        """
+        engine = await self._wait(client)
         self._in_use += 1
         try:
             yield engine
         finally:
             self._in_use -= 1
             self.last_active = time.monotonic()
-            free.put_nowait(engine)
+            self._release(client, engine)
+
+    async def _wait(self, client: str) -> Engine:
+        if self._idle and not self._waiters:
+            return self._grant(client, self._idle.pop())
+        waiter: asyncio.Future[Engine] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(client, deque()).append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed an engine as it was cancelled
+                self._release(client, waiter.result())
+            else:
+                self._forget_waiter(client, waiter)
+            raise
+
+    def _grant(self, client: str, engine: Engine) -> Engine:
+        self._held[client] = self._held.get(client, 0) + 1
+        self._served[client] = next(self._turns)
+        return engine
+
+    def _release(self, client: str, engine: Engine) -> None:
+        """Give ``engine`` back: to the next client in rotation, else to the idle list."""
+        self._held[client] -= 1
+        if not self._held[client]:
+            del self._held[client]
+            if client not in self._waiters:
+                self._served.pop(client, None)  # an idle client comes first again when it returns
+        while self._waiters:
+            turn = min(self._waiters, key=lambda name: self._served.get(name, -1))
+            waiter = self._waiters[turn].popleft()
+            if not self._waiters[turn]:
+                del self._waiters[turn]
+            if not waiter.done():
+                waiter.set_result(self._grant(turn, engine))
+                return
+        self._idle.append(engine)
+
+    def _forget_waiter(self, client: str, waiter: asyncio.Future[Engine]) -> None:
+        queue = self._waiters.get(client)
+        if queue is None or waiter not in queue:
+            return
+        queue.remove(waiter)
+        if not queue:
+            del self._waiters[client]
+            if client not in self._held:
+                self._served.pop(client, None)
 
     def quiet_for(self) -> float:
         """Seconds since the last engine finished; 0 while any engine is generating."""
