@@ -1,10 +1,10 @@
-"""Byte-for-byte interoperability with the TS SDK's E2E crypto (../shared/vectors/e2e_vectors.json).
+"""Byte-for-byte interoperability with the TS SDK's E2E crypto (tests/data/vectors/e2e_vectors.json).
 
-The vectors were produced by the public SDK's own code (see the README beside them). Every input,
-intermediate value and output they give is checked here, from the client side (we reproduce the
-SDK's bytes) and from the host side (we open the SDK's init and message, and produce the node's
-chunks from the given nonces). Set ``FABSTIR_SHARED_VECTORS`` to another folder to use another copy,
-or ``FABSTIR_ALLOW_MISSING_VECTORS=1`` to skip instead of failing when the file is absent.
+The vectors were produced by the public SDK's own code (see the README beside them); the repository
+keeps a copy as test data, pinned by the sha256 its README gives. Every input, intermediate value and
+output they give is checked here, from the client side (we reproduce the SDK's bytes) and from the
+host side (we open the SDK's init and message, and produce the node's chunks from the given nonces).
+Set ``FABSTIR_SHARED_VECTORS`` to another folder (or file) to check another copy.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -46,21 +47,18 @@ AEAD_VECTORS = ["encrypted_session_init", "encrypted_message_0", "encrypted_chun
                 "encrypted_chunk_2", "encrypted_response_final"]
 
 
+VECTORS_DIR = Path(__file__).resolve().parents[1] / "data" / "vectors"
+"""The repository's copy of the vectors and their README."""
+
+
 def vectors_path() -> Path:
-    default = Path(__file__).resolve().parents[3] / "shared" / "vectors"
-    base = Path(os.environ.get("FABSTIR_SHARED_VECTORS", default))
+    base = Path(os.environ.get("FABSTIR_SHARED_VECTORS", VECTORS_DIR))
     return base if base.suffix == ".json" else base / "e2e_vectors.json"
 
 
 @pytest.fixture(scope="module")
 def raw() -> bytes:
-    path = vectors_path()
-    if not path.is_file():
-        reason = f"E2E interoperability vectors not found at {path} (set FABSTIR_SHARED_VECTORS to their folder)"
-        if os.environ.get("FABSTIR_ALLOW_MISSING_VECTORS") == "1":
-            pytest.skip(reason)
-        pytest.fail(reason + "; set FABSTIR_ALLOW_MISSING_VECTORS=1 to skip instead", pytrace=False)
-    return path.read_bytes()
+    return vectors_path().read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +107,15 @@ def hchacha20(key: bytes, nonce16: bytes) -> bytes:
 
 def test_file_is_the_pinned_one(raw: bytes) -> None:
     assert hashlib.sha256(raw).hexdigest() == VECTORS_SHA256
+
+
+def test_repository_copy_matches_the_sha256_its_readme_pins() -> None:
+    readme = (VECTORS_DIR / "README.md").read_text(encoding="utf-8")
+    pinned = re.search(r"`e2e_vectors\.json` \(sha256 `([0-9a-f]{64})`, ([\d,]+) bytes\)", readme)
+    assert pinned is not None, "the README no longer pins the file's sha256"
+    data = (VECTORS_DIR / "e2e_vectors.json").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == pinned.group(1) == VECTORS_SHA256
+    assert len(data) == int(pinned.group(2).replace(",", ""))
 
 
 def test_fixed_inputs_derive_from_their_labels(doc: dict[str, Any]) -> None:
