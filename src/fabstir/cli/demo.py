@@ -26,7 +26,7 @@ from fabstir.chain.contracts import Marketplace, model_id
 from fabstir.chain.deploy import deploy_marketplace
 from fabstir.chain.metadata import build_host_metadata
 from fabstir.chain.units import format_units
-from fabstir.node.billing import BillingService
+from fabstir.node.billing import MIN_PROVEN_TOKENS, BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.host_chain import HostChain
 from fabstir.node.models import resolve_model_path
@@ -34,7 +34,7 @@ from fabstir.node.registration import earnings, register_host
 from fabstir.node.server import serve_node
 from fabstir.sdk import FabstirSDK, InferenceResult, PromptOptions
 
-__all__ = ["DEFAULT_PROMPTS", "run_demo", "summarize"]
+__all__ = ["DEFAULT_PROMPTS", "billing_note", "run_demo", "summarize"]
 
 DEFAULT_PROMPTS = (
     "What is the capital of France?",
@@ -126,13 +126,18 @@ async def _paid_session(sdk: FabstirSDK, market: Marketplace, billing: BillingSe
     split = final.settlement(fee_bps)
     owed = await earnings(market, host)
     summary = summarize(chosen.api_url, model_name, results, 0.0)
+    served = summary["completion_tokens"]
     summary.update({
         "encrypted": chosen.encryption_key is not None,
         "receipts_verified": sum(1 for r in results if r.receipt is not None),
         "job_id": job.job_id,
         "deposit": final.deposit,
         "price_per_token": final.price_per_token,
+        "tokens_served": served,
         "tokens_billed": final.tokens_used,
+        "minimum_charge_tokens": final.proof_interval,
+        "billing_note": billing_note(served, final.tokens_used, final.proof_interval),
+        "sdk_session_cost": sdk.billing.get_session_cost(job.job_id),
         "host_earnings": split.host_earnings,
         "treasury_fee": split.treasury_fee,
         "refund": split.refund,
@@ -144,6 +149,17 @@ async def _paid_session(sdk: FabstirSDK, market: Marketplace, billing: BillingSe
     })
     await sdk.aclose()
     return summary
+
+
+def billing_note(served: int, billed: int, minimum_charge: int) -> str | None:
+    """Why the chain billed other than what was served (``None`` when equal)."""
+    if billed > served:
+        return (f"minimum charge of {minimum_charge} tokens per session: {billed - served} more than served, "
+                "as the first checkpoint claims the session's proof interval")
+    if billed < served:
+        return (f"{served - billed} tokens not billed: the last answers' tail is under the marketplace's "
+                f"{MIN_PROVEN_TOKENS}-token smallest claim")
+    return None
 
 
 async def _wait_settled(billing: BillingService, job_id: int, timeout: float = 120.0) -> None:
@@ -213,8 +229,11 @@ def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
         print(f"  {'deposit':18} {eth(summary['deposit'])}")
         print(f"  {'price per token':18} {eth(summary['price_per_token'] // 1000)} "
               f"({summary['price_per_token']} x1000 base units)")
-        print(f"  {'tokens served':18} {summary['completion_tokens']}")
-        print(f"  {'tokens billed':18} {summary['tokens_billed']}")
+        print(f"  {'tokens served':18} {summary['tokens_served']}")
+        print(f"  {'tokens billed':18} {summary['tokens_billed']}"
+              + (f" ({summary['billing_note']})" if summary["billing_note"] else " (as served)"))
+        charged = summary["host_earnings"] + summary["treasury_fee"]
+        print(f"  {'charged':18} {eth(charged)} (the SDK's get_session_cost said {eth(summary['sdk_session_cost'])})")
         print(f"  {'host earnings':18} {eth(summary['host_earnings'])}")
         print(f"  {'treasury fee':18} {eth(summary['treasury_fee'])}")
         print(f"  {'refund':18} {eth(summary['refund'])}")

@@ -1,15 +1,24 @@
 """The host's billing: count tokens per job, submit checkpoints, settle after the dispute window.
 
-Theory of operation. The streaming path only calls :meth:`BillingService.add_tokens`
-and friends, which update an in-memory record, persist it to SQLite and wake a
-background worker; they never wait for the chain. The worker, one asyncio task,
-does the chain work for every job in turn:
+Theory of operation. The streaming path calls :meth:`BillingService.record_served` for
+every piece it sends and :meth:`BillingService.end_response` when an answer ends. They
+update an in-memory record and never wait for the chain. Served tokens reach the SQLite
+ledger in one transaction every ``flush_tokens`` (32) tokens or ``flush_seconds`` (250 ms)
+after the first unsaved one, whichever comes first (a loop timer keeps the time bound when
+no further token comes), so a host killed mid-answer loses at most one flush window of
+what it streamed, and the restarted node bills the rest exactly once (below). Those writes
+survive a killed process (WAL, ``synchronous=NORMAL``: no fsync on the streaming path);
+writes that guard against double billing (a pending checkpoint, a finished job) are
+fsynced (``synchronous=FULL``). A background worker, one asyncio task, does the chain work
+for every job in turn:
 
 1. A checkpoint is due when a job has ``checkpoint_tokens`` unbilled tokens, or at
    least ``min_tokens`` once a response ended or the client disconnected. It is
    capped by what the deposit still covers. The first checkpoint claims at least
    the job's ``proofInterval`` (the session's minimum charge, as on the public
-   network); after it, fewer than ``min_tokens`` left over at the end are not billed.
+   network); after it, fewer than ``min_tokens`` left over at the end are not billed
+   (no claim may be smaller). So a checkpoint taken while an answer streams keeps
+   ``min_tokens`` back: the answer's tail can always be claimed.
 2. Before sending, the checkpoint (its token count and deterministic proof hash)
    is written to the ledger as *pending*. If the receipt is lost or the node
    restarts, the pending checkpoint is first looked up on chain (the ProofSystem
@@ -36,21 +45,26 @@ import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fabstir.chain.records import JobStatus
 from fabstir.errors import ContractError, FabstirError
 from fabstir.node.host_chain import HostChain
 
-__all__ = ["BillingService", "JobLedgerEntry", "MIN_PROVEN_TOKENS"]
+__all__ = ["BillingService", "FLUSH_SECONDS", "FLUSH_TOKENS", "JobLedgerEntry", "MIN_PROVEN_TOKENS"]
 
 log = logging.getLogger("fabstir.node.billing")
 
 MIN_PROVEN_TOKENS = 100
 """The marketplace's smallest checkpoint."""
 
-_RETRYABLE = ("Rate limit exceeded", "Must wait dispute window")
+FLUSH_TOKENS = 32
+"""Served tokens held in memory at most before they are written to the ledger."""
+FLUSH_SECONDS = 0.25
+"""Seconds a served token waits in memory at most before it is written to the ledger."""
+
+_RETRYABLE = ("Excessive tokens claimed", "Rate limit exceeded", "Must wait dispute window")
 
 
 @dataclasses.dataclass
@@ -88,13 +102,27 @@ class _Ledger:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._synchronous = ""
         columns = ", ".join(f"{c} {'INTEGER PRIMARY KEY' if c == 'job_id' else ''}" for c in self._COLUMNS)
         self._db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({columns})")
+        marks = ", ".join("?" for _ in self._COLUMNS)
+        self._insert = f"INSERT OR REPLACE INTO jobs ({', '.join(self._COLUMNS)}) VALUES ({marks})"
 
-    def save(self, entry: JobLedgerEntry) -> None:
-        values = dataclasses.astuple(entry)
-        marks = ", ".join("?" for _ in values)
-        self._db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(self._COLUMNS)}) VALUES ({marks})", values)
+    def save(self, entries: Iterable[JobLedgerEntry], *, fsync: bool = True) -> None:
+        """Write ``entries`` in one transaction; without ``fsync`` it survives a killed process, not a power cut."""
+        self._set_synchronous("FULL" if fsync else "NORMAL")
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(self._insert, [dataclasses.astuple(entry) for entry in entries])
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _set_synchronous(self, mode: str) -> None:
+        if mode != self._synchronous:
+            self._db.execute(f"PRAGMA synchronous={mode}")
+            self._synchronous = mode
 
     def unfinished(self) -> list[JobLedgerEntry]:
         rows = self._db.execute(f"SELECT {', '.join(self._COLUMNS)} FROM jobs WHERE done = 0").fetchall()
@@ -126,6 +154,8 @@ class BillingService:
         quiet_seconds: float = 0.25,
         max_defer: float = 5.0,
         defer_while_streaming: bool = True,
+        flush_tokens: int = FLUSH_TOKENS,
+        flush_seconds: float = FLUSH_SECONDS,
     ) -> None:
         self.host = host
         self.checkpoint_tokens = checkpoint_tokens
@@ -139,6 +169,12 @@ class BillingService:
         self._due_since: dict[int, float] = {}
         self._ledger = _Ledger(Path(ledger_path))
         self._jobs: dict[int, JobLedgerEntry] = {}
+        self.flush_tokens = flush_tokens
+        self.flush_seconds = flush_seconds
+        self._unsaved: dict[int, int] = {}
+        """Served tokens per job not yet in the ledger."""
+        self._unsaved_since = 0.0
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -167,12 +203,62 @@ class BillingService:
         entry = self._jobs.get(job_id)
         return 0 if entry is None else max(0, entry.max_tokens - entry.generated)
 
+    def record_served(self, job_id: int, tokens: int) -> None:
+        """Count ``tokens`` just served on ``job_id`` (call it for every piece sent).
+
+        Cheap: memory only, except every ``flush_tokens`` tokens or ``flush_seconds`` after the first
+        unsaved one (a timer keeps that bound when no further piece comes), when all unsaved counts are
+        written in one transaction.
+        """
+        entry = self._jobs[job_id]
+        was_due = self._checkpoint_due(entry)
+        entry.generated += tokens
+        now = time.monotonic()
+        if not self._unsaved:
+            self._unsaved_since = now
+        self._unsaved[job_id] = self._unsaved.get(job_id, 0) + tokens
+        if self._unsaved[job_id] >= self.flush_tokens or now - self._unsaved_since >= self.flush_seconds:
+            self.flush()
+        else:
+            self._arm_flush_timer()
+        if not was_due and self._checkpoint_due(entry):
+            self._poke()
+
+    def end_response(self, job_id: int) -> None:
+        """An answer on ``job_id`` ended (complete, cancelled or failed): persist now and bill what is due."""
+        entry = self._jobs[job_id]
+        entry.flush = True
+        self._save(entry, fsync=False)
+        self._poke()
+
     def add_tokens(self, job_id: int, tokens: int, *, end_of_response: bool = True) -> None:
+        """Count ``tokens`` served on ``job_id`` at once and persist them (``record_served`` does it per piece)."""
         entry = self._jobs[job_id]
         entry.generated += tokens
         entry.flush = entry.flush or end_of_response
-        self._save(entry)
+        self._save(entry, fsync=False)
         self._poke()
+
+    def flush(self) -> None:
+        """Write every unsaved served-token count to the ledger, in one transaction."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        entries = [self._jobs[job_id] for job_id in self._unsaved if job_id in self._jobs]
+        self._unsaved.clear()
+        if entries:
+            self._ledger.save(entries, fsync=False)
+
+    def _arm_flush_timer(self) -> None:
+        if self._flush_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a synchronous caller): nothing could flush later
+            self.flush()
+            return
+        delay = max(0.0, self._unsaved_since + self.flush_seconds - time.monotonic())
+        self._flush_timer = loop.call_later(delay, self.flush)
 
     def connection_closed(self, job_id: int) -> None:
         """The client left: bill what is left and settle after the dispute window."""
@@ -190,8 +276,13 @@ class BillingService:
     def entry(self, job_id: int) -> JobLedgerEntry | None:
         return self._jobs.get(job_id)
 
-    def _save(self, entry: JobLedgerEntry) -> None:
-        self._ledger.save(entry)
+    def _save(self, entry: JobLedgerEntry, *, fsync: bool = True) -> None:
+        """Write ``entry`` (its served tokens included) now."""
+        self._unsaved.pop(entry.job_id, None)
+        if not self._unsaved and self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        self._ledger.save([entry], fsync=fsync)
 
     def _poke(self) -> None:
         self._idle.clear()
@@ -223,6 +314,7 @@ class BillingService:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        self.flush()
         self._ledger.close()
 
     # --- worker ----------------------------------------------------------------------
@@ -264,9 +356,17 @@ class BillingService:
         return None
 
     def _checkpoint_due(self, entry: JobLedgerEntry) -> bool:
-        unbilled = entry.unbilled
-        return (unbilled >= self.checkpoint_tokens or (entry.flush and unbilled >= self.min_tokens)
-                or entry.needs_minimum_charge)
+        if entry.flush:
+            return entry.unbilled >= self.min_tokens or entry.needs_minimum_charge
+        smallest = entry.min_charge if entry.submitted == 0 else self.min_tokens
+        return entry.unbilled >= self.checkpoint_tokens and self._claim(entry) >= smallest
+
+    def _claim(self, entry: JobLedgerEntry) -> int:
+        """Tokens the next checkpoint claims: all unbilled once an answer ended (at least the minimum charge
+        at first), else all but ``min_tokens``, kept back so that the answer's tail can be claimed."""
+        if not entry.flush:
+            return entry.unbilled - self.min_tokens
+        return entry.unbilled if entry.submitted else max(entry.unbilled, entry.min_charge)
 
     async def _advance(self, entry: JobLedgerEntry) -> float | None:
         """Do the next chain step for ``entry``; returns seconds to wait before looking again, if any."""
@@ -311,7 +411,7 @@ class BillingService:
         self._save(entry)
 
     async def _checkpoint(self, entry: JobLedgerEntry) -> None:
-        tokens = entry.unbilled if entry.submitted else max(entry.unbilled, entry.min_charge)
+        tokens = self._claim(entry)
         proof = self.host.proof_hash(entry.job_id, entry.submitted + tokens)
         entry.pending_tokens, entry.pending_hash = tokens, proof.hex()
         self._save(entry)  # written before sending: a crash or lost receipt is recovered on chain

@@ -4,6 +4,13 @@ The host's tokenizer is the source of truth: every answer's ``usage`` (counted
 by the node) is recorded per session, priced at the session's on-chain price
 (×1000 precision), and compared with what the deposit covers. Costs are exact
 integers in base units.
+
+Served is not billed. The marketplace charges at least the session's minimum
+(its ``proof_interval``, 100 tokens on our contracts: the first checkpoint claims
+that many) and at most what the deposit covers; :func:`billable_tokens` applies
+those rules, and ``get_session_cost`` is what the chain will charge for the tokens
+served so far. A host may bill less, never more: a tail under the 100-token
+smallest claim that follows an earlier checkpoint cannot be claimed.
 """
 
 from __future__ import annotations
@@ -18,12 +25,43 @@ from fabstir.chain.units import max_tokens_for_deposit, token_cost
 from fabstir.errors import SessionError
 from fabstir.sdk.types import InferenceResult
 
-__all__ = ["BillingEvent", "BillingTracker", "UsageStats", "CHARS_PER_TOKEN"]
+__all__ = ["BillingEvent", "BillingTracker", "CHARS_PER_TOKEN", "SessionCost", "UsageStats", "billable_tokens"]
 
 CHARS_PER_TOKEN = 4
 """Rough characters per token for :meth:`BillingTracker.estimate_tokens` (English text, BPE tokenizers)."""
 
 BillingCallback = Callable[["BillingEvent"], "None | Awaitable[None]"]
+
+
+def billable_tokens(served: int, minimum_charge: int = 0, max_tokens: int | None = None) -> int:
+    """Tokens the chain charges for ``served``: none for none, else at least ``minimum_charge``, at most
+    ``max_tokens`` (what the deposit covers)."""
+    if served <= 0:
+        return 0
+    billed = max(served, minimum_charge)
+    return billed if max_tokens is None else min(billed, max_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionCost:
+    """Tokens served and what the chain charges for them, with the reason when they differ."""
+
+    served_tokens: int
+    billed_tokens: int
+    served_cost: int
+    cost: int
+    """What the chain charges (base units)."""
+    minimum_charge: int
+    """The session's smallest charge in tokens (its ``proof_interval``; 0 when unknown)."""
+
+    @property
+    def explanation(self) -> str | None:
+        """Why billed differs from served (``None`` when they match)."""
+        if self.billed_tokens > self.served_tokens:
+            return f"minimum charge of {self.minimum_charge} tokens per session"
+        if self.billed_tokens < self.served_tokens:
+            return "the deposit covers no more"
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +89,16 @@ class UsageStats:
     price_per_token: int | None
     deposit: int | None
     remaining_tokens: int | None
+    billed_tokens: int = 0
+    """What the chain charges for the completion tokens (see :func:`billable_tokens`)."""
+    billed_cost: int = 0
 
 
 @dataclasses.dataclass
 class _Ledger:
     price_per_token: int | None = None
     deposit: int | None = None
+    minimum_charge: int = 0
     prompts: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -73,6 +115,7 @@ class BillingTracker:
         """Price a session with its job's on-chain terms (done by ``sdk.sessions.create_session``)."""
         ledger = self._ledgers.setdefault(str(job.job_id), _Ledger())
         ledger.price_per_token, ledger.deposit = job.price_per_token, job.deposit
+        ledger.minimum_charge = job.proof_interval
 
     def on_billing(self, callback: BillingCallback) -> None:
         """Call ``callback`` with a :class:`BillingEvent` after every answer."""
@@ -107,14 +150,25 @@ class BillingTracker:
         return 0 if ledger.price_per_token is None else token_cost(tokens, ledger.price_per_token)
 
     @staticmethod
-    def _remaining(ledger: _Ledger) -> int | None:
+    def _max_tokens(ledger: _Ledger) -> int | None:
         if ledger.price_per_token is None or ledger.deposit is None:
             return None
-        return max(0, max_tokens_for_deposit(ledger.deposit, ledger.price_per_token) - ledger.completion_tokens)
+        return max_tokens_for_deposit(ledger.deposit, ledger.price_per_token)
+
+    def _remaining(self, ledger: _Ledger) -> int | None:
+        covered = self._max_tokens(ledger)
+        return None if covered is None else max(0, covered - ledger.completion_tokens)
+
+    def _billed(self, ledger: _Ledger) -> int:
+        return billable_tokens(ledger.completion_tokens, ledger.minimum_charge, self._max_tokens(ledger))
 
     def get_token_usage(self, session_id: str | int) -> int:
-        """Completion tokens billed to the session so far (the host's count)."""
+        """Completion tokens served on the session so far (the host's count)."""
         return self._ledger(session_id).completion_tokens
+
+    def get_billed_tokens(self, session_id: str | int) -> int:
+        """Tokens the chain charges for what was served so far (minimum charge and deposit applied)."""
+        return self._billed(self._ledger(session_id))
 
     @staticmethod
     def estimate_tokens(prompt: str) -> int:
@@ -123,9 +177,18 @@ class BillingTracker:
         return max(1, -(-len(prompt) // CHARS_PER_TOKEN)) if prompt else 0
 
     def get_session_cost(self, session_id: str | int) -> int:
-        """Cost so far in base units of the session's payment token."""
+        """What the chain charges for the tokens served so far, in base units of the session's payment token
+        (at least the session's minimum charge once anything was served; see :meth:`get_cost_breakdown`)."""
         ledger = self._ledger(session_id)
-        return self._cost(ledger, ledger.completion_tokens)
+        return self._cost(ledger, self._billed(ledger))
+
+    def get_cost_breakdown(self, session_id: str | int) -> SessionCost:
+        """Tokens served and billed, their costs, and why they differ."""
+        ledger = self._ledger(session_id)
+        billed = self._billed(ledger)
+        return SessionCost(served_tokens=ledger.completion_tokens, billed_tokens=billed,
+                           served_cost=self._cost(ledger, ledger.completion_tokens),
+                           cost=self._cost(ledger, billed), minimum_charge=ledger.minimum_charge)
 
     def get_remaining_tokens(self, session_id: str | int) -> int | None:
         """Tokens the deposit still covers (``None`` for an untracked, unpaid session)."""
@@ -137,4 +200,5 @@ class BillingTracker:
             prompts=ledger.prompts, prompt_tokens=ledger.prompt_tokens, completion_tokens=ledger.completion_tokens,
             average_completion_tokens=ledger.completion_tokens / ledger.prompts if ledger.prompts else 0.0,
             cost=self._cost(ledger, ledger.completion_tokens), price_per_token=ledger.price_per_token,
-            deposit=ledger.deposit, remaining_tokens=self._remaining(ledger))
+            deposit=ledger.deposit, remaining_tokens=self._remaining(ledger), billed_tokens=self._billed(ledger),
+            billed_cost=self._cost(ledger, self._billed(ledger)))
