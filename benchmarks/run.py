@@ -1,7 +1,7 @@
 """Benchmarks of the fabstir SDK and node: ``python benchmarks/run.py NAME [--json] [options]``.
 
 NAME is ``overhead``, ``peer``, ``concurrency``, ``billing``, ``session_open``, ``compression``, ``security``,
-``encryption``, ``selection``, ``discovery`` or ``all``. Progress goes to
+``encryption``, ``selection``, ``discovery``, ``limits`` or ``all``. Progress goes to
 stderr; with ``--json`` the last line of stdout is one JSON object. See
 ``benchmarks/README.md`` for what each number means.
 """
@@ -28,6 +28,7 @@ from compression import run_compression  # noqa: E402
 from concurrency import ConcurrencyOptions, run_concurrency  # noqa: E402
 from discovery import run_discovery  # noqa: E402
 from encryption import run_encryption  # noqa: E402
+from limits import run_limits  # noqa: E402
 from overhead import run_overhead  # noqa: E402
 from peer import run_peer  # noqa: E402
 from security import run_security  # noqa: E402
@@ -35,7 +36,7 @@ from selection import run_selection  # noqa: E402
 from session_open import run_session_open  # noqa: E402
 
 BENCHMARKS = ("overhead", "peer", "concurrency", "billing", "session_open", "compression", "security",
-              "encryption", "selection", "discovery")
+              "encryption", "selection", "discovery", "limits")
 NAMES = (*BENCHMARKS, "all")
 
 
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="answers in a row per session in billing (default 3)")
     parser.add_argument("--discovery-hosts", type=int, default=1000,
                         help="hosts registered on the embedded chain for discovery (default 1000)")
+    parser.add_argument("--body-mib", type=int, default=300, help="chunked body sent to the node in limits "
+                                                                   "(default 300)")
     parser.add_argument("--timeout", type=float, default=120.0, help="limit in seconds for one run or burst")
     return parser
 
@@ -97,6 +100,8 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
             results[name] = await run_selection(settings)
         elif name == "discovery":
             results[name] = await run_discovery(args.discovery_hosts)
+        elif name == "limits":
+            results[name] = await run_limits(settings, args.body_mib)
         else:
             results[name] = await run_concurrency(settings, concurrency)
         log(f"=== {name} done in {time.perf_counter() - started:.1f} s: {json.dumps(results[name])}")

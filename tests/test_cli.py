@@ -110,3 +110,54 @@ async def test_node_serve_and_chat(tiny_model: Path) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) in (0, 130)
+
+
+# --- configuration is checked before anything slow --------------------------------------------------------------
+
+BAD_NETWORK = '{"rpc_url": 5, "deployment": []}'
+
+
+def test_bad_host_key_is_refused_before_the_model_loads(tiny_model: Path) -> None:
+    result = subprocess.run([*FABSTIR, "node", "serve", "--model", str(tiny_model), "--port", "0"],
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "FABSTIR_NODE_HOST_KEY": "0xzz"})
+    assert_one_line_error(result, "INVALID_HOST_KEY")
+    assert "loading model" not in result.stderr and "zz" not in result.stderr.replace("0xzz", "")
+
+
+def test_network_file_of_the_wrong_shape_is_one_coded_line(tmp_path: Path, tiny_model: Path) -> None:
+    network = tmp_path / "bad.json"
+    network.write_text(BAD_NETWORK, encoding="utf-8")
+    assert_one_line_error(run("hosts", "--network", str(network)), "INVALID_NETWORK_FILE")
+    served = subprocess.run([*FABSTIR, "node", "serve", "--model", str(tiny_model), "--port", "0", "--network",
+                             str(network)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "FABSTIR_NODE_HOST_KEY": "0x" + "ab" * 32})
+    assert_one_line_error(served, "INVALID_NETWORK_FILE")
+    assert "loading model" not in served.stderr, "the network file is checked before the model loads"
+    assert_one_line_error(run("node", "earnings", "--network", str(network), "--key", "0x" + "ab" * 32),
+                          "INVALID_NETWORK_FILE")
+
+
+def test_paid_node_without_host_key_is_refused_before_the_model_loads(tmp_path: Path, tiny_model: Path) -> None:
+    network = tmp_path / "net.json"
+    network.write_text(json.dumps({"rpc_url": "http://127.0.0.1:9", "chain_id": 31337, "deployment": {}}),
+                       encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "FABSTIR_NODE_HOST_KEY"}
+    result = subprocess.run([*FABSTIR, "node", "serve", "--model", str(tiny_model), "--port", "0", "--network",
+                             str(network)], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                            env=env)
+    assert_one_line_error(result, "HOST_KEY_REQUIRED")
+    assert "loading model" not in result.stderr
+
+
+def test_host_command_refuses_a_bad_key_before_connecting(tmp_path: Path) -> None:
+    network = tmp_path / "net.json"  # its chain is a closed port: connecting would fail with another error
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    deployment = {name: "0x" + "11" * 20 for name in ("stake_token", "stable_token", "model_registry",
+                                                      "node_registry", "host_earnings", "proof_system",
+                                                      "marketplace")}
+    network.write_text(json.dumps({"rpc_url": f"http://127.0.0.1:{closed}", "chain_id": 31337,
+                                   "deployment": deployment}), encoding="utf-8")
+    assert_one_line_error(run("node", "earnings", "--network", str(network), "--key", "0xzz"), "INVALID_HOST_KEY")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ DEFAULTS = {
     "signing_key_file": None, "encryption": True, "discovery_url": None, "announce_mdns": False,
     "mdns_interface": "127.0.0.1", "dht_bootstrap": None, "dht_port": 0, "announce_ttl": 60, "announce_price": 0,
     "announce_region": None, "public_url": None, "max_concurrent_per_client": 4,
+    "request_read_timeout": 30.0, "ws_idle_timeout": 300.0, "max_connections_per_address": 64,
 }
 
 
@@ -256,3 +258,81 @@ def test_a_network_file_as_config(tmp_path: Path) -> None:
     network = tmp_path / "devnet.json"
     network.write_text("{}", encoding="utf-8")
     assert load_node_config(network, env={}).network == str(network)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"request_read_timeout": 0}, "request_read_timeout must be more than 0 and at most 3600 seconds"),
+    ({"request_read_timeout": float("nan")}, "request_read_timeout must be more than 0 and at most 3600 seconds"),
+    ({"ws_idle_timeout": -1}, "ws_idle_timeout must be a non-negative number of seconds (0: no limit)"),
+    ({"ws_idle_timeout": float("inf")}, "ws_idle_timeout must be a non-negative number of seconds (0: no limit)"),
+    ({"max_connections_per_address": -1}, "max_connections_per_address must be non-negative (0: no cap)"),
+])
+def test_limit_settings_are_checked(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        NodeConfig(**overrides)
+    assert caught.value.message == message
+
+
+def test_limit_settings_from_the_environment() -> None:
+    config = load_node_config(env={"FABSTIR_NODE_WS_IDLE_TIMEOUT": "0", "FABSTIR_NODE_REQUEST_READ_TIMEOUT": "2.5",
+                                   "FABSTIR_NODE_MAX_CONNECTIONS_PER_ADDRESS": "8"})
+    assert (config.ws_idle_timeout, config.request_read_timeout, config.max_connections_per_address) == (0.0, 2.5, 8)
+
+
+@pytest.mark.parametrize("key", [
+    "0xzz", "0x" + "ab" * 31, "ab" * 33, "0x" + "g" * 64, "0x" + "00" * 32,
+    "0x" + "ff" * 32,  # above the secp256k1 group order
+])
+def test_bad_host_keys_are_refused_with_a_code_and_never_echoed(key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_node_config(env={"FABSTIR_NODE_HOST_KEY": key})
+    assert caught.value.code == "INVALID_HOST_KEY"
+    assert key.removeprefix("0x") not in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["0x" + "ab" * 32, "AB" * 32, "0X" + "01" * 32])
+def test_good_host_keys_are_accepted(key: str) -> None:
+    assert load_node_config(env={"FABSTIR_NODE_HOST_KEY": key}).host_key == key
+
+
+GOOD_DEPLOYMENT = {name: "0x" + "11" * 20 for name in ("stake_token", "stable_token", "model_registry",
+                                                       "node_registry", "host_earnings", "proof_system",
+                                                       "marketplace")}
+
+
+@pytest.mark.parametrize("data,bad_key", [
+    ({"rpc_url": 5, "deployment": []}, "'rpc_url' must be a string"),
+    ({"rpc_url": "http://x", "chain_id": 1, "deployment": []}, "'deployment' must be an object"),
+    ({"rpc_url": "", "chain_id": 1, "deployment": GOOD_DEPLOYMENT}, "'rpc_url' must be a non-empty string"),
+    ({"rpc_url": "http://x", "chain_id": "1", "deployment": GOOD_DEPLOYMENT}, "'chain_id' must be an integer"),
+    ({"rpc_url": "http://x", "chain_id": True, "deployment": GOOD_DEPLOYMENT}, "'chain_id' must be an integer"),
+    ({"rpc_url": "http://x", "deployment": GOOD_DEPLOYMENT}, "'chain_id' must be given"),
+    ({"rpc_url": "http://x", "chain_id": 1, "deployment": {**GOOD_DEPLOYMENT, "marketplace": 7}},
+     "'deployment.marketplace' must be a string"),
+    ({"rpc_url": "http://x", "chain_id": 1, "deployment": {**GOOD_DEPLOYMENT, "dispute_window": "30"}},
+     "'deployment.dispute_window' must be an integer"),
+    ({"rpc_url": "http://x", "chain_id": 1, "deployment": GOOD_DEPLOYMENT, "accounts": {"host": 1}},
+     "'accounts' must be an object of name -> private key strings"),
+    ({"rpc_url": "http://x", "chain_id": 1, "deployment": GOOD_DEPLOYMENT, "accounts": []},
+     "'accounts' must be an object"),
+    ({"rpc_url": "http://x", "chain_id": 1, "deployment": GOOD_DEPLOYMENT, "anvil_pid": "12"},
+     "'anvil_pid' must be an integer"),
+])
+def test_network_file_shape_is_checked(tmp_path: Path, data: dict[str, Any], bad_key: str) -> None:
+    from fabstir.chain.network import NetworkConfig
+
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        NetworkConfig.load(path)
+    assert caught.value.code == "INVALID_NETWORK_FILE" and bad_key in caught.value.message
+
+
+def test_a_well_formed_network_file_loads(tmp_path: Path) -> None:
+    from fabstir.chain.network import NetworkConfig
+
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps({"preset": "anvil", "deployment": GOOD_DEPLOYMENT, "accounts": {"host": "0x01"}}),
+                    encoding="utf-8")
+    network = NetworkConfig.load(path)
+    assert network.deployment.chain_id == 31337 and network.accounts == {"host": "0x01"}

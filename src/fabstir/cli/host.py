@@ -15,6 +15,7 @@ from fabstir.chain.network import NetworkConfig
 from fabstir.chain.units import format_units
 from fabstir.errors import ConfigError
 from fabstir.keys import load_signing_key
+from fabstir.node.config import check_host_key
 from fabstir.node.registration import earnings, register_host, unregister_host, withdraw_earnings
 from fabstir.sdk.sessions import resolve_model_id
 
@@ -26,16 +27,17 @@ def _host_account(args: argparse.Namespace, network: NetworkConfig) -> LocalAcco
     key = args.key or named or os.environ.get("FABSTIR_NODE_HOST_KEY")
     if not key:
         raise ConfigError("give the host key with --key, --account NAME or $FABSTIR_NODE_HOST_KEY")
+    check_host_key(key)
     account: LocalAccount = Account.from_key(key)
     return account
 
 
 async def run_host_command(args: argparse.Namespace) -> int:
     network = NetworkConfig.load(args.network)
+    host = _host_account(args, network)  # checked before connecting to anything
     chain = network.connect()
     try:
         market = Marketplace(chain, network.deployment)
-        host = _host_account(args, network)
         if args.node_command == "register":
             public_key = args.public_key or coincurve.PrivateKey(bytes(host.key)).public_key.format(True).hex()
             signing = load_signing_key(args.signing_key_file).verify_key.encode().hex() \

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -19,6 +20,7 @@ from fabstir.node.config import NodeConfig
 from fabstir.node.engines.base import Engine
 from fabstir.node.engines.pool import EnginePool
 from fabstir.node.engines.templates import get_template
+from fabstir.node.guards import ConnectionGuard, ConnectionTracker
 from fabstir.node.host_chain import HostChain
 from fabstir.node.inference import InferenceService
 from fabstir.node.models import resolve_model_path
@@ -102,12 +104,14 @@ def build_app(runtime: NodeRuntime) -> Starlette:
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await WebSocketConnection(websocket, runtime).run()
 
+    connections = ConnectionTracker(runtime.config.max_connections_per_address)
     app = Starlette(routes=[
         Route("/health", http.health),
         Route("/v1/version", http.version),
         Route("/v1/models", http.models),
         Route("/v1/inference", http.inference, methods=["POST"]),
         WebSocketRoute("/v1/ws", websocket_endpoint),
-    ])
+    ], middleware=[Middleware(ConnectionGuard, tracker=connections, ws_idle_timeout=runtime.config.ws_idle_timeout)])
     app.state.runtime = runtime
+    app.state.connections = connections  # counted by the server's protocols (see fabstir.node.guards)
     return app

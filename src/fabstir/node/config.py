@@ -8,6 +8,7 @@ table or top level; a ``.json`` network file written by ``fabstir devnet up`` se
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from fabstir.errors import ConfigError
 from fabstir.node.engines.templates import TEMPLATES
 from fabstir.protocol import DEFAULT_MAX_FRAME_BYTES
 
-__all__ = ["NodeConfig", "load_node_config", "ENV_PREFIX"]
+__all__ = ["NodeConfig", "load_node_config", "check_host_key", "ENV_PREFIX"]
 
 ENV_PREFIX = "FABSTIR_NODE_"
 
@@ -107,6 +108,14 @@ class NodeConfig:
     """Region to announce (free text, e.g. ``eu-west``)."""
     public_url: str | None = None
     """URL clients should use, when it is not the bound address (behind a proxy)."""
+    request_read_timeout: float = 30.0
+    """Seconds a connection may take to send a request head (or WebSocket handshake) and a request its body;
+    slower ones get 408 REQUEST_TIMEOUT and are closed."""
+    ws_idle_timeout: float = 300.0
+    """Seconds a WebSocket may pass with no message either way before it is closed (1001 IDLE_TIMEOUT; 0: never)."""
+    max_connections_per_address: int = 64
+    """Open connections (HTTP and WebSocket) one client address may hold; more are refused with 503
+    TOO_MANY_CONNECTIONS or WebSocket close 1013 (0: no cap)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -126,6 +135,37 @@ class NodeConfig:
             raise ConfigError("announce_price must be non-negative")
         if self.threads is not None and self.threads < 1:
             raise ConfigError("threads must be at least 1")
+        self._check_limits()
+        if self.host_key:
+            check_host_key(self.host_key)
+
+    def _check_limits(self) -> None:
+        if not 0 < self.request_read_timeout <= 3600 or not math.isfinite(self.request_read_timeout):
+            raise ConfigError("request_read_timeout must be more than 0 and at most 3600 seconds")
+        if not 0 <= self.ws_idle_timeout < math.inf:
+            raise ConfigError("ws_idle_timeout must be a non-negative number of seconds (0: no limit)")
+        if self.max_connections_per_address < 0:
+            raise ConfigError("max_connections_per_address must be non-negative (0: no cap)")
+
+
+_SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def check_host_key(key: str) -> None:
+    """Refuse a host key that is not 32 bytes of hex (``0x`` optional) or not a valid secp256k1 key.
+
+    The message never repeats the key.
+
+    Raises:
+        ConfigError: with code ``INVALID_HOST_KEY``.
+    """
+    digits = key.strip().removeprefix("0x").removeprefix("0X")
+    if len(digits) != 64 or not all(c in "0123456789abcdefABCDEF" for c in digits):
+        raise ConfigError(f"host_key must be 64 hex digits (32 bytes, 0x optional); got {len(digits)} characters",
+                          code="INVALID_HOST_KEY")
+    if not 0 < int(digits, 16) < _SECP256K1_ORDER:
+        raise ConfigError("host_key is not a valid secp256k1 private key (zero or not below the curve order)",
+                          code="INVALID_HOST_KEY")
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}

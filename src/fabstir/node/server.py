@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import uvicorn
+from starlette.applications import Starlette
 
 from fabstir.errors import ConfigError
 from fabstir.node.announce import NodeAnnouncer
@@ -21,10 +22,11 @@ from fabstir.node.app import Progress, build_app, build_billing, build_runtime, 
 from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.engines.pool import EnginePool
+from fabstir.node.guards import guarded_protocols
 from fabstir.node.models import DEFAULT_MODEL_FILE
 from fabstir.node.runtime import NodeRuntime
 
-__all__ = ["NodeServer", "bind_socket", "serve_node"]
+__all__ = ["EmbeddedServer", "NodeServer", "bind_socket", "check_before_loading", "serve_node", "server_config"]
 
 WS_HARD_LIMIT_FACTOR = 4
 """Frames up to this multiple of ``max_frame_bytes`` are read and answered with FRAME_TOO_LARGE;
@@ -54,12 +56,47 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _EmbeddedServer(uvicorn.Server):
+def check_before_loading(config: NodeConfig) -> None:
+    """Check what a node needs besides its model, before the model loads: a paid node's key and network file.
+
+    Raises:
+        ConfigError: a network without ``host_key`` (``HOST_KEY_REQUIRED``), or a network file that cannot be
+            read or has the wrong shape (``INVALID_NETWORK_FILE``).
+    """
+    if config.network is None:
+        return
+    if not config.host_key:
+        raise ConfigError("a paid node needs the host's private key: set FABSTIR_NODE_HOST_KEY",
+                          code="HOST_KEY_REQUIRED")
+    from fabstir.chain.network import NetworkConfig
+
+    NetworkConfig.load(config.network)
+
+
+class EmbeddedServer(uvicorn.Server):
     """uvicorn without its signal handlers: the embedding program owns Ctrl-C."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def server_config(app: Starlette, config: NodeConfig) -> uvicorn.Config:
+    """uvicorn settings for serving ``app`` as a node: frame limits, and the protocols of
+    :func:`fabstir.node.guards.guarded_protocols` counting into ``app.state.connections``."""
+    http_protocol, ws_protocol = guarded_protocols(app.state.connections, config.request_read_timeout)
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        http=http_protocol,
+        ws=ws_protocol,
+        ws_max_size=config.max_frame_bytes * WS_HARD_LIMIT_FACTOR,
+        ws_per_message_deflate=config.ws_compression,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+    )
 
 
 class NodeServer:
@@ -69,7 +106,7 @@ class NodeServer:
         self.runtime = runtime
         self.announcer: NodeAnnouncer | None = None
         """Announces the node to discovery sources, when its config names any (see NodeConfig.discovery_url)."""
-        self._server: _EmbeddedServer | None = None
+        self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._socket = sock
         self._port: int | None = None
@@ -97,18 +134,7 @@ class NodeServer:
         if self._socket is None:
             self._socket = bind_socket(config.host, config.port)
         self._port = int(self._socket.getsockname()[1])
-        uv_config = uvicorn.Config(
-            build_app(self.runtime),
-            log_level="warning",
-            ws="websockets-sansio",
-            ws_max_size=config.max_frame_bytes * WS_HARD_LIMIT_FACTOR,
-            ws_per_message_deflate=config.ws_compression,
-            ws_ping_interval=20.0,
-            ws_ping_timeout=20.0,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = _EmbeddedServer(uv_config)
+        self._server = EmbeddedServer(server_config(build_app(self.runtime), config))
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         while not self._server.started:
             if self._task.done():
@@ -146,9 +172,10 @@ async def serve_node(
     A paid node bills through ``billing``, or through one built from ``config.network``.
 
     Raises:
-        ConfigError: the port is busy, or the chain settings are incomplete.
+        ConfigError: the port is busy, or the chain settings are incomplete (checked before anything slow).
         ModelNotFoundError, EngineError: the model cannot be loaded.
     """
+    check_before_loading(config)
     sock = bind_socket(config.host, config.port)
     try:
         if pool is None:
