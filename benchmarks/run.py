@@ -1,7 +1,7 @@
 """Benchmarks of the fabstir SDK and node: ``python benchmarks/run.py NAME [--json] [options]``.
 
 NAME is ``overhead``, ``peer``, ``concurrency``, ``billing``, ``session_open``, ``compression``, ``security``,
-``encryption``, ``selection``, ``discovery``, ``limits`` or ``all``. Progress goes to
+``encryption``, ``selection``, ``discovery``, ``fairness``, ``limits`` or ``all``. Progress goes to
 stderr; with ``--json`` the last line of stdout is one JSON object. See
 ``benchmarks/README.md`` for what each number means.
 """
@@ -28,6 +28,7 @@ from compression import run_compression  # noqa: E402
 from concurrency import ConcurrencyOptions, run_concurrency  # noqa: E402
 from discovery import run_discovery  # noqa: E402
 from encryption import run_encryption  # noqa: E402
+from fairness import run_fairness  # noqa: E402
 from limits import run_limits  # noqa: E402
 from overhead import run_overhead  # noqa: E402
 from peer import run_peer  # noqa: E402
@@ -36,7 +37,7 @@ from selection import run_selection  # noqa: E402
 from session_open import run_session_open  # noqa: E402
 
 BENCHMARKS = ("overhead", "peer", "concurrency", "billing", "session_open", "compression", "security",
-              "encryption", "selection", "discovery", "limits")
+              "encryption", "selection", "discovery", "fairness", "limits")
 NAMES = (*BENCHMARKS, "all")
 
 
@@ -98,6 +99,8 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
             results[name] = await run_encryption(settings)
         elif name == "selection":
             results[name] = await run_selection(settings)
+        elif name == "fairness":
+            results[name] = await run_fairness(settings)
         elif name == "discovery":
             results[name] = await run_discovery(args.discovery_hosts)
         elif name == "limits":
