@@ -20,7 +20,7 @@ contract HostEarnings is Ownable, ReentrancyGuard {
 
     event EarningsCredited(address indexed host, address indexed token, uint256 amount, uint256 newBalance);
     event EarningsWithdrawn(address indexed host, address indexed token, uint256 amount, uint256 remaining);
-    event AuthorizedCallerSet(address indexed caller, bool authorized);
+    event CallerAuthorized(address indexed caller, bool authorized);
 
     modifier onlyAuthorized() {
         require(authorizedCallers[msg.sender], "Not authorized");
@@ -30,7 +30,7 @@ contract HostEarnings is Ownable, ReentrancyGuard {
     function setAuthorizedCaller(address caller, bool authorized) external onlyOwner {
         require(caller != address(0), "Zero address");
         authorizedCallers[caller] = authorized;
-        emit AuthorizedCallerSet(caller, authorized);
+        emit CallerAuthorized(caller, authorized);
     }
 
     /// @notice ETH comes only from authorized callers, ahead of the matching creditEarnings.

@@ -14,11 +14,13 @@ import {SafeTransfer} from "./lib/SafeTransfer.sol";
 ///
 /// Theory of operation
 ///   1. The user opens a session with a deposit (ETH, or an accepted ERC-20) and a price per token at or above
-///      the host's minimum. Prices are "payment units per token x PRICE_PRECISION (1000)".
+///      the host's minimum (for a model session, the host's price for that model). Prices are "payment units
+///      per token x PRICE_PRECISION (1000)".
 ///   2. The host submits checkpoints (`submitProofOfWork`), each claiming the tokens generated since the last
-///      one. A claim must be >= MIN_PROVEN_TOKENS, within the rate cap 2 x maxTokensPerSecond x seconds since
-///      the last checkpoint, and keep the cumulative total within what the deposit covers. Every proof hash is
-///      recorded once by ProofSystem (reuse reverts there).
+///      one and signed by the host (see below). A claim must be >= MIN_PROVEN_TOKENS, within the rate cap
+///      2 x maxTokensPerSecond x seconds since the last checkpoint ("Excessive tokens claimed": too early, not
+///      invalid), and keep the cumulative total within what the deposit covers. Every proof hash is recorded
+///      once by ProofSystem (reuse reverts there).
 ///   3. The session ends by completion (the depositor at any time; the host once `disputeWindow` seconds have
 ///      passed since its last checkpoint) or by timeout (anyone, after `maxDuration` seconds since the start
 ///      or `inactivityTimeout` seconds since the last checkpoint).
@@ -38,6 +40,8 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     uint256 public constant BASIS_POINTS = 10_000;
     /// @notice Gas given to the depositor when its ETH refund is pushed; beyond that it is credited instead.
     uint256 public constant REFUND_PUSH_GAS = 100_000;
+    /// @dev Signatures with s above half the curve order are rejected (EIP-2), so each has one valid form.
+    uint256 private constant SECP256K1_HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
 
     enum SessionStatus {
         Active,
@@ -74,12 +78,6 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         string deltaCID;
     }
 
-    struct TokenConfig {
-        bool accepted;
-        uint256 minDeposit;
-        uint256 maxDeposit;
-    }
-
     INodeRegistryView public immutable nodeRegistry;
     IModelRegistryView public immutable modelRegistry;
     address payable public immutable hostEarnings;
@@ -95,7 +93,9 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     mapping(address => uint256) public accumulatedTreasuryTokens;
     mapping(address => uint256) public refundCredits;
     mapping(address => mapping(address => uint256)) public tokenRefundCredits; // user => token => amount
-    mapping(address => TokenConfig) public acceptedTokens;
+    mapping(address => bool) public acceptedTokens;
+    mapping(address => uint256) public tokenMinDeposits;
+    mapping(address => uint256) public tokenMaxDeposits;
     mapping(uint256 => SessionJob) public sessionJobs;
     mapping(uint256 => bytes32) public sessionModel;
     mapping(uint256 => ProofSubmission[]) private _proofs;
@@ -112,11 +112,17 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         string proofCID,
         string deltaCID
     );
-    event SessionCompleted(
-        uint256 indexed jobId, uint256 totalTokensUsed, uint256 hostEarnings, uint256 treasuryFee, uint256 userRefund
+    /// @notice `hostEarnings` is the host's net (payment minus the treasury fee).
+    event SessionCompleted(uint256 indexed jobId, uint256 totalTokensUsed, uint256 hostEarnings, uint256 userRefund);
+    /// @notice `paymentAmount` is the gross payment for the tokens (host net + treasury fee).
+    event SessionCompletedBy(
+        uint256 indexed jobId,
+        address indexed completedBy,
+        uint256 tokensUsed,
+        uint256 paymentAmount,
+        uint256 refundAmount
     );
-    event SessionCompletedBy(uint256 indexed jobId, address indexed completedBy);
-    event SessionTimedOut(uint256 indexed jobId, uint256 hostEarnings, uint256 treasuryFee, uint256 userRefund);
+    event SessionTimedOut(uint256 indexed jobId, uint256 hostEarnings, uint256 userRefund);
     event RefundCredited(uint256 indexed jobId, address indexed depositor, address indexed token, uint256 amount);
     event RefundWithdrawn(address indexed depositor, address indexed token, uint256 amount);
     event TokenAccepted(address indexed token, uint256 minDeposit, uint256 maxDeposit);
@@ -166,7 +172,9 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     function addAcceptedToken(address token, uint256 minDeposit, uint256 maxDeposit) external onlyOwner {
         require(token != address(0), "Zero address");
         require(minDeposit > 0 && maxDeposit >= minDeposit, "Invalid deposit limits");
-        acceptedTokens[token] = TokenConfig(true, minDeposit, maxDeposit);
+        acceptedTokens[token] = true;
+        tokenMinDeposits[token] = minDeposit;
+        tokenMaxDeposits[token] = maxDeposit;
         emit TokenAccepted(token, minDeposit, maxDeposit);
     }
 
@@ -174,10 +182,6 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         require(treasury != address(0), "Zero address");
         treasuryAddress = treasury;
         emit TreasuryUpdated(treasury);
-    }
-
-    function isTokenAccepted(address token) external view returns (bool) {
-        return acceptedTokens[token].accepted;
     }
 
     // ------------------------------------------------------------------ opening sessions
@@ -236,15 +240,19 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
 
     /// @notice The host claims `tokensClaimed` more tokens, committing to `proofHash` (the proof itself lives
     ///         off-chain at `proofCID`; `deltaCID` points at the conversation delta it covers).
+    /// @param signature The host's 65-byte signature (r, s, v) of the Ethereum signed message of
+    ///        keccak256(abi.encodePacked(proofHash, host, tokensClaimed)), as on the public marketplace.
     function submitProofOfWork(
         uint256 jobId,
         uint256 tokensClaimed,
         bytes32 proofHash,
+        bytes calldata signature,
         string calldata proofCID,
         string calldata deltaCID
     ) external nonReentrant {
         SessionJob storage job = _session(jobId);
         _checkClaim(job, tokensClaimed);
+        require(_proofSigner(proofHash, job.host, tokensClaimed, signature) == job.host, "Invalid proof signature");
         job.tokensUsed += tokensClaimed;
         job.lastProofTime = block.timestamp;
         job.lastProofHash = proofHash;
@@ -265,9 +273,9 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
             require(block.timestamp >= job.lastProofTime + disputeWindow, "Must wait dispute window");
         }
         job.conversationCID = conversationCID;
-        (uint256 hostNet, uint256 fee, uint256 refund) = _close(job, SessionStatus.Completed);
-        emit SessionCompleted(jobId, job.tokensUsed, hostNet, fee, refund);
-        emit SessionCompletedBy(jobId, msg.sender);
+        (uint256 hostNet, uint256 refund) = _close(job, SessionStatus.Completed);
+        emit SessionCompleted(jobId, job.tokensUsed, hostNet, refund);
+        emit SessionCompletedBy(jobId, msg.sender, job.tokensUsed, job.withdrawnByHost, refund);
         _payOut(job, hostNet, refund);
     }
 
@@ -280,8 +288,8 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
             block.timestamp > job.startTime + job.maxDuration || block.timestamp > job.lastProofTime + inactivityTimeout,
             "Session not timed out"
         );
-        (uint256 hostNet, uint256 fee, uint256 refund) = _close(job, SessionStatus.TimedOut);
-        emit SessionTimedOut(jobId, hostNet, fee, refund);
+        (uint256 hostNet, uint256 refund) = _close(job, SessionStatus.TimedOut);
+        emit SessionTimedOut(jobId, hostNet, refund);
         _payOut(job, hostNet, refund);
     }
 
@@ -354,8 +362,28 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         require(msg.sender == job.host, "Only host");
         require(job.status == SessionStatus.Active, "Session not active");
         require(tokensClaimed >= MIN_PROVEN_TOKENS, "Too few tokens");
-        require(tokensClaimed <= 2 * maxTokensPerSecond * (block.timestamp - job.lastProofTime), "Rate limit exceeded");
+        require(
+            tokensClaimed <= 2 * maxTokensPerSecond * (block.timestamp - job.lastProofTime), "Excessive tokens claimed"
+        );
         require(job.tokensUsed + tokensClaimed <= job.deposit * PRICE_PRECISION / job.pricePerToken, "Exceeds deposit");
+    }
+
+    /// @dev The address that signed the Ethereum signed message of keccak256(proofHash ‖ host ‖ tokens); zero for
+    ///      a malformed or high-s signature (so it never equals a host).
+    function _proofSigner(bytes32 proofHash, address host, uint256 tokensClaimed, bytes calldata signature)
+        private
+        pure
+        returns (address)
+    {
+        require(signature.length == 65, "Invalid signature length");
+        bytes32 r = bytes32(signature[0:32]);
+        bytes32 s = bytes32(signature[32:64]);
+        uint8 v = uint8(signature[64]);
+        if (v < 27) v += 27;
+        if (uint256(s) > SECP256K1_HALF_ORDER || (v != 27 && v != 28)) return address(0);
+        bytes32 digest = keccak256(abi.encodePacked(proofHash, host, tokensClaimed));
+        bytes32 message = keccak256(abi.encodePacked("\x19Ethereum Signed Message:\n32", digest));
+        return ecrecover(message, v, r, s);
     }
 
     /// @dev Stores the submission, then has ProofSystem record (and, with a verifier, check) the proof hash.
@@ -388,7 +416,13 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         require(nodeRegistry.isRegisteredNode(host), "Host not registered");
         require(nodeRegistry.isActiveNode(host), "Host not active");
         require(deposit * PRICE_PRECISION / pricePerToken >= proofInterval, "Deposit below proof interval");
-        require(pricePerToken >= nodeRegistry.getNodePricing(host, token), "Price below host minimum");
+        if (modelId == bytes32(0)) {
+            require(pricePerToken >= nodeRegistry.getNodePricing(host, token), "Price below host minimum");
+        } else {
+            require(
+                pricePerToken >= nodeRegistry.getModelPricing(host, modelId, token), "Price below host minimum for model"
+            );
+        }
 
         jobId = nextJobId++;
         SessionJob storage job = sessionJobs[jobId];
@@ -414,10 +448,9 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         uint256 minDeposit = MIN_DEPOSIT;
         uint256 maxDeposit = MAX_DEPOSIT;
         if (token != address(0)) {
-            TokenConfig storage config = acceptedTokens[token];
-            require(config.accepted, "Token not accepted");
-            minDeposit = config.minDeposit;
-            maxDeposit = config.maxDeposit;
+            require(acceptedTokens[token], "Token not accepted");
+            minDeposit = tokenMinDeposits[token];
+            maxDeposit = tokenMaxDeposits[token];
         }
         require(deposit >= minDeposit, "Deposit too small");
         require(deposit <= maxDeposit, "Deposit too large");
@@ -436,13 +469,10 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     }
 
     /// @dev Effects of settlement: status, amounts, treasury accumulation. No external calls.
-    function _close(SessionJob storage job, SessionStatus status)
-        private
-        returns (uint256 hostNet, uint256 fee, uint256 refund)
-    {
+    function _close(SessionJob storage job, SessionStatus status) private returns (uint256 hostNet, uint256 refund) {
         job.status = status;
         uint256 payment = job.tokensUsed * job.pricePerToken / PRICE_PRECISION;
-        fee = payment * feeBasisPoints / BASIS_POINTS;
+        uint256 fee = payment * feeBasisPoints / BASIS_POINTS;
         hostNet = payment - fee;
         refund = job.deposit - payment;
         job.withdrawnByHost = payment;

@@ -8,21 +8,22 @@ import {Ownable} from "./lib/Ownable.sol";
 ///         keccak256(repo ‖ "/" ‖ fileName) and pinned to the SHA-256 of its file.
 /// @dev Only the owner-trusted tier (1) exists for now; community proposals and voting are not implemented.
 contract ModelRegistry is Ownable {
-    uint8 public constant TIER_TRUSTED = 1;
+    uint256 public constant TIER_TRUSTED = 1;
 
     struct Model {
         string repo;
         string fileName;
         bytes32 sha256Hash;
-        uint8 approvalTier;
+        uint256 approvalTier;
         bool active;
         uint256 timestamp;
     }
 
-    mapping(bytes32 => Model) private _models;
-    bytes32[] private _modelIds;
+    mapping(bytes32 => Model) public models;
+    /// @notice Every model id ever added, in the order added.
+    bytes32[] public modelList;
 
-    event ModelAdded(bytes32 indexed modelId, string repo, string fileName, uint8 tier);
+    event ModelAdded(bytes32 indexed modelId, string repo, string fileName, uint256 tier);
     event ModelDeactivated(bytes32 indexed modelId);
     event ModelReactivated(bytes32 indexed modelId);
 
@@ -32,17 +33,13 @@ contract ModelRegistry is Ownable {
     }
 
     /// @notice Adds an owner-trusted (tier 1), active model. Reverts if the model already exists.
-    function addTrustedModel(string calldata repo, string calldata fileName, bytes32 sha256Hash)
-        external
-        onlyOwner
-        returns (bytes32 modelId)
-    {
+    function addTrustedModel(string calldata repo, string calldata fileName, bytes32 sha256Hash) external onlyOwner {
         require(bytes(repo).length > 0 && bytes(fileName).length > 0, "Empty repo or file name");
         require(sha256Hash != bytes32(0), "Zero model hash");
-        modelId = getModelId(repo, fileName);
-        require(_models[modelId].timestamp == 0, "Model already exists");
-        _models[modelId] = Model(repo, fileName, sha256Hash, TIER_TRUSTED, true, block.timestamp);
-        _modelIds.push(modelId);
+        bytes32 modelId = getModelId(repo, fileName);
+        require(models[modelId].timestamp == 0, "Model already exists");
+        models[modelId] = Model(repo, fileName, sha256Hash, TIER_TRUSTED, true, block.timestamp);
+        modelList.push(modelId);
         emit ModelAdded(modelId, repo, fileName, TIER_TRUSTED);
     }
 
@@ -63,38 +60,26 @@ contract ModelRegistry is Ownable {
 
     /// @notice True when the model exists and is active.
     function isModelApproved(bytes32 modelId) external view returns (bool) {
-        return _models[modelId].active;
+        return models[modelId].active;
     }
 
     /// @notice The stored record; reverts with "Model not found" for an unknown id.
-    function getModel(bytes32 modelId)
-        external
-        view
-        returns (
-            string memory repo,
-            string memory fileName,
-            bytes32 sha256Hash,
-            uint8 approvalTier,
-            bool active,
-            uint256 timestamp
-        )
-    {
-        Model storage model = _existing(modelId);
-        return (model.repo, model.fileName, model.sha256Hash, model.approvalTier, model.active, model.timestamp);
+    function getModel(bytes32 modelId) external view returns (Model memory) {
+        return _existing(modelId);
     }
 
     /// @notice The SHA-256 of the model file (zero for an unknown id).
     function getModelHash(bytes32 modelId) external view returns (bytes32) {
-        return _models[modelId].sha256Hash;
+        return models[modelId].sha256Hash;
     }
 
     /// @notice Every model ever added, active or not, in the order added.
     function getAllModels() external view returns (bytes32[] memory) {
-        return _modelIds;
+        return modelList;
     }
 
     function _existing(bytes32 modelId) private view returns (Model storage model) {
-        model = _models[modelId];
+        model = models[modelId];
         require(model.timestamp != 0, "Model not found");
     }
 }

@@ -12,6 +12,9 @@ import {SafeTransfer} from "./lib/SafeTransfer.sol";
 /// @dev Two index structures, both with O(1) swap-and-pop removal: every registered node, and, per model,
 ///      every registered node that lists it. "Active" views filter those lists by the active flag, so turning
 ///      a node off or on costs one storage write. Prices use PRICE_PRECISION = 1000 (units per token x 1000).
+///      A host may override its default prices per model (`setModelPricing`); `getModelPricing` applies the
+///      override and falls back to the default. Names, signatures and events match the public registry's
+///      wherever it has the same function or event.
 contract NodeRegistry is ReentrancyGuard {
     using SafeTransfer for IERC20;
 
@@ -20,6 +23,7 @@ contract NodeRegistry is ReentrancyGuard {
     uint256 public constant MIN_PRICE_PER_TOKEN_STABLE = 1;
     uint256 public constant MAX_PRICE_PER_TOKEN_STABLE = 100_000_000;
     uint256 public constant MAX_MODELS_PER_NODE = 64;
+    uint256 public constant PRICE_PRECISION = 1000;
 
     struct Node {
         address operator;
@@ -32,11 +36,17 @@ contract NodeRegistry is ReentrancyGuard {
         uint256 minPricePerTokenStable;
     }
 
-    IERC20 public immutable stakeToken;
+    /// @notice The stake token (FAB on the public network).
+    IERC20 public immutable fabToken;
     address public immutable modelRegistry;
-    uint256 public immutable minStake;
+    /// @notice The stake that `registerNode` pulls (a constant on the public registry, set at deployment here).
+    uint256 public immutable MIN_STAKE; // solhint-disable-line var-name-mixedcase
 
-    mapping(address => Node) private _nodes;
+    /// @notice A node's record; the public getter leaves out `supportedModels` (see getNodeFullInfo).
+    mapping(address => Node) public nodes;
+    /// @notice Per-model price overrides (0: the host's default applies), operator => model => price.
+    mapping(address => mapping(bytes32 => uint256)) public modelPricingNative;
+    mapping(address => mapping(bytes32 => uint256)) public modelPricingStable;
     address[] private _registered;
     mapping(address => uint256) private _registeredSlot; // index + 1; 0 = not registered
     mapping(bytes32 => address[]) private _modelNodes;
@@ -47,7 +57,11 @@ contract NodeRegistry is ReentrancyGuard {
     event MetadataUpdated(address indexed operator, string metadata);
     event ApiUrlUpdated(address indexed operator, string apiUrl);
     event ModelsUpdated(address indexed operator, bytes32[] models);
-    event PricingUpdated(address indexed operator, uint256 nativePrice, uint256 stablePrice);
+    /// @notice A default price changed (native or stable: read the node to see which).
+    event PricingUpdated(address indexed operator, uint256 newMinPrice);
+    event ModelPricingUpdated(
+        address indexed operator, bytes32 indexed modelId, uint256 nativePrice, uint256 stablePrice
+    );
     event NodeActiveChanged(address indexed operator, bool active);
     event StakeAdded(address indexed operator, uint256 amount, uint256 total);
 
@@ -59,15 +73,15 @@ contract NodeRegistry is ReentrancyGuard {
     constructor(address stakeToken_, address modelRegistry_, uint256 minStake_) {
         require(stakeToken_ != address(0) && modelRegistry_ != address(0), "Zero address");
         require(minStake_ > 0, "Zero minimum stake");
-        stakeToken = IERC20(stakeToken_);
+        fabToken = IERC20(stakeToken_);
         modelRegistry = modelRegistry_;
-        minStake = minStake_;
+        MIN_STAKE = minStake_;
     }
 
     // ------------------------------------------------------------------ registration and stake
 
-    /// @notice Registers the caller as an active host, pulling exactly `minStake` of the stake token.
-    /// @dev The caller must first approve this contract for `minStake` on the stake token.
+    /// @notice Registers the caller as an active host, pulling exactly `MIN_STAKE` of the stake token.
+    /// @dev The caller must first approve this contract for `MIN_STAKE` on the stake token.
     function registerNode(
         string calldata metadata,
         string calldata apiUrl,
@@ -81,9 +95,9 @@ contract NodeRegistry is ReentrancyGuard {
         _checkNativePrice(minPricePerTokenNative);
         _checkStablePrice(minPricePerTokenStable);
 
-        Node storage node = _nodes[msg.sender];
+        Node storage node = nodes[msg.sender];
         node.operator = msg.sender;
-        node.stakedAmount = minStake;
+        node.stakedAmount = MIN_STAKE;
         node.active = true;
         node.metadata = metadata;
         node.apiUrl = apiUrl;
@@ -93,36 +107,37 @@ contract NodeRegistry is ReentrancyGuard {
         _registeredSlot[msg.sender] = _registered.length;
         _listModels(node, modelIds);
 
-        stakeToken.safeTransferFrom(msg.sender, address(this), minStake);
-        emit NodeRegistered(msg.sender, minStake, metadata, modelIds);
+        fabToken.safeTransferFrom(msg.sender, address(this), MIN_STAKE);
+        emit NodeRegistered(msg.sender, MIN_STAKE, metadata, modelIds);
     }
 
     /// @notice Adds `amount` of the stake token to the caller's stake (approve first).
     function stake(uint256 amount) external nonReentrant onlyRegistered {
         require(amount > 0, "Zero amount");
-        Node storage node = _nodes[msg.sender];
+        Node storage node = nodes[msg.sender];
         node.stakedAmount += amount;
-        stakeToken.safeTransferFrom(msg.sender, address(this), amount);
+        fabToken.safeTransferFrom(msg.sender, address(this), amount);
         emit StakeAdded(msg.sender, amount, node.stakedAmount);
     }
 
     /// @notice Removes the caller from every list and returns the whole stake.
     /// @dev Open sessions are not checked: they still settle, since the marketplace does not need the stake.
     function unregisterNode() external nonReentrant onlyRegistered {
-        Node storage node = _nodes[msg.sender];
+        Node storage node = nodes[msg.sender];
         uint256 returned = node.stakedAmount;
+        _clearModelPrices(msg.sender, node.supportedModels);
         _unlistModels(node);
         _removeRegistered(msg.sender);
-        delete _nodes[msg.sender];
+        delete nodes[msg.sender];
 
-        stakeToken.safeTransfer(msg.sender, returned);
+        fabToken.safeTransfer(msg.sender, returned);
         emit NodeUnregistered(msg.sender, returned);
     }
 
     /// @notice Turns the caller's node on or off. An inactive node keeps its registration and stake, is
     ///         left out of getAllActiveNodes/getNodesForModel, and cannot be given new sessions.
     function setNodeActive(bool active) external onlyRegistered {
-        Node storage node = _nodes[msg.sender];
+        Node storage node = nodes[msg.sender];
         require(node.active != active, active ? "Already active" : "Already inactive");
         node.active = active;
         emit NodeActiveChanged(msg.sender, active);
@@ -132,36 +147,57 @@ contract NodeRegistry is ReentrancyGuard {
 
     function updateMetadata(string calldata metadata) external onlyRegistered {
         require(bytes(metadata).length > 0, "Empty metadata");
-        _nodes[msg.sender].metadata = metadata;
+        nodes[msg.sender].metadata = metadata;
         emit MetadataUpdated(msg.sender, metadata);
     }
 
     function updateApiUrl(string calldata apiUrl) external onlyRegistered {
         require(bytes(apiUrl).length > 0, "Empty API URL");
-        _nodes[msg.sender].apiUrl = apiUrl;
+        nodes[msg.sender].apiUrl = apiUrl;
         emit ApiUrlUpdated(msg.sender, apiUrl);
     }
 
     /// @notice Replaces the caller's model list; every model must be approved now.
+    /// @dev Price overrides of models that leave the list are cleared; those of models that stay are kept.
     function updateSupportedModels(bytes32[] calldata modelIds) external onlyRegistered {
-        Node storage node = _nodes[msg.sender];
+        Node storage node = nodes[msg.sender];
+        bytes32[] memory previous = node.supportedModels;
         _unlistModels(node);
         _listModels(node, modelIds);
+        for (uint256 i = 0; i < previous.length; ++i) {
+            if (_modelNodeSlot[previous[i]][msg.sender] == 0) _clearModelPrice(msg.sender, previous[i]);
+        }
         emit ModelsUpdated(msg.sender, modelIds);
     }
 
     function updatePricingNative(uint256 price) external onlyRegistered {
         _checkNativePrice(price);
-        Node storage node = _nodes[msg.sender];
+        Node storage node = nodes[msg.sender];
         node.minPricePerTokenNative = price;
-        emit PricingUpdated(msg.sender, price, node.minPricePerTokenStable);
+        emit PricingUpdated(msg.sender, price);
     }
 
     function updatePricingStable(uint256 price) external onlyRegistered {
         _checkStablePrice(price);
-        Node storage node = _nodes[msg.sender];
+        Node storage node = nodes[msg.sender];
         node.minPricePerTokenStable = price;
-        emit PricingUpdated(msg.sender, node.minPricePerTokenNative, price);
+        emit PricingUpdated(msg.sender, price);
+    }
+
+    /// @notice Overrides the caller's default prices for one model it lists; 0 keeps the default for that
+    ///         payment kind.
+    function setModelPricing(bytes32 modelId, uint256 nativePrice, uint256 stablePrice) external onlyRegistered {
+        require(_modelNodeSlot[modelId][msg.sender] != 0, "Model not supported");
+        if (nativePrice != 0) _checkNativePrice(nativePrice);
+        if (stablePrice != 0) _checkStablePrice(stablePrice);
+        modelPricingNative[msg.sender][modelId] = nativePrice;
+        modelPricingStable[msg.sender][modelId] = stablePrice;
+        emit ModelPricingUpdated(msg.sender, modelId, nativePrice, stablePrice);
+    }
+
+    /// @notice Removes the caller's price override for `modelId`; its default prices apply again.
+    function clearModelPricing(bytes32 modelId) external onlyRegistered {
+        _clearModelPrice(msg.sender, modelId);
     }
 
     // ------------------------------------------------------------------ views
@@ -172,7 +208,7 @@ contract NodeRegistry is ReentrancyGuard {
 
     /// @notice Registered and switched on.
     function isActiveNode(address operator) public view returns (bool) {
-        return _registeredSlot[operator] != 0 && _nodes[operator].active;
+        return _registeredSlot[operator] != 0 && nodes[operator].active;
     }
 
     /// @notice Every registered node, active or not, in no particular order.
@@ -204,7 +240,7 @@ contract NodeRegistry is ReentrancyGuard {
             uint256 minPricePerTokenStable
         )
     {
-        Node storage node = _nodes[host];
+        Node storage node = nodes[host];
         return (
             node.operator,
             node.stakedAmount,
@@ -218,25 +254,41 @@ contract NodeRegistry is ReentrancyGuard {
     }
 
     function getNodeApiUrl(address operator) external view returns (string memory) {
-        return _nodes[operator].apiUrl;
-    }
-
-    function getNodeMetadata(address operator) external view returns (string memory) {
-        return _nodes[operator].metadata;
-    }
-
-    function getNodeStake(address operator) external view returns (uint256) {
-        return _nodes[operator].stakedAmount;
+        return nodes[operator].apiUrl;
     }
 
     function getNodeModels(address operator) external view returns (bytes32[] memory) {
-        return _nodes[operator].supportedModels;
+        return nodes[operator].supportedModels;
     }
 
-    /// @notice The host's minimum price: native for token 0, stable for any ERC-20. Zero if unregistered.
-    function getNodePricing(address host, address token) external view returns (uint256) {
-        Node storage node = _nodes[host];
+    /// @notice The host's default minimum price: native for token 0, stable for any ERC-20. Zero if unregistered.
+    function getNodePricing(address host, address token) public view returns (uint256) {
+        Node storage node = nodes[host];
         return token == address(0) ? node.minPricePerTokenNative : node.minPricePerTokenStable;
+    }
+
+    /// @notice The host's minimum price for sessions on `modelId`: its override, else its default.
+    function getModelPricing(address host, bytes32 modelId, address token) external view returns (uint256) {
+        uint256 price = token == address(0) ? modelPricingNative[host][modelId] : modelPricingStable[host][modelId];
+        return price != 0 ? price : getNodePricing(host, token);
+    }
+
+    /// @notice Every model the host lists with its effective prices (override or default), in list order.
+    function getHostModelPrices(address operator)
+        external
+        view
+        returns (bytes32[] memory modelIds, uint256[] memory nativePrices, uint256[] memory stablePrices)
+    {
+        Node storage node = nodes[operator];
+        modelIds = node.supportedModels;
+        nativePrices = new uint256[](modelIds.length);
+        stablePrices = new uint256[](modelIds.length);
+        for (uint256 i = 0; i < modelIds.length; ++i) {
+            uint256 native = modelPricingNative[operator][modelIds[i]];
+            uint256 stable = modelPricingStable[operator][modelIds[i]];
+            nativePrices[i] = native != 0 ? native : node.minPricePerTokenNative;
+            stablePrices[i] = stable != 0 ? stable : node.minPricePerTokenStable;
+        }
     }
 
     function nodeSupportsModel(address operator, bytes32 modelId) external view returns (bool) {
@@ -255,6 +307,19 @@ contract NodeRegistry is ReentrancyGuard {
         require(
             price >= MIN_PRICE_PER_TOKEN_STABLE && price <= MAX_PRICE_PER_TOKEN_STABLE, "Stable price out of range"
         );
+    }
+
+    function _clearModelPrice(address operator, bytes32 modelId) private {
+        if (modelPricingNative[operator][modelId] == 0 && modelPricingStable[operator][modelId] == 0) return;
+        delete modelPricingNative[operator][modelId];
+        delete modelPricingStable[operator][modelId];
+        emit ModelPricingUpdated(operator, modelId, 0, 0);
+    }
+
+    function _clearModelPrices(address operator, bytes32[] storage modelIds) private {
+        for (uint256 i = 0; i < modelIds.length; ++i) {
+            _clearModelPrice(operator, modelIds[i]);
+        }
     }
 
     function _listModels(Node storage node, bytes32[] calldata modelIds) private {
@@ -304,7 +369,7 @@ contract NodeRegistry is ReentrancyGuard {
         active = new address[](list.length);
         uint256 count = 0;
         for (uint256 i = 0; i < list.length; ++i) {
-            if (_nodes[list[i]].active) active[count++] = list[i];
+            if (nodes[list[i]].active) active[count++] = list[i];
         }
         assembly ("memory-safe") {
             mstore(active, count) // shrink to the number of active entries

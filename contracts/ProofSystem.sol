@@ -21,14 +21,16 @@ contract ProofSystem is Ownable {
     mapping(address => bool) public authorizedCallers;
     mapping(bytes32 => ProofRecord) public proofs;
 
-    event ProofRecorded(bytes32 indexed proofHash, address indexed prover, uint256 tokens);
+    /// @notice A proof hash was recorded (named as on the public ProofSystem; `verified` in `proofs` says
+    ///         whether a verifier checked it beyond the host's signature).
+    event ProofVerified(bytes32 indexed proofHash, address indexed prover, uint256 tokens);
     event VerifierUpdated(address indexed verifier);
-    event AuthorizedCallerSet(address indexed caller, bool authorized);
+    event AuthorizedCallerUpdated(address indexed caller, bool authorized);
 
     function setAuthorizedCaller(address caller, bool authorized) external onlyOwner {
         require(caller != address(0), "Zero address");
         authorizedCallers[caller] = authorized;
-        emit AuthorizedCallerSet(caller, authorized);
+        emit AuthorizedCallerUpdated(caller, authorized);
     }
 
     /// @notice Sets the contract that checks each proof; the zero address goes back to optimistic mode.
@@ -61,10 +63,11 @@ contract ProofSystem is Ownable {
             record.verified = true;
             verified = true;
         }
-        emit ProofRecorded(proofHash, prover, tokens);
+        emit ProofVerified(proofHash, prover, tokens);
     }
 
-    function isProofUsed(bytes32 proofHash) external view returns (bool) {
+    /// @notice Whether `proofHash` was already used (the public ProofSystem's name for this view).
+    function verifiedProofs(bytes32 proofHash) external view returns (bool) {
         return proofs[proofHash].timestamp != 0;
     }
 }

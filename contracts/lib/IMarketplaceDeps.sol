@@ -13,6 +13,7 @@ interface INodeRegistryView {
     function isRegisteredNode(address operator) external view returns (bool);
     function isActiveNode(address operator) external view returns (bool);
     function getNodePricing(address host, address token) external view returns (uint256);
+    function getModelPricing(address host, bytes32 modelId, address token) external view returns (uint256);
     function nodeSupportsModel(address operator, bytes32 modelId) external view returns (bool);
 }
 

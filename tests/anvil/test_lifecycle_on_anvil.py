@@ -151,7 +151,7 @@ async def test_reverts_surface_as_contract_errors_with_reasons(anvil_world: Paid
     async with client_sdk(world) as sdk:
         with pytest.raises(ContractError) as cheap:
             await sdk.sessions.create_session(world.host.address, world.model, DEPOSIT, HOST_PRICE_NATIVE - 1)
-        assert cheap.value.reason == "Price below host minimum"
+        assert cheap.value.reason == "Price below host minimum for model"
         job = await sdk.sessions.create_session(world.host.address, world.model, DEPOSIT, HOST_PRICE_NATIVE)
         # a read-only call that reverts surfaces the same way
         with pytest.raises(ContractError) as view:
@@ -159,7 +159,7 @@ async def test_reverts_surface_as_contract_errors_with_reasons(anvil_world: Paid
         assert view.value.reason == "Proof index out of range"
         with pytest.raises(ContractError) as stranger:
             await world.chain.transact(world.stranger, world.market.marketplace.functions.submitProofOfWork(
-                job.job_id, 100, b"\x01" * 32, "", ""))
+                job.job_id, 100, b"\x01" * 32, b"\x00" * 65, "", ""))
         assert stranger.value.reason == "Only host"
     # nothing was mined for the refused transactions: the job is untouched
     async with client_sdk(world) as sdk:

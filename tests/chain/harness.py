@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
 from eth_tester import EthereumTester
 from eth_tester.exceptions import TransactionFailed
 from web3 import EthereumTesterProvider, Web3
@@ -65,6 +67,12 @@ def proof_hash(label: str) -> bytes:
     return bytes(Web3.keccak(text=f"proof:{label}"))
 
 
+def proof_signature(private_key: bytes, proof_hash: bytes, host: str, tokens: int) -> bytes:
+    """The host's checkpoint signature: eth_sign of keccak256(abi.encodePacked(proofHash, host, tokensClaimed))."""
+    digest = Web3.keccak(proof_hash + bytes.fromhex(host[2:]) + tokens.to_bytes(32, "big"))
+    return bytes(Account.sign_message(encode_defunct(primitive=digest), private_key=private_key).signature)
+
+
 def settle(tokens: int, price: int, fee_bps: int, deposit: int) -> tuple[int, int, int]:
     """Pure-Python mirror of the marketplace's settlement: (host net, treasury fee, refund)."""
     payment = tokens * price // 1000
@@ -82,6 +90,9 @@ class Chain:
         assert tester is not None
         self.tester: EthereumTester = tester
         self.accounts: list[str] = list(self.w3.eth.accounts)
+        backend: Any = tester.backend
+        self.keys: dict[str, bytes] = {key.public_key.to_checksum_address(): key.to_bytes()
+                                       for key in backend.account_keys}
 
     def deploy(self, name: str, *args: Any, sender: str | None = None) -> Contract:
         built = artifact(name)
@@ -207,14 +218,21 @@ class Market:
         return self.chain.events(self.market, "SessionJobCreated", receipt)[0]["jobId"], receipt
 
     def prove(self, job_id: int, tokens: int, label: str, *, host: str | None = None, wait: int = 10) -> Any:
-        """Wait ``wait`` seconds, then submit a checkpoint for ``tokens``; return the receipt."""
+        """Wait ``wait`` seconds, then submit a checkpoint for ``tokens`` signed by its sender; return the receipt."""
         if wait:
             self.chain.travel(wait)
-        return self.chain.send(self.checkpoint(job_id, tokens, label), host or self.host)
+        sender = host or self.host
+        return self.chain.send(self.checkpoint(job_id, tokens, label, signer=sender), sender)
 
-    def checkpoint(self, job_id: int, tokens: int, label: str) -> Any:
-        """The submitProofOfWork call for a checkpoint named ``label``."""
-        return self.market.functions.submitProofOfWork(job_id, tokens, proof_hash(label), f"cid-{label}",
+    def checkpoint(self, job_id: int, tokens: int, label: str, *, signer: str | None = None,
+                   signature: bytes | None = None) -> Any:
+        """The submitProofOfWork call for a checkpoint named ``label``, signed by ``signer`` (default: ``host``)
+        unless ``signature`` is given."""
+        digest = proof_hash(label)
+        if signature is None:
+            account = signer or self.host
+            signature = proof_signature(self.chain.keys[account], digest, account, tokens)
+        return self.market.functions.submitProofOfWork(job_id, tokens, digest, signature, f"cid-{label}",
                                                        f"delta-{label}")
 
     def session(self, job_id: int) -> list[Any]:

@@ -31,6 +31,7 @@ from tests.chain.harness import (
     deploy_market,
     model_id,
     proof_hash,
+    proof_signature,
     settle,
 )
 
@@ -92,8 +93,9 @@ def test_registration_stakes_and_lists_the_host(m: Market) -> None:
     assert info[0:3] == [m.host2, MIN_STAKE, True]
     assert info[4:] == ["ws://127.0.0.1:9000", [m.model_b], 5_000_000, 20_000]
     assert nodes.getNodeApiUrl(m.host2).call() == "ws://127.0.0.1:9000"
-    assert nodes.getNodeMetadata(m.host2).call() == info[3]
-    assert nodes.getNodeStake(m.host2).call() == MIN_STAKE
+    # the public getter: the record without the model list
+    assert nodes.nodes(m.host2).call() == [m.host2, MIN_STAKE, True, info[3], "ws://127.0.0.1:9000", 5_000_000,
+                                           20_000]
     assert nodes.getNodePricing(m.host2, ZERO_ADDRESS).call() == 5_000_000
     assert nodes.getNodePricing(m.host2, m.usdc.address).call() == 20_000
     assert set(nodes.getAllActiveNodes().call()) == {m.host, m.host2}
@@ -102,7 +104,7 @@ def test_registration_stakes_and_lists_the_host(m: Market) -> None:
     assert nodes.nodeSupportsModel(m.host2, m.model_b).call()
     assert not nodes.nodeSupportsModel(m.host2, m.model_a).call()
     assert nodes.isActiveNode(m.host2).call() and nodes.isRegisteredNode(m.host2).call()
-    assert (nodes.minStake().call(), nodes.stakeToken().call(), nodes.modelRegistry().call()) == (
+    assert (nodes.MIN_STAKE().call(), nodes.fabToken().call(), nodes.modelRegistry().call()) == (
         MIN_STAKE, m.fab.address, m.models.address)
 
 
@@ -145,10 +147,10 @@ def test_host_updates(m: Market) -> None:
     assert nodes.getNodesForModel(m.model_a).call() == []
     assert nodes.getNodesForModel(m.model_b).call() == [m.host]
     receipt = c.send(nodes.updatePricingNative(4_000_000), m.host)
-    assert c.events(m.nodes, "PricingUpdated", receipt) == [
-        {"operator": m.host, "nativePrice": 4_000_000, "stablePrice": STABLE_MIN_PRICE}]
+    assert c.events(m.nodes, "PricingUpdated", receipt) == [{"operator": m.host, "newMinPrice": 4_000_000}]
     receipt = c.send(nodes.updatePricingStable(12_000), m.host)
-    assert c.events(m.nodes, "PricingUpdated", receipt)[0]["stablePrice"] == 12_000
+    assert c.events(m.nodes, "PricingUpdated", receipt) == [{"operator": m.host, "newMinPrice": 12_000}]
+    assert nodes.getNodeFullInfo(m.host).call()[6:] == [4_000_000, 12_000]
     with c.reverts("Stable price out of range"):
         nodes.updatePricingStable(0).transact({"from": m.host})
     with c.reverts("Not registered"):
@@ -226,15 +228,17 @@ def test_eth_session_completed_by_depositor(m: Market) -> None:
     assert (session[LAST_PROOF_HASH], session[LAST_PROOF_CID]) == (proof_hash("eth-2"), "cid-eth-2")
     assert market.getProofCount(job).call() == 2
     assert market.getProofSubmission(job, 1).call() == [proof_hash("eth-2"), 500, c.now(), False, "delta-eth-2"]
-    assert m.proofs.functions.isProofUsed(proof_hash("eth-1")).call()
+    assert m.proofs.functions.verifiedProofs(proof_hash("eth-1")).call()
+    assert not m.proofs.functions.verifiedProofs(proof_hash("eth-3")).call()
 
     user_before, market_before = c.balance(m.user), c.balance(m.market.address)
     receipt = c.send(market.completeSessionJob(job, "conv-cid"), m.user)
     # 1500 tokens x 3,000,000 / 1000 = 4,500,000 wei; 10% to the treasury
     assert c.events(m.market, "SessionCompleted", receipt) == [{
-        "jobId": job, "totalTokensUsed": 1500, "hostEarnings": 4_050_000, "treasuryFee": 450_000,
-        "userRefund": deposit - 4_500_000}]
-    assert c.events(m.market, "SessionCompletedBy", receipt) == [{"jobId": job, "completedBy": m.user}]
+        "jobId": job, "totalTokensUsed": 1500, "hostEarnings": 4_050_000, "userRefund": deposit - 4_500_000}]
+    assert c.events(m.market, "SessionCompletedBy", receipt) == [{
+        "jobId": job, "completedBy": m.user, "tokensUsed": 1500, "paymentAmount": 4_500_000,
+        "refundAmount": deposit - 4_500_000}]
     assert c.balance(m.user) == user_before + deposit - 4_500_000 - c.gas_cost(receipt)
     assert c.balance(m.market.address) == market_before - deposit + 450_000
     session = m.session(job)
@@ -273,8 +277,9 @@ def test_stable_session_completed_by_host_after_the_dispute_window(m: Market) ->
     receipt = c.send(market.completeSessionJob(job, "session_job_1_completed"), m.host)
     # 100 tokens x 10,000 / 1000 = 1,000 units; 100 to the treasury, 900 to the host, 1,999,000 back
     assert c.events(m.market, "SessionCompleted", receipt)[0] == {
-        "jobId": job, "totalTokensUsed": 100, "hostEarnings": 900, "treasuryFee": 100, "userRefund": 1_999_000}
-    assert c.events(m.market, "SessionCompletedBy", receipt) == [{"jobId": job, "completedBy": m.host}]
+        "jobId": job, "totalTokensUsed": 100, "hostEarnings": 900, "userRefund": 1_999_000}
+    assert c.events(m.market, "SessionCompletedBy", receipt) == [{
+        "jobId": job, "completedBy": m.host, "tokensUsed": 100, "paymentAmount": 1_000, "refundAmount": 1_999_000}]
     assert usdc.balanceOf(m.user).call() == user_before + 1_999_000
     assert m.earnings.functions.getBalance(m.host, m.usdc.address).call() == 900
     assert market.accumulatedTreasuryTokens(m.usdc.address).call() == 100
@@ -298,7 +303,8 @@ def test_inactive_session_times_out_for_anyone(m: Market) -> None:
     c.travel(INACTIVITY_TIMEOUT)  # the next block is INACTIVITY_TIMEOUT + 1 s after the proof
     receipt = c.send(market.triggerSessionTimeout(job), m.stranger)
     assert c.events(m.market, "SessionTimedOut", receipt) == [
-        {"jobId": job, "hostEarnings": 2_700, "treasuryFee": 300, "userRefund": USDC - 3_000}]
+        {"jobId": job, "hostEarnings": 2_700, "userRefund": USDC - 3_000}]
+    assert market.accumulatedTreasuryTokens(m.usdc.address).call() == 300
     assert m.session(job)[STATUS] == TIMED_OUT
     with c.reverts("Session not active"):
         m.prove(job, 100, "idle-2")
@@ -332,8 +338,73 @@ def test_session_without_proofs_refunds_everything(m: Market) -> None:
 def test_price_below_host_minimum(m: Market) -> None:
     with m.chain.reverts("Price below host minimum"):
         m.open_eth(price=NATIVE_MIN_PRICE - 1)
-    with m.chain.reverts("Price below host minimum"):
+    with m.chain.reverts("Price below host minimum for model"):
         m.open_usdc(price=STABLE_MIN_PRICE - 1, model=m.model_a)
+
+
+def test_per_model_prices_override_the_default(m: Market) -> None:
+    c, nodes = m.chain, m.nodes.functions
+    receipt = c.send(nodes.setModelPricing(m.model_a, 2 * NATIVE_MIN_PRICE, 0), m.host)
+    assert c.events(m.nodes, "ModelPricingUpdated", receipt) == [
+        {"operator": m.host, "modelId": m.model_a, "nativePrice": 2 * NATIVE_MIN_PRICE, "stablePrice": 0}]
+    assert nodes.getModelPricing(m.host, m.model_a, ZERO_ADDRESS).call() == 2 * NATIVE_MIN_PRICE
+    assert nodes.getModelPricing(m.host, m.model_a, m.usdc.address).call() == STABLE_MIN_PRICE  # 0: the default
+    assert nodes.getModelPricing(m.host, m.model_b, ZERO_ADDRESS).call() == NATIVE_MIN_PRICE
+    assert nodes.getNodePricing(m.host, ZERO_ADDRESS).call() == NATIVE_MIN_PRICE
+    assert nodes.getHostModelPrices(m.host).call() == [
+        [m.model_a, m.model_b], [2 * NATIVE_MIN_PRICE, NATIVE_MIN_PRICE], [STABLE_MIN_PRICE, STABLE_MIN_PRICE]]
+    with c.reverts("Price below host minimum for model"):  # the default price is no longer enough for model A
+        m.open_eth(model=m.model_a)
+    m.open_eth(model=m.model_a, price=2 * NATIVE_MIN_PRICE)
+    m.open_eth(model=m.model_b)  # other models and sessions without a model keep the default
+    m.open_eth()
+    receipt = c.send(nodes.clearModelPricing(m.model_a), m.host)
+    assert c.events(m.nodes, "ModelPricingUpdated", receipt)[0]["nativePrice"] == 0
+    assert nodes.getModelPricing(m.host, m.model_a, ZERO_ADDRESS).call() == NATIVE_MIN_PRICE
+    m.open_eth(model=m.model_a)
+
+
+def test_per_model_prices_are_validated_and_leave_with_the_model(m: Market) -> None:
+    c, nodes = m.chain, m.nodes.functions
+    with c.reverts("Model not supported"):
+        nodes.setModelPricing(b"\x55" * 32, 1, 1).transact({"from": m.host})
+    with c.reverts("Stable price out of range"):
+        nodes.setModelPricing(m.model_a, 0, MAX_STABLE_PRICE + 1).transact({"from": m.host})
+    with c.reverts("Not registered"):
+        nodes.setModelPricing(m.model_a, 1, 1).transact({"from": m.stranger})
+    c.send(nodes.setModelPricing(m.model_a, 7_000_000, 70_000), m.host)
+    c.send(nodes.setModelPricing(m.model_b, 8_000_000, 0), m.host)
+    c.send(nodes.updateSupportedModels([m.model_b]), m.host)  # A leaves the list: its price goes with it
+    assert nodes.modelPricingNative(m.host, m.model_a).call() == 0
+    assert nodes.modelPricingNative(m.host, m.model_b).call() == 8_000_000  # B stays, and so does its price
+    c.send(nodes.updateSupportedModels([m.model_a, m.model_b]), m.host)
+    assert nodes.getModelPricing(m.host, m.model_a, m.usdc.address).call() == STABLE_MIN_PRICE
+    c.send(nodes.unregisterNode(), m.host)
+    m.register(m.host, [m.model_a, m.model_b])
+    assert nodes.getModelPricing(m.host, m.model_b, ZERO_ADDRESS).call() == NATIVE_MIN_PRICE
+
+
+def test_checkpoints_carry_the_hosts_signature(m: Market) -> None:
+    c, market = m.chain, m.market.functions
+    m.register(m.host2)
+    job, _ = m.open_eth()
+    c.travel(10)
+    with c.reverts("Invalid proof signature"):  # signed by someone else
+        c.send(m.checkpoint(job, 1000, "other", signer=m.host2), m.host)
+    digest = proof_hash("tokens")
+    with c.reverts("Invalid proof signature"):  # signed for another token count
+        signature = proof_signature(c.keys[m.host], digest, m.host, 999)
+        market.submitProofOfWork(job, 1000, digest, signature, "", "").transact({"from": m.host})
+    good = proof_signature(c.keys[m.host], digest, m.host, 1000)
+    with c.reverts("Invalid signature length"):
+        market.submitProofOfWork(job, 1000, digest, good[:64], "", "").transact({"from": m.host})
+    order = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    high_s = good[:32] + (order - int.from_bytes(good[32:64], "big")).to_bytes(32, "big") + bytes([good[64] ^ 1])
+    with c.reverts("Invalid proof signature"):  # the malleable twin of a valid signature
+        market.submitProofOfWork(job, 1000, digest, high_s, "", "").transact({"from": m.host})
+    low_v = good[:64] + bytes([good[64] - 27])  # v as 0/1 is accepted
+    c.send(market.submitProofOfWork(job, 1000, digest, low_v, "", ""), m.host)
+    assert m.session(job)[TOKENS_USED] == 1000
 
 
 def test_model_must_be_approved_and_served(m: Market) -> None:
@@ -376,7 +447,9 @@ def test_token_session_parameters_are_validated(m: Market, kwargs: dict[str, Any
 def test_token_must_be_accepted_and_host_registered(m: Market) -> None:
     c, market = m.chain, m.market.functions
     other = c.deploy("FabstirToken", "Other", "OTH", 18)
-    assert not market.isTokenAccepted(other.address).call() and market.isTokenAccepted(m.usdc.address).call()
+    assert not market.acceptedTokens(other.address).call() and market.acceptedTokens(m.usdc.address).call()
+    assert (market.tokenMinDeposits(m.usdc.address).call(), market.tokenMaxDeposits(m.usdc.address).call()) == (
+        USDC_MIN_DEPOSIT, USDC_MAX_DEPOSIT)
     with c.reverts("Token not accepted"):
         market.createSessionJobWithToken(m.host, other.address, 10**18, 1, 3600, 100).transact({"from": m.user})
     with c.reverts("Only owner"):
@@ -386,7 +459,7 @@ def test_token_must_be_accepted_and_host_registered(m: Market) -> None:
 
 
 def test_checkpoint_rules(m: Market) -> None:
-    c, market = m.chain, m.market.functions
+    c = m.chain
     m.register(m.host2)
     # 5 x 10^14 wei at 3 x 10^12 (3 x 10^9 wei a token) covers 166,666 tokens
     job, _ = m.open_eth(5 * 10**14, 3 * 10**12, proof_interval=1000)
@@ -396,13 +469,13 @@ def test_checkpoint_rules(m: Market) -> None:
         m.prove(job, 99, "few")
     m.prove(job, 160_000, "big", wait=100)
     c.travel(9)
-    with c.reverts("Rate limit exceeded"):  # 10 s after the last proof: 10 x 1000 tok/s x 2 = 20,000 at most
+    with c.reverts("Excessive tokens claimed"):  # 10 s after the last proof: 10 x 1000 tok/s x 2 = 20,000 at most
         m.checkpoint(job, 20_001, "fast").transact({"from": m.host})
     with c.reverts("Exceeds deposit"):  # 160,000 + 6,667 > 166,666
         m.prove(job, 6_667, "over")
     m.prove(job, 6_666, "exact")
     with c.reverts("Session not found"):
-        market.submitProofOfWork(99, 100, proof_hash("x"), "", "").transact({"from": m.host})
+        m.checkpoint(99, 100, "x").transact({"from": m.host})
 
 
 def test_completion_rules(m: Market) -> None:
@@ -428,7 +501,9 @@ def test_a_proof_hash_is_used_once_across_sessions(m: Market) -> None:
     with c.reverts("Proof already used"):
         m.prove(job2, 1000, "shared")
     with c.reverts("Zero proof hash"):
-        m.market.functions.submitProofOfWork(job2, 1000, b"\x00" * 32, "", "").transact({"from": m.host})
+        zero = b"\x00" * 32
+        signature = proof_signature(c.keys[m.host], zero, m.host, 1000)
+        m.market.functions.submitProofOfWork(job2, 1000, zero, signature, "", "").transact({"from": m.host})
     with c.reverts("Not authorized"):  # nobody but the marketplace can burn a hash
         m.proofs.functions.recordProof(proof_hash("front-run"), m.host, 100, m.model_a, b"").transact(
             {"from": m.stranger})
@@ -449,7 +524,7 @@ def test_verifier_seam(m: Market) -> None:
     c.send(verifier.functions.setResult(False), m.owner)
     with c.reverts("Proof rejected"):
         m.prove(job, 1000, "bad")
-    assert not m.proofs.functions.isProofUsed(proof_hash("bad")).call()
+    assert not m.proofs.functions.verifiedProofs(proof_hash("bad")).call()
     assert verifier.functions.calls().call() == 1
     with c.reverts("Proof index out of range"):
         market.getProofSubmission(job, 2).call()
@@ -650,8 +725,10 @@ def test_settlement_on_chain_matches_the_mirror(settlement_markets: tuple[Market
         m.prove(job, tokens, f"property-{job}-{fee_bps}", wait=1)
     receipt = c.send(market.completeSessionJob(job, ""), m.user)
     [done] = c.events(m.market, "SessionCompleted", receipt)
+    [by] = c.events(m.market, "SessionCompletedBy", receipt)
     host, treasury, refund = settle(tokens, price, fee_bps, deposit)
-    assert (done["hostEarnings"], done["treasuryFee"], done["userRefund"]) == (host, treasury, refund)
+    assert (done["hostEarnings"], by["paymentAmount"] - done["hostEarnings"], done["userRefund"]) == (
+        host, treasury, refund)
     assert host + treasury + refund == deposit
     assert m.earnings.functions.getBalance(m.host, ZERO_ADDRESS).call() == earned_before + host
     assert market.accumulatedTreasuryNative().call() == fees_before + treasury

@@ -129,7 +129,7 @@ async def test_price_below_host_minimum_is_refused(world: PaidWorld, node_factor
     async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client) as sdk:
         with pytest.raises(ContractError) as info:
             await sdk.sessions.create_session(world.host.address, world.model, 10**15, HOST_PRICE_NATIVE - 1)
-        assert info.value.reason == "Price below host minimum"
+        assert info.value.reason == "Price below host minimum for model"
         assert await sdk.registry.get_node_pricing(world.host.address) == HOST_PRICE_NATIVE
         assert await sdk.registry.get_node_stake(world.host.address) == 1000 * 10**18
         assert ZERO_ADDRESS.startswith("0x")

@@ -13,9 +13,10 @@ from web3 import Web3
 from web3.contract import Contract
 
 from fabstir.chain.backend import Chain
+from fabstir.chain.proofs import UNSIGNED_SUBMIT_ABI
 from fabstir.errors import ConfigError
 
-__all__ = ["CONTRACT_NAMES", "Deployment", "Marketplace", "load_artifact", "model_id"]
+__all__ = ["CONTRACT_NAMES", "Deployment", "Marketplace", "client_abi", "load_artifact", "model_id"]
 
 CONTRACT_NAMES = ("FabstirToken", "ModelRegistry", "NodeRegistry", "HostEarnings", "ProofSystem", "JobMarketplace")
 
@@ -26,6 +27,15 @@ def load_artifact(name: str) -> dict[str, Any]:
     text = resources.files("fabstir.chain.artifacts").joinpath(f"{name}.json").read_text(encoding="utf-8")
     artifact: dict[str, Any] = json.loads(text)
     return artifact
+
+
+def client_abi(name: str) -> list[dict[str, Any]]:
+    """The ABI contract ``name`` is bound with: our artifact's, plus the unsigned ``submitProofOfWork`` form
+    for ``JobMarketplace``, so the node can also speak public deployments that still use it."""
+    abi = list(load_artifact(name)["abi"])
+    if name == "JobMarketplace":
+        abi.append(UNSIGNED_SUBMIT_ABI)
+    return abi
 
 
 def model_id(repo: str, file_name: str) -> bytes:
@@ -93,4 +103,4 @@ class Marketplace:
 
 
 def _bind(w3: Web3, name: str, address: str) -> Contract:
-    return w3.eth.contract(address=Web3.to_checksum_address(address), abi=load_artifact(name)["abi"])
+    return w3.eth.contract(address=Web3.to_checksum_address(address), abi=client_abi(name))

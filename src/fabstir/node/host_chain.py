@@ -1,7 +1,9 @@
 """The host's view of the marketplace: check session jobs, submit checkpoints, settle.
 
 Every call runs on the chain's worker thread (see :class:`fabstir.chain.Chain`),
-never on the event loop's streaming path.
+never on the event loop's streaming path. Checkpoints are sent in the form the
+marketplace speaks (probed once, see :mod:`fabstir.chain.proofs`): signed by the
+host where the contract takes a signature, unsigned where it does not.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from fabstir.chain.contracts import Marketplace
+from fabstir.chain.proofs import ProofForm, detect_proof_form_sync, sign_proof
 from fabstir.chain.records import JobStatus, SessionJob
 from fabstir.errors import NodeError
 
@@ -41,6 +44,7 @@ class HostChain:
         self.market = market
         self.account = account
         self.model_id = model_id
+        self._proof_form: ProofForm | None = None
 
     @property
     def address(self) -> str:
@@ -77,15 +81,28 @@ class HostChain:
                                cumulative_tokens, self.address)
 
     async def is_proof_recorded(self, proof_hash: bytes) -> bool:
-        return bool(await self.market.chain.call(self.market.proof_system.functions.isProofUsed(proof_hash)))
+        return bool(await self.market.chain.call(self.market.proof_system.functions.verifiedProofs(proof_hash)))
+
+    async def proof_form(self) -> ProofForm:
+        """Which ``submitProofOfWork`` the marketplace speaks (probed once, then remembered)."""
+        if self._proof_form is None:
+            self._proof_form = await self.market.chain.run(detect_proof_form_sync, self.market.chain.w3,
+                                                           self.market.marketplace.address)
+        return self._proof_form
 
     async def submit_checkpoint(self, job_id: int, tokens: int, proof_hash: bytes, proof_cid: str = "") -> None:
-        """``submitProofOfWork`` for ``tokens`` more tokens.
+        """``submitProofOfWork`` for ``tokens`` more tokens, signed by the host where the contract wants it.
 
         Raises:
-            ContractError: the marketplace refused (rate limit, deposit exceeded, settled job...).
+            ContractError: the marketplace refused (too early: "Excessive tokens claimed", deposit
+                exceeded, settled job...).
         """
-        call = self.market.marketplace.functions.submitProofOfWork(job_id, tokens, proof_hash, proof_cid, "")
+        functions = self.market.marketplace.functions
+        if await self.proof_form() is ProofForm.SIGNED:
+            signature = sign_proof(self.account, proof_hash, tokens)
+            call = functions.submitProofOfWork(job_id, tokens, proof_hash, signature, proof_cid, "")
+        else:
+            call = functions.submitProofOfWork(job_id, tokens, proof_hash, proof_cid, "")
         await self.market.chain.transact(self.account, call)
 
     async def complete(self, job_id: int) -> None:

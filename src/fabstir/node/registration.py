@@ -33,7 +33,7 @@ async def register_host(
         ContractError: e.g. already registered, unapproved model, price out of range, too little FAB.
     """
     chain, registry = market.chain, market.node_registry
-    stake = int(await chain.call(registry.functions.minStake()))
+    stake = int(await chain.call(registry.functions.MIN_STAKE()))
     allowance = int(await chain.call(market.stake_token.functions.allowance(host.address, registry.address)))
     if allowance < stake:
         await chain.transact(host, market.stake_token.functions.approve(registry.address, stake))

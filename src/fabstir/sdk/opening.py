@@ -3,8 +3,9 @@
 The host is picked among the hosts registered on chain for the model (merged with
 what the other discovery sources say), after a ping of the candidates with no
 measured latency, so a dead host is banned before any deposit is locked with it.
-The price offered is the host's on-chain minimum for the payment token, read again
-just before the job is created. Outcomes flow back into ``sdk.discovery.peers``:
+The price offered is the host's on-chain minimum for the model and payment token
+(its per-model price where it set one, else its default), read again just before
+the job is created. Outcomes flow back into ``sdk.discovery.peers``:
 a failed connect counts against the host, a completed session for it, and every
 answer's TTFT and speed refine its quality metrics.
 """
@@ -86,8 +87,7 @@ async def open_session(sdk: FabstirSDK, model: str | bytes, deposit: int, *,
             raise SelectionError(f"host {host} is not a usable registered host for this model")
     else:
         chosen = await discovery.select_host(strategy, requirement, weights, registered_only=True, probe=probe)
-    info = await sdk.registry.get_host(chosen.address)
-    price = info.record.min_price(token)
+    price = await sdk.registry.get_model_pricing(chosen.address, model_key, token)  # per-model price, else default
     discovery.peers.record_attempt(chosen.address)
     job = await sdk.sessions.create_session(chosen.address, model_key, deposit, price, max_duration=max_duration,
                                             proof_interval=proof_interval, token=token)

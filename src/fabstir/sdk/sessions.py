@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SessionEvent", "SessionManager", "resolve_model_id"]
 
-_EVENTS = ("SessionJobCreated", "ProofSubmitted", "SessionCompleted", "SessionTimedOut")
-
 
 def resolve_model_id(model: bytes | str | None) -> bytes | None:
     """A model given as a 32-byte id, ``0x…`` hex, or ``"repo/file"`` becomes its registry id."""
@@ -63,7 +61,7 @@ class SessionManager:
         host: str,
         model: bytes | str | None,
         deposit: int,
-        price_per_token: int,
+        price_per_token: int | None = None,
         max_duration: int = 3600,
         proof_interval: int = 100,
         token: str | None = None,
@@ -72,27 +70,31 @@ class SessionManager:
 
         ``token=None`` pays in ETH; an ERC20 address pays in that token (the approval is sent
         first when the allowance is short). Amounts are integers in base units; the price uses
-        the ×1000 precision.
+        the ×1000 precision. ``price_per_token=None`` offers the host's minimum for ``model``
+        (its per-model price where it set one, else its default: see
+        :meth:`~fabstir.sdk.registry.NodeRegistryClient.get_model_pricing`).
 
         Raises:
-            ContractError: the marketplace refused (e.g. ``reason == "Price below host minimum"``).
+            ContractError: the marketplace refused (e.g. ``reason == "Price below host minimum for model"``).
         """
         market, account = self._market, self._sdk.require_account()
-        contract = market.marketplace.functions
+        functions = market.marketplace.functions
         host = Web3.to_checksum_address(host)
         model_key = resolve_model_id(model)
+        if price_per_token is None:
+            price_per_token = await self._sdk.registry.get_model_pricing(host, model_key, token)
         if token is None:
-            call = (contract.createSessionJobForModel(host, model_key, price_per_token, max_duration, proof_interval)
-                    if model_key else contract.createSessionJob(host, price_per_token, max_duration, proof_interval))
+            call = (functions.createSessionJobForModel(host, model_key, price_per_token, max_duration, proof_interval)
+                    if model_key else functions.createSessionJob(host, price_per_token, max_duration, proof_interval))
             receipt = await market.chain.transact(account, call, value=deposit)
         else:
             token = Web3.to_checksum_address(token)
             await self._ensure_allowance(token, deposit)
-            call = (contract.createSessionJobForModelWithToken(host, model_key, token, deposit, price_per_token,
-                                                               max_duration, proof_interval)
+            call = (functions.createSessionJobForModelWithToken(host, model_key, token, deposit, price_per_token,
+                                                                max_duration, proof_interval)
                     if model_key else
-                    contract.createSessionJobWithToken(host, token, deposit, price_per_token, max_duration,
-                                                       proof_interval))
+                    functions.createSessionJobWithToken(host, token, deposit, price_per_token, max_duration,
+                                                        proof_interval))
             receipt = await market.chain.transact(account, call)
         created = market.marketplace.events.SessionJobCreated().process_receipt(receipt, errors=DISCARD)
         if not created:
@@ -159,19 +161,22 @@ class SessionManager:
         return await self.get_session(job_id)
 
     async def get_session_events(self, job_id: int, from_block: int = 0) -> list[SessionEvent]:
-        """Creation, checkpoints and settlement of ``job_id``, in chain order."""
+        """Creation, checkpoints and settlement (``SessionCompleted`` or ``SessionTimedOut``) of ``job_id``,
+        in chain order. The events have the public contracts' fields (and topics)."""
         market = self._market
+        events = market.marketplace.events
+        kinds = (events.SessionJobCreated, events.ProofSubmitted, events.SessionCompleted, events.SessionTimedOut)
 
-        def fetch() -> list[SessionEvent]:
-            found: list[SessionEvent] = []
-            for name in _EVENTS:
-                event = getattr(market.marketplace.events, name)()
-                for log in event.get_logs(from_block=from_block, argument_filters={"jobId": job_id}):
-                    found.append(SessionEvent(name, job_id, int(log["blockNumber"]), log["transactionHash"].hex(),
-                                              dict(log["args"])))
-            return sorted(found, key=lambda e: (e.block_number, _EVENTS.index(e.name)))
+        def fetch() -> list[tuple[int, int, SessionEvent]]:
+            found: list[tuple[int, int, SessionEvent]] = []
+            for kind in kinds:
+                for log in kind().get_logs(from_block=from_block, argument_filters={"jobId": job_id}):
+                    event = SessionEvent(str(log["event"]), job_id, int(log["blockNumber"]),
+                                         log["transactionHash"].hex(), dict(log["args"]))
+                    found.append((event.block_number, int(log["logIndex"]), event))
+            return sorted(found, key=lambda item: item[:2])
 
-        return await market.chain.run(fetch)
+        return [event for _, _, event in await market.chain.run(fetch)]
 
     async def expected_settlement(self, job_id: int) -> Any:
         """What completing the session now would pay: host earnings, treasury fee and refund."""
