@@ -37,11 +37,13 @@ class E2EWire:
         self.last_init: dict[str, Any] = {}
 
     @classmethod
-    async def open(cls, url: str, host_public_key: str | None = None, **kwargs: Any) -> E2EWire:
+    async def open(cls, url: str, host_public_key: str | None = None, *, client_key: bytes = CLIENT_KEY,
+                   **kwargs: Any) -> E2EWire:
+        """Connect; ``client_key`` signs the inits (a paid node serves only its depositor's)."""
         wire = WireClient(await connect(url, **kwargs))
         hello = await wire.recv()
         assert hello["type"] == "connected", hello
-        return cls(wire, host_public_key or hello["public_key"], hello=hello)
+        return cls(wire, host_public_key or hello["public_key"], client_key, hello=hello)
 
     def init_frame(self, session_id: str, job_id: str | None = None, *, rid: str = "init", outer_job: Any = None,
                    scheme: SignatureScheme = "ciphertext", chain_id: int | None = 84532) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from fabstir.node.server import NodeServer
 from fabstir.protocol.e2e import address_of, encrypt_message_payload
 from fabstir.protocol.signing import Receipt, verify_receipt
 from tests.conftest import NodeFactory
-from tests.e2e_helpers import CLIENT_ADDRESS, E2EWire, random_key
+from tests.e2e_helpers import CLIENT_ADDRESS, CLIENT_KEY, E2EWire, random_key
 from tests.helpers import WireClient, prompt, text_of
 
 HOST_KEY = "0x" + "5a" * 32
@@ -94,15 +94,16 @@ async def test_multi_turn_with_server_side_context(node: NodeServer) -> None:
         answer = await client.ask(f"question {turn}", rid=f"p{turn}", max_tokens=4)
         usage.append(answer.end["usage"]["prompt_tokens"])
     assert usage == sorted(usage) and len(set(usage)) == 5, "the node kept the history across re-inits"
-    session = node.runtime.sessions.get("ctx")
+    session = node.runtime.sessions.find("ctx")
     assert session is not None and [t.content for t in session.history[::2]] == [f"question {i}" for i in range(5)]
     await client.close()
 
 
-async def attack_rows(node: NodeServer, session_id: str, job_id: str | None = None) -> E2EWire:
+async def attack_rows(node: NodeServer, session_id: str, job_id: str | None = None, *,
+                      client_key: bytes = CLIENT_KEY) -> E2EWire:
     """Every refusal row on one connection; each refused message changes nothing. Returns the client,
     whose next message (``message_1``) must still be served."""
-    client = await E2EWire.open(node.ws_url)
+    client = await E2EWire.open(node.ws_url, client_key=client_key)
     init = client.init_frame(session_id, job_id)
     await client.send(init)
     assert (await client.recv())["type"] == "session_init_ack"
@@ -138,7 +139,7 @@ async def test_attacks_are_refused_with_codes_and_change_nothing(node: NodeServe
     client = await attack_rows(node, "attacked")
     answer = await client.ask("second", rid="after", max_tokens=3)  # message_1: nothing above consumed it
     assert answer.end["reason"] == "complete" and answer.end["message_index"] == 1
-    session = node.runtime.sessions.get("attacked")
+    session = node.runtime.sessions.find("attacked")
     assert session is not None and session.next_index == 2 and len(session.history) == 4
     other = await E2EWire.open(node.ws_url)
     await other.init("bystander")

@@ -288,7 +288,7 @@ async def test_malformed_json(node: NodeServer) -> None:
                                          headers={"content-type": "application/json"})
             assert response.status_code == 400, raw[:40]
             assert response.json() == {"error_type": "validation_error", "message": "body is not valid JSON",
-                                       "request_id": None, "details": None}, raw[:40]
+                                       "request_id": None, "details": {"code": "INVALID_JSON"}}, raw[:40]
             await assert_still_serving(client)
 
 
@@ -317,8 +317,9 @@ async def test_body_over_max_frame_bytes(node_factory: NodeFactory) -> None:
         assert accepted.status_code == 200 and accepted.json()["tokens_used"] == 2
         rejected = await client.post("/v1/inference", content=over, headers=headers)
         assert rejected.status_code == 413
-        assert rejected.json() == {"error_type": "payload_too_large", "message": "body exceeds 2048 bytes",
-                                   "request_id": None, "details": None}
+        assert rejected.json() == {"error_type": "payload_too_large",
+                                   "message": "body of 2049 bytes exceeds the limit of 2048",
+                                   "request_id": None, "details": {"code": "PAYLOAD_TOO_LARGE"}}
         huge = await client.post("/v1/inference", json=body("word " * 5000))
         assert huge.status_code == 413
         await assert_still_serving(client)

@@ -41,7 +41,7 @@ async def test_flood_is_refused_with_retry_after_and_others_keep_working(node_fa
     assert codes == ["complete"] * 3 + ["error"] * 2
     await other.send(prompt("hello", rid="o", max_tokens=2))
     assert (await other.until_end())[-1]["reason"] == "complete"
-    session = node.runtime.sessions.get("flood")
+    session = node.runtime.sessions.find("flood")
     assert session is not None and session.next_index == 3, "refused prompts are not recorded"
     await flooder.close()
     await other.close()

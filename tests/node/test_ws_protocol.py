@@ -19,6 +19,8 @@ async def test_connected_then_init_ack_with_features(node: NodeServer) -> None:
     assert "session-resume" in hello["features"]
     await client.send({"type": "session_init", "sessionId": "139", "jobId": "139", "chainId": 84532, "id": "i1"})
     ack = await client.recv()
+    secret = ack.pop("session_secret")  # a free node's opener gets the key to its session's context
+    assert len(secret) == 32 and int(secret, 16) >= 0
     assert ack == {"type": "session_init_ack", "status": "success", "session_id": "139", "job_id": 139,
                    "chain_id": 84532, "message": "Session initialized successfully",
                    "features": hello["features"], "message_index": 0, "id": "i1"}
@@ -197,16 +199,21 @@ async def test_message_index_gap_and_repeat(node: NodeServer) -> None:
 
 async def test_server_side_context_grows_and_survives_reconnect(node: NodeServer) -> None:
     client = await WireClient.open(node.ws_url)
-    await client.init("ctx")
+    secret = (await client.init("ctx"))["session_secret"]
     sizes = []
     for index in range(3):
         await client.send(prompt(f"turn {index}", rid=str(index), message_index=index))
         sizes.append((await client.until_end())[-1]["usage"]["prompt_tokens"])
     assert sizes[0] < sizes[1] < sizes[2]
     await client.close()
+    stranger = await WireClient.open(node.ws_url)  # knows the session id, not the secret: a context of its own
+    assert (await stranger.init("ctx"))["message_index"] == 0
+    await stranger.send({"type": "get_history", "session_id": "ctx", "id": "h"})
+    assert (await stranger.recv())["conversation_context"] == []
+    await stranger.close()
     again = await WireClient.open(node.ws_url)
-    ack = await again.init("ctx")
-    assert ack["message_index"] == 3
+    ack = await again.init("ctx", session_secret=secret)
+    assert ack["message_index"] == 3 and ack["session_secret"] == secret
     await again.send(prompt("turn 3", rid="3", message_index=3))
     assert (await again.until_end())[-1]["usage"]["prompt_tokens"] > sizes[2]
     await again.close()

@@ -65,7 +65,7 @@ async def test_depositor_authenticates_and_others_are_refused(world: PaidWorld, 
     async with FabstirSDK(**sdk_args) as anonymous:  # type: ignore[arg-type]
         with pytest.raises(Exception) as info:
             await anonymous.inference.connect_to_session(str(job_id), node.url, job_id=job_id)
-        assert getattr(info.value, "code", "") == "AUTH_FAILED"
+        assert getattr(info.value, "code", "") == "AUTH_REQUIRED"
     billing = node.runtime.billing  # type: ignore[attr-defined]
     assert billing.entry(job_id).generated == 4, "refused requests were never billed"
 

@@ -65,13 +65,13 @@ async def test_refused_encrypted_requests_are_never_billed(world: PaidWorld, nod
     billing = node.runtime.billing
     assert billing is not None
     job_id = await open_job(world)
-    client = await attack_rows(node, str(job_id))
+    client = await attack_rows(node, str(job_id), client_key=bytes(world.client.key))
     entry = billing.entry(job_id)
     assert entry is not None and entry.generated == 3, "only the one accepted message was billed"
     answer = await client.ask("second", rid="after", max_tokens=5)
     assert answer.end["reason"] == "complete" and answer.end["receipt"]["price_per_token"] == HOST_PRICE_NATIVE
     assert entry.generated == 8
-    other = await E2EWire.open(node.ws_url)
+    other = await E2EWire.open(node.ws_url, client_key=bytes(world.client.key))
     await other.init(str(job_id))
     assert (await other.ask("another connection", max_tokens=2)).end["reason"] == "complete"
     assert entry.generated == 10
@@ -82,7 +82,7 @@ async def test_refused_encrypted_requests_are_never_billed(world: PaidWorld, nod
 async def test_jobs_come_from_the_sealed_init(world: PaidWorld, node_factory: NodeFactory, tmp_path: Path) -> None:
     node = await paid_node(world, node_factory, tmp_path)
     job_id = await open_job(world)
-    client = await E2EWire.open(node.ws_url)
+    client = await E2EWire.open(node.ws_url, client_key=bytes(world.client.key))
     await client.send(client.init_frame("999", "999", outer_job=str(job_id), rid="a"))
     await client.expect_error("JOB_NOT_FOUND", "a")
     await client.send(client.init_frame("free-ride", "free-ride", outer_job=str(job_id), rid="b"))
@@ -95,7 +95,7 @@ async def test_jobs_come_from_the_sealed_init(world: PaidWorld, node_factory: No
 
 async def test_encrypted_session_on_an_auth_required_node(world: PaidWorld, node_factory: NodeFactory,
                                                           tmp_path: Path) -> None:
-    node = await paid_node(world, node_factory, tmp_path, require_auth=True)
+    node = await paid_node(world, node_factory, tmp_path)
     billing = node.runtime.billing
     assert billing is not None
     job_id = await open_job(world)

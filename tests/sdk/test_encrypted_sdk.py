@@ -73,7 +73,7 @@ async def test_encrypted_by_default_when_the_key_is_known(node: NodeServer, wire
         address = sdk.inference.client_address()
         assert address is not None and address.startswith("0x")
         history = sdk.inference.get_conversation()
-    session = node.runtime.sessions.get("e1")
+    session = node.runtime.sessions.find("e1")
     assert session is not None and session.history == history
     assert "secret question" not in wiretap.everything
     assert all(r.text not in wiretap.everything for r in results)
@@ -149,7 +149,7 @@ async def test_public_subset_node(node_factory: NodeFactory) -> None:
         bare = await sdk.inference.send_prompt("what is my name", session_id="bare")
         assert restored.usage and bare.usage and restored.usage.prompt_tokens > bare.usage.prompt_tokens
         assert sdk.inference.get_conversation("restored")[2] == ChatTurn("user", "what is my name")
-        stored = node.runtime.sessions.get("restored")
+        stored = node.runtime.sessions.find("restored")
         assert stored is not None and "my name is Ada" in stored.history[0].content
 
 
@@ -188,7 +188,7 @@ async def test_resume_is_encrypted(node: NodeServer, wiretap: Wiretap) -> None:
                                                host_public_key=node.runtime.e2e_public_key)
         resumed = await sdk.inference.send_prompt("next")
     assert resumed.message_index == 2
-    session = node.runtime.sessions.get("res")
+    session = node.runtime.sessions.find("res")
     assert session is not None and session.history[:4] == history
     assert "secret name" not in wiretap.everything
     assert wiretap.types(wiretap.received)[:2] == ["encrypted_session_init", "session_resume"]
@@ -220,7 +220,7 @@ async def test_reconnects_after_node_restart(node_factory: NodeFactory) -> None:
         second: NodeServer = await node_factory(port=port, host_key=HOST_KEY)
         after = await sdk.inference.send_prompt("after the crash")
         assert sdk.inference.is_encrypted() and after.message_index == 2
-        restored = second.runtime.sessions.get("crash")
+        restored = second.runtime.sessions.find("crash")
         assert restored is not None and restored.history[:4] == sdk.inference.get_conversation()[:4]
         assert after.usage and before[1].usage and after.usage.prompt_tokens > before[1].usage.prompt_tokens
 

@@ -28,7 +28,7 @@ async def test_multi_turn_with_server_side_context(node: NodeServer) -> None:
         history = sdk.inference.get_conversation()
         assert [t.role for t in history] == ["user", "assistant"] * 3
         assert history[1].content == results[0].text
-        session = node.runtime.sessions.get("139")
+        session = node.runtime.sessions.find("139")
         assert session is not None and session.history == history
 
 
@@ -59,7 +59,7 @@ async def test_resume_on_a_fresh_connection(node: NodeServer) -> None:
         resumed = await sdk.inference.send_prompt("next")
     assert resumed.message_index == 2
     assert resumed.usage and bare.usage and resumed.usage.prompt_tokens > bare.usage.prompt_tokens
-    session = node.runtime.sessions.get("r2")
+    session = node.runtime.sessions.find("r2")
     assert session is not None and session.history[:4] == history
 
 
@@ -109,7 +109,7 @@ async def test_reconnects_and_resumes_after_node_restart(node_factory: NodeFacto
         second: NodeServer = await node_factory(port=port)
         after = await sdk.inference.send_prompt("after the crash")
         assert after.message_index == 2
-        restored = second.runtime.sessions.get("crash")
+        restored = second.runtime.sessions.find("crash")
         assert restored is not None and restored.history[:4] == sdk.inference.get_conversation()[:4]
         assert after.usage and before[1].usage and after.usage.prompt_tokens > before[1].usage.prompt_tokens
 

@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--announce-ttl", type=int, help="seconds an announcement stays valid (default 60)")
     serve.add_argument("--public-url", help="URL to announce, when not the bound address")
     serve.add_argument("--require-auth", action="store_const", const=True, default=None,
-                       help="serve a paid session only to its authenticated depositor")
+                       help="(the default) serve a paid session only to its authenticated depositor")
+    serve.add_argument("--insecure-serve-without-depositor-auth", action="store_const", const=True, default=None,
+                       dest="insecure_serve_without_depositor_auth",
+                       help="INSECURE, test networks only: serve paid sessions to anyone who names a job id")
     _add_chain_commands(node_commands, commands)
 
     discovery = commands.add_parser("discovery", help="the HTTP discovery service")

@@ -61,6 +61,7 @@ def build_runtime(config: NodeConfig, pool: EnginePool, billing: BillingService 
                                repeat_penalty=config.repeat_penalty)
     runtime = NodeRuntime(config=config, inference=service, sessions=SessionStore(config.max_sessions),
                           billing=billing)
+    _ = runtime.admission  # built now, so an insecure setting is shouted about at start
     if config.signing_key_file:
         runtime.signing_key = load_or_create_signing_key(config.signing_key_file,
                                                          os.environ.get("FABSTIR_NODE_KEY_PASSWORD"))

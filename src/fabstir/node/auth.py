@@ -1,8 +1,8 @@
 """The node's side of JWT session auth: challenges, depositor checks on chain, tokens, grants.
 
-See :mod:`fabstir.protocol.auth` for the exchange. A node with ``require_auth``
-serves a paid session only on a connection that authenticated for that job, so
-someone who merely knows the job id cannot spend the depositor's deposit.
+See :mod:`fabstir.protocol.auth` for the exchange. A paid node serves a
+session only to its depositor (see :mod:`fabstir.node.admission`), so someone who
+merely knows the job id cannot spend the deposit.
 """
 
 from __future__ import annotations
@@ -40,15 +40,23 @@ class Grants:
     def add(self, claims: TokenClaims) -> None:
         self._claims[claims.job_id] = claims
 
+    def holds(self, job_id: int) -> bool:
+        """Whether a token for ``job_id`` was presented (valid or not now)."""
+        return job_id in self._claims
+
+    def __bool__(self) -> bool:
+        return bool(self._claims)
+
     def require(self, job_id: int | None, permission: str, now: int | None = None) -> TokenClaims:
         """The grant for ``job_id`` if it allows ``permission`` now.
 
         Raises:
-            AuthError: AUTH_FAILED (not authenticated for the job), SESSION_EXPIRED, PERMISSION_DENIED.
+            AuthError: AUTH_REQUIRED (not authenticated for the job), SESSION_EXPIRED, PERMISSION_DENIED.
         """
         claims = self._claims.get(job_id) if job_id is not None else None
         if claims is None:
-            raise AuthError(f"authenticate for job {job_id} first (auth_challenge, then auth)")
+            raise AuthError(f"authenticate for job {job_id} first (auth_challenge, then auth)",
+                            code="AUTH_REQUIRED")
         if (now if now is not None else int(time.time())) >= claims.expires_at:
             raise AuthError("the session token expired; refresh it", code="SESSION_EXPIRED")
         if permission not in claims.permissions:

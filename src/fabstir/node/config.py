@@ -63,8 +63,12 @@ class NodeConfig:
     session_rate_limit_burst: int = 20
     max_concurrent_per_client: int = 4
     """Answers one client address may have generating or queued at once; more get TOO_MANY_REQUESTS (0: no cap)."""
-    require_auth: bool = False
-    """Serve a paid session only on connections that proved they are its depositor (JWT auth)."""
+    require_auth: bool = True
+    """Kept for old configuration files: a paid node always requires the depositor's authentication, unless
+    :attr:`insecure_serve_without_depositor_auth` says otherwise (``False`` here is refused)."""
+    insecure_serve_without_depositor_auth: bool = False
+    """INSECURE: serve a paid session to anyone who names its job id (no JWT, no signed encrypted init), so
+    strangers can spend depositors' deposits and read their conversations. For closed test networks only."""
     auth_token_ttl: int = 900
     """Seconds a session token is valid (refreshable before it expires)."""
     require_signed_messages: bool = False
@@ -138,6 +142,10 @@ class NodeConfig:
         self._check_limits()
         if self.host_key:
             check_host_key(self.host_key)
+        if not self.require_auth:
+            raise ConfigError("require_auth can no longer be switched off; to serve paid sessions without the "
+                              "depositor's authentication set insecure_serve_without_depositor_auth (test "
+                              "networks only)", code="INSECURE_SETTING_RENAMED")
 
     def _check_limits(self) -> None:
         if not 0 < self.request_read_timeout <= 3600 or not math.isfinite(self.request_read_timeout):

@@ -1,10 +1,23 @@
-"""The node's HTTP API: health, version, models and ``/v1/inference`` (JSON or SSE)."""
+"""The node's HTTP API: health, version, models and ``/v1/inference`` (JSON or SSE).
+
+``/v1/inference`` goes through the same admission step and the same generation as a
+WebSocket prompt (:mod:`fabstir.node.admission`, :mod:`fabstir.node.serving`). On a paid
+node a request names its job (``job_id``) and carries the depositor's session token
+(``Authorization: Bearer <jwt>``, issued by the ``auth`` exchange on ``/v1/ws``); it is billed
+per token exactly like a WebSocket answer, as one short connection. Refusals are coded:
+401 ``AUTH_REQUIRED``/``SESSION_EXPIRED``, 402 ``JOB_REQUIRED``/``DEPOSIT_EXHAUSTED``/``JOB_NOT_ACTIVE``,
+403 ``AUTH_FAILED``/``WRONG_HOST``, 429 ``RATE_LIMITED``/``TOO_MANY_REQUESTS``. An SSE answer
+starts only once its first piece exists, so a refusal is always a plain status, never a 200.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import threading
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -12,11 +25,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from fabstir.errors import EngineError, ProtocolError, TokenLimitExceededError
-from fabstir.node.engines.base import Finished, TokenPiece
-from fabstir.node.inference import PreparedPrompt
+from fabstir.errors import NodeError, ProtocolError
+from fabstir.node.admission import AdmittedJob, Caller
+from fabstir.node.guards import RequestLimitError, read_body
 from fabstir.node.runtime import NodeRuntime
+from fabstir.node.serving import Answer, as_coded_error, generate, open_billing
 from fabstir.protocol import ErrorCode, InferenceRequest, PromptMessage, Usage, parse_client_message
+from fabstir.protocol.auth import decode_token
 from fabstir.protocol.parse import check_json_depth
 
 __all__ = ["health", "version", "models", "inference"]
@@ -59,10 +74,76 @@ async def models(request: Request) -> Response:
     }]})
 
 
+_STATUS = {
+    "AUTH_REQUIRED": 401, "SESSION_EXPIRED": 401,
+    "JOB_REQUIRED": 402, "DEPOSIT_EXHAUSTED": 402, "JOB_NOT_FOUND": 402, "JOB_NOT_ACTIVE": 402,
+    "AUTH_FAILED": 403, "PERMISSION_DENIED": 403, "WRONG_HOST": 403, "MODEL_MISMATCH": 403,
+    "RATE_LIMITED": 429, "TOO_MANY_REQUESTS": 429,
+    "ENGINE_ERROR": 500, "INTERNAL_ERROR": 500, "CHAIN_UNAVAILABLE": 503,
+}
+"""HTTP status of each refusal code (anything else is a 400)."""
+
+_ERROR_TYPES = {401: "unauthorized", 402: "payment_required", 403: "forbidden", 429: "rate_limit_exceeded",
+                500: "internal_error", 503: "unavailable"}
+
+
 def _error(status: int, error_type: str, message: str, request_id: str | None,
            details: dict[str, Any] | None = None) -> Response:
     return JSONResponse({"error_type": error_type, "message": message, "request_id": request_id,
                          "details": details}, status_code=status)
+
+
+def _refusal(exc: BaseException, request_id: str | None) -> Response:
+    """A coded error response for anything that stopped a request."""
+    error = as_coded_error(exc, "/v1/inference")
+    status = _STATUS.get(error.code, 400)
+    if error.code == ErrorCode.TOKEN_LIMIT_EXCEEDED:
+        error_type = "invalid_request"
+    else:
+        error_type = _ERROR_TYPES.get(status, "validation_error")
+    details: dict[str, Any] = {"code": error.code}
+    if isinstance(error, NodeError):
+        details.update(error.details)
+    response = _error(status, error_type, error.message, request_id, details)
+    if "retry_after" in details:
+        response.headers["Retry-After"] = str(max(1, math.ceil(float(details["retry_after"]))))
+    return response
+
+
+def _caller(request: Request, runtime: NodeRuntime) -> Caller:
+    """The caller, with the session token of an ``Authorization: Bearer`` header.
+
+    Raises:
+        AuthError: the token is forged, foreign or expired.
+    """
+    caller = Caller(client=request.client.host if request.client else "unknown")
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if header and scheme.lower() == "bearer" and token.strip():
+        caller.grants.add(decode_token(token.strip(), runtime.signing_public_key, int(time.time())))
+    return caller
+
+
+async def _parse(request: Request, runtime: NodeRuntime) -> tuple[InferenceRequest, bool, str | None]:
+    """The body as a request, whether it asks for SSE, and its ``request_id``.
+
+    Raises:
+        RequestLimitError: too large or too slow.
+        ProtocolError: not valid JSON or an invalid request.
+    """
+    body = await read_body(request, runtime.config.max_frame_bytes, runtime.config.request_read_timeout)
+    try:
+        text = body.decode("utf-8")
+        check_json_depth(text)
+        payload = json.loads(text)
+        frame = json.dumps({"type": "inference", "request": payload})
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise ProtocolError("body is not valid JSON", code=ErrorCode.INVALID_JSON) from None
+    request_id = payload.get("request_id") if isinstance(payload, dict) else None
+    message = parse_client_message(frame, max_bytes=len(frame) + 1)
+    assert isinstance(message, PromptMessage)
+    stream = isinstance(payload, dict) and payload.get("stream") is True
+    return message.request, stream, request_id if isinstance(request_id, str) else None
 
 
 async def inference(request: Request) -> Response:
@@ -74,83 +155,107 @@ async def inference(request: Request) -> Response:
                           {"code": "RATE_LIMITED", "retry_after": round(wait, 3)})
         response.headers["Retry-After"] = str(math.ceil(wait))
         return response
-    body = await request.body()
-    if len(body) > runtime.config.max_frame_bytes:
-        return _error(413, "payload_too_large", f"body exceeds {runtime.config.max_frame_bytes} bytes", None)
     try:
-        text = body.decode("utf-8")
-        check_json_depth(text)
-        payload = json.loads(text)
-        request_id = payload.get("request_id") if isinstance(payload, dict) else None
-        frame = json.dumps({"type": "inference", "request": payload})
-        message = parse_client_message(frame, max_bytes=len(frame) + 1)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return _error(400, "validation_error", "body is not valid JSON", None)
+        req, stream, request_id = await _parse(request, runtime)
+    except RequestLimitError as exc:
+        return _error(exc.status, "payload_too_large" if exc.status == 413 else "request_timeout", exc.message,
+                      None, {"code": exc.code})
     except ProtocolError as exc:
         if exc.code == ErrorCode.INVALID_JSON:
-            return _error(400, "validation_error", "body is not valid JSON", None)
+            return _error(400, "validation_error", "body is not valid JSON", None, {"code": exc.code})
         return _error(400, "validation_error", exc.message, None, {"code": exc.code})
-    assert isinstance(message, PromptMessage)
-    request_id = request_id if isinstance(request_id, str) else str(uuid.uuid4())
-    req = message.request
+    request_id = request_id or str(uuid.uuid4())
     try:
-        prepared = runtime.inference.prepare(req, ())
-    except TokenLimitExceededError as exc:
-        return _error(400, "invalid_request", exc.message, request_id, {"code": exc.code, **exc.details})
-    if isinstance(payload, dict) and payload.get("stream") is True:
-        return StreamingResponse(_sse(runtime, req, prepared, request_id), media_type="text/event-stream")
-    return await _complete(runtime, req, prepared, request_id)
+        caller = _caller(request, runtime)
+        admitted = await runtime.admission.admit(caller, req.job_id, req.session_id)
+    except Exception as exc:
+        return _refusal(exc, request_id)
+    run = _Run(runtime, caller, admitted, req, request_id)
+    first = await run.start()
+    if isinstance(first, BaseException):
+        return _refusal(first, request_id)
+    if stream:
+        return StreamingResponse(run.sse(first), media_type="text/event-stream")
+    return await run.complete(first)
 
 
-async def _run(runtime: NodeRuntime, prepared: PreparedPrompt, cancel: threading.Event
-               ) -> AsyncGenerator[TokenPiece | Finished, None]:
-    async with runtime.inference.open_stream(prepared, cancel) as events:
-        async for event in events:
-            yield event
+class _Run:
+    """One answer generating on a task of its own; its pieces cross a queue to the response."""
 
+    def __init__(self, runtime: NodeRuntime, caller: Caller, admitted: AdmittedJob | None, req: InferenceRequest,
+                 request_id: str) -> None:
+        self.runtime, self.caller, self.admitted, self.req, self.request_id = runtime, caller, admitted, req, request_id
+        self.cancel = threading.Event()
+        self.pieces: asyncio.Queue[tuple[str, int] | Answer | BaseException] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
 
-def _final(runtime: NodeRuntime, req: InferenceRequest, prepared: PreparedPrompt, text: str,
-           finished: Finished, request_id: str) -> dict[str, Any]:
-    usage = Usage(prepared.fitted.prompt_tokens, finished.completion_tokens, runtime.inference.context_window)
-    return {"model": req.model or runtime.inference.model_id, "content": text,
-            "tokens_used": finished.completion_tokens, "finish_reason": finished.finish_reason,
-            "request_id": request_id, "chain_id": req.chain_id, "usage": usage.to_wire()}
+    async def start(self) -> tuple[str, int] | Answer | BaseException:
+        """Start generating; returns the first event (a piece, the answer, or what refused it)."""
+        if self.admitted is not None:
+            open_billing(self.runtime, self.admitted)
+        self.task = asyncio.create_task(self._generate())
+        return await self.pieces.get()
 
+    async def _generate(self) -> None:
+        async def on_piece(text: str, tokens: int) -> None:
+            self.pieces.put_nowait((text, tokens))
 
-async def _complete(runtime: NodeRuntime, req: InferenceRequest, prepared: PreparedPrompt,
-                    request_id: str) -> Response:
-    parts: list[str] = []
-    finished = Finished("cancelled", 0)
-    try:
-        async for event in _run(runtime, prepared, threading.Event()):
-            if isinstance(event, TokenPiece):
-                parts.append(event.text)
+        try:
+            answer = await generate(self.runtime, self.admitted, self.req, (), client=self.caller.client,
+                                    cancel=self.cancel, on_piece=on_piece)
+        except Exception as exc:
+            self.pieces.put_nowait(exc)
+        else:
+            self.pieces.put_nowait(answer)
+        finally:
+            if self.admitted is not None and self.runtime.billing is not None:
+                self.runtime.billing.connection_closed(self.admitted.job_id)  # one request, one short connection
+
+    async def events(self, first: tuple[str, int] | Answer | BaseException
+                     ) -> AsyncGenerator[tuple[str, int] | Answer | BaseException, None]:
+        """Every event in order, ending with the answer or an error; stops generation if left early."""
+        event = first
+        try:
+            while True:
+                yield event
+                if not isinstance(event, tuple):
+                    return
+                event = await self.pieces.get()
+        finally:
+            self.cancel.set()
+            if self.task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.task)
+
+    def final(self, answer: Answer) -> dict[str, Any]:
+        finished = answer.finished
+        usage = Usage(answer.prepared.fitted.prompt_tokens, finished.completion_tokens,
+                      self.runtime.inference.context_window)
+        return {"model": self.req.model or self.runtime.inference.model_id, "content": answer.text,
+                "tokens_used": finished.completion_tokens, "finish_reason": finished.finish_reason,
+                "request_id": self.request_id, "chain_id": self.req.chain_id, "usage": usage.to_wire()}
+
+    async def complete(self, first: tuple[str, int] | Answer | BaseException) -> Response:
+        async with contextlib.aclosing(self.events(first)) as events:
+            async for event in events:
+                if isinstance(event, BaseException):
+                    return _refusal(event, self.request_id)
+                if isinstance(event, Answer):
+                    return JSONResponse(self.final(event))
+        raise AssertionError("unreachable: events end with an answer or an error")  # pragma: no cover
+
+    async def sse(self, first: tuple[str, int] | Answer | BaseException) -> AsyncIterator[str]:
+        async for event in self.events(first):
+            if isinstance(event, tuple):
+                yield _sse_event({"content": event[0], "tokens": event[1], "request_id": self.request_id})
+            elif isinstance(event, Answer):
+                yield _sse_event(self.final(event))
             else:
-                finished = event
-    except EngineError as exc:
-        return _error(500, "internal_error", exc.message, request_id, {"code": ErrorCode.ENGINE_ERROR})
-    return JSONResponse(_final(runtime, req, prepared, "".join(parts), finished, request_id))
-
-
-async def _sse(runtime: NodeRuntime, req: InferenceRequest, prepared: PreparedPrompt,
-               request_id: str) -> AsyncIterator[str]:
-    parts: list[str] = []
-    finished = Finished("cancelled", 0)
-    cancel = threading.Event()
-    try:
-        async for event in _run(runtime, prepared, cancel):
-            if isinstance(event, TokenPiece):
-                parts.append(event.text)
-                yield _sse_event({"content": event.text, "tokens": event.tokens, "request_id": request_id})
-            else:
-                finished = event
-    except EngineError as exc:
-        yield _sse_event({"error_type": "internal_error", "message": exc.message, "request_id": request_id})
-    else:
-        yield _sse_event(_final(runtime, req, prepared, "".join(parts), finished, request_id))
-    finally:
-        cancel.set()
-    yield "data: [DONE]\n\n"
+                error = as_coded_error(event, "/v1/inference (SSE)")
+                yield _sse_event({"error_type": "internal_error" if _STATUS.get(error.code, 400) >= 500
+                                  else "request_failed", "message": error.message, "code": error.code,
+                                  "request_id": self.request_id})
+        yield "data: [DONE]\n\n"
 
 
 def _sse_event(obj: dict[str, Any]) -> str:

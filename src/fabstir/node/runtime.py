@@ -11,6 +11,7 @@ from nacl.signing import SigningKey
 
 from fabstir import __version__
 from fabstir.errors import ConfigError
+from fabstir.node.admission import Admission
 from fabstir.node.auth import NodeAuthenticator
 from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
@@ -86,6 +87,11 @@ class NodeRuntime:
                 raise ConfigError("host_key is not a secp256k1 private key (32 bytes of hex)")
             return key
         return random_private_key()
+
+    @functools.cached_property
+    def admission(self) -> Admission:
+        """The one admission step of every serving path (jobs, depositor authentication, owners)."""
+        return Admission(self.billing, self.config)
 
     @functools.cached_property
     def authenticator(self) -> NodeAuthenticator:

@@ -1,8 +1,10 @@
-"""Server-side conversation state, kept per session id across connections.
+"""Server-side conversation state, kept per (owner, session id) across connections.
 
 Sessions survive a disconnect (a client may reconnect and resume on the same
-host, as with the public node). At most ``max_sessions`` are kept; the least
-recently used is forgotten first.
+host, as with the public node). Each belongs to an owner key (see
+:mod:`fabstir.node.admission`): the same session id named by someone else is
+another conversation. At most ``max_sessions`` are kept; the least recently
+used is forgotten first.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class SessionContext:
     """One session's history and the next expected ``message_index``."""
 
     session_id: str
+    owner: str = ""
+    """Whose conversation this is (an admission owner key)."""
     job_id: int | None = None
     chain_id: int | None = None
     history: list[ChatTurn] = dataclasses.field(default_factory=list)
@@ -47,27 +51,37 @@ class SessionContext:
 
 
 class SessionStore:
-    """Sessions by id, bounded, least recently used dropped first."""
+    """Sessions by owner and id, bounded, least recently used dropped first."""
 
     def __init__(self, max_sessions: int = 10_000) -> None:
-        self._sessions: OrderedDict[str, SessionContext] = OrderedDict()
+        self._sessions: OrderedDict[tuple[str, str], SessionContext] = OrderedDict()
         self._max = max_sessions
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def get(self, session_id: str) -> SessionContext | None:
-        session = self._sessions.get(session_id)
+    def get(self, owner: str, session_id: str) -> SessionContext | None:
+        """``owner``'s session ``session_id``, if kept."""
+        session = self._sessions.get((owner, session_id))
         if session is not None:
-            self._sessions.move_to_end(session_id)
+            self._sessions.move_to_end((owner, session_id))
         return session
 
-    def open(self, session_id: str, job_id: int | None = None, chain_id: int | None = None) -> SessionContext:
-        """Return the session, creating it if new; history of an existing one is kept."""
-        session = self.get(session_id)
+    def find(self, session_id: str) -> SessionContext | None:
+        """The most recently used session named ``session_id``, whoever owns it (operators and tests only:
+        never answer a client from this)."""
+        for (_, sid), session in reversed(self._sessions.items()):
+            if sid == session_id:
+                return session
+        return None
+
+    def open(self, owner: str, session_id: str, job_id: int | None = None,
+             chain_id: int | None = None) -> SessionContext:
+        """Return ``owner``'s session, creating it if new; history of an existing one is kept."""
+        session = self.get(owner, session_id)
         if session is None:
-            session = SessionContext(session_id=session_id)
-            self._sessions[session_id] = session
+            session = SessionContext(session_id=session_id, owner=owner)
+            self._sessions[(owner, session_id)] = session
             while len(self._sessions) > self._max:
                 self._sessions.popitem(last=False)
         session.job_id = job_id if job_id is not None else session.job_id

@@ -15,14 +15,17 @@ Rules on the wire (PROTOCOL.md part A, plus our extensions):
   had its own ``id``), so the running stream is not mistaken for ended.
 - Encrypted sessions (``encrypted_session_init``, ``encrypted_message``) are
   opened by :mod:`fabstir.node.ws_e2e` and then served on the same path as
-  plaintext prompts; only the output (an ``Output``) differs.
+  plaintext prompts; only the output (an ``Output``) and what the caller proved differ.
+- Every request that touches a job or a session's data goes through
+  :mod:`fabstir.node.admission` first, and every answer through
+  :func:`fabstir.node.serving.generate` (deposit, fitting, fairness, billing).
+- A JSON ``ping`` (the public TypeScript SDK's keep-alive) is ignored, also mid-stream.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import itertools
 import json
 import logging
@@ -32,12 +35,10 @@ from typing import Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from fabstir.errors import ChainError, EngineError, FabstirError, ProtocolError, TokenLimitExceededError
-from fabstir.node.auth import Grants
-from fabstir.node.engines.base import Finished, TokenPiece
-from fabstir.node.host_chain import JobRefusedError
-from fabstir.node.inference import PreparedPrompt
+from fabstir.errors import ChainError, FabstirError, NodeError, ProtocolError
+from fabstir.node.admission import AdmittedJob, Caller
 from fabstir.node.runtime import NodeRuntime
+from fabstir.node.serving import Answer, as_coded_error, generate, open_billing
 from fabstir.node.sessions import SessionContext
 from fabstir.node.ws_e2e import EncryptedSessions
 from fabstir.protocol import (
@@ -53,6 +54,7 @@ from fabstir.protocol import (
     History,
     HistoryRequest,
     InferenceRequest,
+    Ping,
     PromptMessage,
     ServerMessage,
     SessionClear,
@@ -115,13 +117,11 @@ class WebSocketConnection:
         self._active: asyncio.Task[None] | None = None
         self._cancel = threading.Event()
         self._closed = False
-        self._tokens_sent = 0
-        self._tokens_billed = 0
         self._jobs: set[int] = set()
-        self._job_prices: dict[int, int] = {}
-        self._grants = Grants()
         self.extensions = runtime.config.extensions
         self.client_address = websocket.client.host if websocket.client else "unknown"
+        self.caller = Caller(client=self.client_address)
+        """What this connection proved (session tokens); encrypted sessions add their signer per request."""
         self.e2e = EncryptedSessions(self)
 
     async def run(self) -> None:
@@ -169,10 +169,16 @@ class WebSocketConnection:
             ends_request = not self.streaming or exc.request_id is not None
             await self.reject(exc.code, exc.message, exc.request_id, ends_request=ends_request)
             return
+        if isinstance(message, Ping):
+            return  # the public SDK's keep-alive: ignored, as on the public node
         if self.streaming:
             await self._while_streaming(message)
-        else:
+            return
+        try:
             await self.dispatch(message)
+        except Exception as exc:  # never leave a request unanswered
+            error = as_coded_error(exc, f"a {type(message).__name__}")
+            await self.reject(error.code, error.message, message.request_id)
 
     def _check_signature(self, data: str | bytes, request_id: str | None) -> None:
         """Verify a signed message (``sig``); on a node that requires signatures, refuse unsigned ones.
@@ -213,14 +219,14 @@ class WebSocketConnection:
             await self.on_session_init(message)
         elif isinstance(message, SessionResume):
             if self.extensions:
-                await self.on_session_resume(message)
+                await self.on_session_resume(message, self.caller)
             else:
                 await self.reject(ErrorCode.UNKNOWN_MESSAGE_TYPE, "unknown message type 'session_resume'",
                                   message.request_id)
         elif isinstance(message, (AuthChallengeRequest, AuthRequest, TokenRefresh, HistoryRequest, SessionClear)):
             await self.on_auth_message(message)
         elif isinstance(message, PromptMessage):
-            self._start(message, _PLAIN)
+            self._start(message, _PLAIN, self.caller)
         elif isinstance(message, EncryptedSessionInit):
             await self.e2e.on_init(message)
         elif isinstance(message, EncryptedMessage):
@@ -235,9 +241,9 @@ class WebSocketConnection:
                                   message.request_id)
         # a stream_cancel with nothing streaming has no effect, as on the public node
 
-    def _start(self, message: PromptMessage, output: Output) -> None:
+    def _start(self, message: PromptMessage, output: Output, caller: Caller) -> None:
         self._cancel = threading.Event()
-        self._active = asyncio.create_task(self.serve_prompt(message, output))
+        self._active = asyncio.create_task(self.serve_prompt(message, output, caller))
 
     async def reject(self, code: str, text: str, request_id: str | None, *, ends_request: bool = True,
                      details: dict[str, object] | None = None) -> None:
@@ -246,6 +252,12 @@ class WebSocketConnection:
                                      details=tuple((details or {}).items())))
         if ends_request:
             await self.send(StreamEnd(reason="error", tokens_used=0, session_id=session_id, request_id=request_id))
+
+    async def refuse(self, exc: BaseException, request_id: str | None, where: str) -> None:
+        """Answer a failed request with its code (and ``stream_end``)."""
+        error = as_coded_error(exc, where)
+        details = error.details if isinstance(error, NodeError) else None
+        await self.reject(error.code, error.message, request_id, details=details)
 
     async def on_auth_message(
         self, message: AuthChallengeRequest | AuthRequest | TokenRefresh | HistoryRequest | SessionClear
@@ -258,27 +270,31 @@ class WebSocketConnection:
             elif isinstance(message, AuthRequest):
                 session_id = message.session_id or str(message.job_id)
                 success, claims = await auth.authenticate(message, session_id)
-                self._grants.add(claims)
+                self.caller.grants.add(claims)
                 await self.send(success)
             elif isinstance(message, TokenRefresh):
                 success, claims = auth.refresh(message)
-                self._grants.add(claims)
+                self.caller.grants.add(claims)
                 await self.send(success)
             else:
                 await self._session_operation(message)
-        except AuthError as exc:
-            await self.reject(exc.code, exc.message, message.request_id)
-        except ChainError as exc:
-            await self.reject(exc.code, exc.message, message.request_id)
+        except (AuthError, ChainError, NodeError) as exc:
+            await self.refuse(exc, message.request_id, type(message).__name__)
 
     async def _session_operation(self, message: HistoryRequest | SessionClear) -> None:
-        session = self.runtime.sessions.get(message.session_id)
+        """``get_history`` (the session's owner, ``read_history`` on a paid node) or ``session_clear`` (admin)."""
+        admission = self.runtime.admission
+        job_id = self.session.job_id if self.session and self.session.session_id == message.session_id else None
         if isinstance(message, SessionClear):
-            self._grants.require(session.job_id if session else None, "admin")
-        elif self.runtime.config.require_auth:
-            self._grants.require(session.job_id if session else None, "read_history")
+            admitted = await admission.admit(self.caller, job_id, message.session_id, permission="admin")
+            if admitted is None:  # a free node has no admin
+                self.caller.grants.require(job_id, "admin")
+        else:
+            admitted = await admission.admit(self.caller, job_id, message.session_id, permission="read_history")
+        secret = message.session_secret if isinstance(message, HistoryRequest) else None
+        session = self.runtime.sessions.get(self._owner(admitted, secret), message.session_id)
         if session is None:
-            await self.reject(ErrorCode.SESSION_NOT_FOUND, f"no session {message.session_id!r} on this node",
+            await self.reject(ErrorCode.SESSION_NOT_FOUND, f"no session {message.session_id!r} of yours on this node",
                               message.request_id)
             return
         if isinstance(message, SessionClear):
@@ -286,57 +302,66 @@ class WebSocketConnection:
         await self.send(History(session_id=session.session_id, conversation_context=tuple(session.history),
                                 message_index=session.next_index, request_id=message.request_id))
 
-    async def _admit_job(self, job_id: int | None, session_id: str | None) -> int | None:
-        """On a paid node, check the job on chain (once per connection) and start billing it.
+    def _owner(self, admitted: AdmittedJob | None, secret: str | None, caller: Caller | None = None) -> str:
+        """Owner key of the session a request names (a well-formed ``session_secret`` counts on free nodes)."""
+        if admitted is None and secret is not None and 16 <= len(secret) <= 128 and secret.isalnum():
+            return "secret:" + secret
+        return self.runtime.admission.owner_for(caller or self.caller, admitted)
 
-        Returns the job id, or ``None`` on a node without a chain.
+    def _secret_for(self, owner: str) -> str | None:
+        """What the ack tells a free node's opener to present later (``None`` when nothing is needed)."""
+        if self.extensions and owner.startswith("secret:"):
+            return owner.removeprefix("secret:")
+        return None
+
+    async def admit(self, caller: Caller, job_id: int | None, session_id: str | None) -> AdmittedJob | None:
+        """Admit ``caller`` for the job and start billing it on this connection.
 
         Raises:
-            JobRefusedError: no job given, or the chain says this node may not serve it.
+            JobRefusedError, AuthError: see :meth:`fabstir.node.admission.Admission.admit`.
         """
-        billing = self.runtime.billing
-        if billing is None:
-            return job_id
-        if job_id is None and session_id is not None and session_id.removesuffix("n").isdecimal():
-            job_id = int(session_id.removesuffix("n"))
-        if job_id is None:
-            raise JobRefusedError("this node serves paid sessions only: send the on-chain job id",
-                                  code="JOB_REQUIRED")
-        if self.runtime.config.require_auth:
-            self._grants.require(job_id, "prompt")
-        if job_id not in self._jobs:
-            job = await billing.host.verify_job(job_id)
-            self._job_prices[job_id] = job.price_per_token
-            billing.open_job(job_id, job.max_tokens, job.proof_interval)
-            self._jobs.add(job_id)
-        return job_id
+        admitted = await self.runtime.admission.admit(caller, job_id, session_id)
+        if admitted is not None and admitted.job_id not in self._jobs:
+            open_billing(self.runtime, admitted)
+            self._jobs.add(admitted.job_id)
+        return admitted
+
+    def bind(self, session_id: str, admitted: AdmittedJob | None, caller: Caller, *, job_id: int | None = None,
+             chain_id: int | None = None, secret: str | None = None) -> SessionContext:
+        """Make ``session_id`` (of the caller's owner) this connection's session."""
+        owner = self._owner(admitted, secret, caller)
+        job = admitted.job_id if admitted is not None else job_id
+        self.session = self.runtime.sessions.open(owner, session_id, job, chain_id)
+        return self.session
 
     async def on_session_init(self, message: SessionInit) -> None:
         try:
-            job_id = await self._admit_job(message.job_id, message.session_id)
-        except (JobRefusedError, AuthError) as exc:
-            await self.reject(exc.code, exc.message, message.request_id)
+            admitted = await self.admit(self.caller, message.job_id, message.session_id)
+        except (NodeError, AuthError, ChainError) as exc:
+            await self.refuse(exc, message.request_id, "session_init")
             return
-        self.session = self.runtime.sessions.open(message.session_id, job_id, message.chain_id)
+        session = self.bind(message.session_id, admitted, self.caller, job_id=message.job_id,
+                            chain_id=message.chain_id, secret=message.session_secret)
         await self.send(
             SessionInitAck(
                 session_id=message.session_id,
                 job_id=message.job_id,
                 chain_id=message.chain_id,
                 features=self.runtime.features if self.extensions else None,
-                message_index=self.session.next_index if self.extensions else None,
+                message_index=session.next_index if self.extensions else None,
                 request_id=message.request_id,
+                session_secret=self._secret_for(session.owner),
             )
         )
 
-    async def on_session_resume(self, message: SessionResume) -> None:
+    async def on_session_resume(self, message: SessionResume, caller: Caller) -> None:
         try:
-            job_id = await self._admit_job(message.job_id, message.session_id)
-        except (JobRefusedError, AuthError) as exc:
-            await self.reject(exc.code, exc.message, message.request_id)
+            admitted = await self.admit(caller, message.job_id, message.session_id)
+        except (NodeError, AuthError, ChainError) as exc:
+            await self.refuse(exc, message.request_id, "session_resume")
             return
-        session = self.runtime.sessions.open(message.session_id, job_id, message.chain_id)
-        self.session = session
+        session = self.bind(message.session_id, admitted, caller, job_id=message.job_id, chain_id=message.chain_id,
+                            secret=message.session_secret)
         session.replace_history(list(message.conversation_context), message.last_message_index + 1)
         kept = self._count_fitting(session)
         await self.send(
@@ -346,6 +371,7 @@ class WebSocketConnection:
                 kept_messages=kept,
                 dropped_messages=len(session.history) - kept,
                 request_id=message.request_id,
+                session_secret=self._secret_for(session.owner),
             )
         )
 
@@ -353,95 +379,82 @@ class WebSocketConnection:
         """How many stored messages the next prompt will see, after truncation to the window."""
         try:
             prepared = self.runtime.inference.prepare(InferenceRequest(prompt=" ", max_tokens=1), session.history)
-        except TokenLimitExceededError:
+        except Exception:  # does not fit, or holds text the engine cannot tokenize: the next prompt says which
             return 0
         return prepared.fitted.kept_messages
 
-    def _session_for(self, message: PromptMessage) -> SessionContext:
+    def _session_id_for(self, message: PromptMessage) -> str:
         session_id = message.session_id or (self.session.session_id if self.session else None)
         if session_id is None and message.job_id is not None:
             session_id = str(message.job_id)
-        if session_id is None:
-            session_id = f"connection-{self.connection_id}"
-        if self.session is None or self.session.session_id != session_id:
-            self.session = self.runtime.sessions.open(session_id, message.job_id, message.chain_id)
-        return self.session
+        return session_id if session_id is not None else f"connection-{self.connection_id}"
 
-    async def serve_prompt(self, message: PromptMessage, output: Output = _PLAIN) -> None:
+    async def serve_prompt(self, message: PromptMessage, output: Output, caller: Caller) -> None:
         rid = message.request_id
-        session = self._session_for(message)
+        session_id = self._session_id_for(message)
         assert self.runtime.limiter is not None
-        wait = self.runtime.limiter.check(self.client_address, session.session_id)
+        wait = self.runtime.limiter.check(self.client_address, session_id)
         if wait > 0:
             await self.reject("RATE_LIMITED", f"too many requests; retry after {wait:.2f} s", rid,
                               details={"retry_after": round(wait, 3)})
             return
+        current = self.session if self.session is not None and self.session.session_id == session_id else None
         try:
-            job_id = await self._admit_job(message.job_id or session.job_id, session.session_id)
-        except (JobRefusedError, AuthError) as exc:
-            await self.reject(exc.code, exc.message, rid)
-            return
-        request = message.request
-        if job_id is not None and self.runtime.billing is not None:
-            session.job_id = job_id
-            remaining = self.runtime.billing.remaining_tokens(job_id)
-            if remaining <= 0:
-                await self.reject("DEPOSIT_EXHAUSTED", f"job {job_id}'s deposit is used up; open a new session",
-                                  rid)
-                return
-            request = dataclasses.replace(request, max_tokens=min(request.max_tokens, remaining))
-        index = session.next_index
-        if self.extensions and message.message_index is not None and message.message_index != index:
-            await self.reject(
-                ErrorCode.INVALID_MESSAGE_INDEX,
-                f"expected message_index {index}, got {message.message_index}",
-                rid,
-                details={"expected_message_index": index},
-            )
-            return
-        try:
-            prepared = self.runtime.inference.prepare(request, session.history)
-        except TokenLimitExceededError as exc:
-            await self.reject(exc.code, exc.message, rid, details=exc.details)
-            return
-        try:
-            text, finished = await self._stream_tokens(prepared, rid, output, job_id)
-            cancelled = finished.finish_reason == "cancelled"
-            closing = [] if cancelled else output.complete(finished.finish_reason, rid)
+            admitted = await self.admit(caller, message.job_id or (current.job_id if current else None), session_id)
+            # the session this connection bound (init or resume) is its own; another id opens the caller's
+            if current is None or (admitted is not None and current.owner != admitted.owner):
+                current = self.bind(session_id, admitted, caller, job_id=message.job_id, chain_id=message.chain_id)
+            session = current
+            index = session.next_index
+
+            def check_index() -> None:
+                if self.extensions and message.message_index is not None and message.message_index != index:
+                    raise NodeError(f"expected message_index {index}, got {message.message_index}",
+                                    code=ErrorCode.INVALID_MESSAGE_INDEX, details={"expected_message_index": index})
+
+            async def send_piece(text: str, tokens: int) -> None:
+                await self.send(output.chunk(text, tokens, rid))
+
+            answer = await generate(self.runtime, admitted, message.request, session.history,
+                                    client=self.client_address, cancel=self._cancel, on_piece=send_piece,
+                                    check=check_index)
+            cancelled = answer.finished.finish_reason == "cancelled"
+            closing = [] if cancelled else output.complete(answer.finished.finish_reason, rid)
         except E2EError as exc:
-            log.warning("encryption failed on session %s: %s", session.session_id, exc)
+            log.warning("encryption failed on session %s: %s", session_id, exc)
             await self.reject(E2EErrorCode.ENCRYPTION_FAILED, exc.message, rid)
             return
-        except EngineError as exc:
-            log.warning("generation failed on session %s: %s", session.session_id, exc)
-            await self.reject(ErrorCode.ENGINE_ERROR, str(exc.message), rid)
+        except Exception as exc:
+            if isinstance(exc, FabstirError):
+                log.info("request on session %s refused: %s", session_id, exc)
+            await self.refuse(exc, rid, f"a prompt on session {session_id}")
             return
-        except FabstirError as exc:  # pragma: no cover - defensive: never leave a request open
-            await self.reject(ErrorCode.INTERNAL_ERROR, exc.message, rid)
-            return
+        request = message.request
         if request.conversation_context is not None:
             session.history = list(request.conversation_context)
-        session.record_turn(request.prompt, text)
-        if job_id is not None and self.runtime.billing is not None:
-            # the rest of the answer (tokens reported mid-stream already count); stop tokens included
-            self.runtime.billing.add_tokens(job_id, max(0, finished.completion_tokens - self._tokens_billed))
+        session.record_turn(request.prompt, answer.text)
         for closing_message in closing:
             await self.send(closing_message)
-        usage = Usage(prepared.fitted.prompt_tokens, finished.completion_tokens, self.runtime.inference.context_window)
-        await self.send(
-            StreamEnd(
-                reason="cancelled" if cancelled else "complete",
-                tokens_used=self._tokens_sent,
-                finish_reason=finished.finish_reason,
-                usage=usage,
-                session_id=session.session_id,
-                message_index=index if self.extensions else None,
-                request_id=rid,
-                receipt=self._receipt(session, index, text, job_id) if self.extensions else None,
-            )
+        await self.send(self._stream_end(session, index, answer, admitted, cancelled, rid))
+
+    def _stream_end(self, session: SessionContext, index: int, answer: Answer, admitted: AdmittedJob | None,
+                    cancelled: bool, rid: str | None) -> StreamEnd:
+        finished = answer.finished
+        usage = Usage(answer.prepared.fitted.prompt_tokens, finished.completion_tokens,
+                      self.runtime.inference.context_window)
+        return StreamEnd(
+            reason="cancelled" if cancelled else "complete",
+            tokens_used=answer.tokens_sent,
+            finish_reason=finished.finish_reason,
+            usage=usage,
+            session_id=session.session_id,
+            message_index=index if self.extensions else None,
+            request_id=rid,
+            receipt=self._receipt(session, index, answer, admitted) if self.extensions else None,
         )
 
-    def _receipt(self, session: SessionContext, index: int, text: str, job_id: int | None) -> dict[str, object]:
+    def _receipt(self, session: SessionContext, index: int, answer: Answer,
+                 admitted: AdmittedJob | None) -> dict[str, object]:
         """The signed receipt for the answer just streamed."""
         billing = self.runtime.billing
         receipt = Receipt(
@@ -449,34 +462,12 @@ class WebSocketConnection:
             model=self.runtime.inference.model_id,
             session_id=session.session_id,
             message_index=index,
-            tokens=self._tokens_sent,
-            price_per_token=self._job_prices.get(job_id) if job_id is not None else None,
-            text_sha256=text_digest(text),
+            tokens=answer.tokens_sent,
+            price_per_token=admitted.price_per_token if admitted is not None else None,
+            text_sha256=text_digest(answer.text),
             key="",
         )
         return sign_receipt(receipt, self.runtime.signing_key).to_wire()
-
-    async def _stream_tokens(self, prepared: PreparedPrompt, rid: str | None, output: Output = _PLAIN,
-                             job_id: int | None = None) -> tuple[str, Finished]:
-        """Stream the answer; on a paid job, report every ``checkpoint_tokens`` to billing as they are served,
-        so long answers are checkpointed while they stream (the chain work happens off this path)."""
-        parts: list[str] = []
-        self._tokens_sent = self._tokens_billed = 0
-        billing = self.runtime.billing if job_id is not None else None
-        step = billing.checkpoint_tokens if billing is not None else 0
-        finished = Finished("cancelled", 0)
-        async with self.runtime.inference.open_stream(prepared, self._cancel) as events:
-            async for event in events:
-                if isinstance(event, TokenPiece):
-                    parts.append(event.text)
-                    self._tokens_sent += event.tokens
-                    await self.send(output.chunk(event.text, event.tokens, rid))
-                    if billing is not None and job_id is not None and self._tokens_sent - self._tokens_billed >= step:
-                        billing.add_tokens(job_id, self._tokens_sent - self._tokens_billed, end_of_response=False)
-                        self._tokens_billed = self._tokens_sent
-                else:
-                    finished = event
-        return "".join(parts), finished
 
     async def _stop_active(self) -> None:
         task = self._active

@@ -7,6 +7,11 @@ by the next init for that id. Keys never leave the connection: another socket th
 names the same session gets ``SESSION_KEY_NOT_FOUND``, and every key is zeroed when
 the connection closes.
 
+Each session also remembers who signed its init (over our digest and over the public
+TypeScript SDK's): a request that arrives sealed under that session's key is proven to
+come from that signer, which :mod:`fabstir.node.admission` accepts as the depositor's
+authentication on a paid node (the init itself is admitted the same way).
+
 An ``encrypted_message`` is opened here (a refused one changes no state and is never
 billed) and becomes an ordinary :class:`PromptMessage`: the connection serves it on
 the same path as a plaintext prompt (server-side context, limits, auth, billing, rate
@@ -22,8 +27,8 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from fabstir.errors import ProtocolError
-from fabstir.node.host_chain import JobRefusedError
+from fabstir.errors import ChainError, NodeError, ProtocolError
+from fabstir.node.admission import Caller, job_id_from_session
 from fabstir.protocol import (
     EncryptedChunk,
     EncryptedMessage,
@@ -101,8 +106,7 @@ class EncryptedOutput:
 
 def job_id_of(text: str) -> int | None:
     """The sealed ``jobId`` as an integer (``"139"`` or the SDK's BigInt form ``"139n"``), else ``None``."""
-    digits = text.strip().removesuffix("n")
-    return int(digits) if digits.isdecimal() and len(digits) <= 19 else None
+    return job_id_from_session(text)
 
 
 class EncryptedSessions:
@@ -111,6 +115,7 @@ class EncryptedSessions:
     def __init__(self, connection: WebSocketConnection) -> None:
         self._conn = connection
         self._sessions: OrderedDict[str, NodeE2ESession] = OrderedDict()
+        self._signers: dict[str, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -120,14 +125,22 @@ class EncryptedSessions:
         while self._sessions:
             _, e2e = self._sessions.popitem()
             e2e.forget()
+        self._signers.clear()
 
-    def _install(self, session_id: str, e2e: NodeE2ESession) -> None:
+    def _install(self, session_id: str, e2e: NodeE2ESession, signers: tuple[str, ...]) -> None:
         old = self._sessions.pop(session_id, None)
         if old is not None:
             old.forget()
         self._sessions[session_id] = e2e
+        self._signers[session_id] = signers
         while len(self._sessions) > MAX_SESSIONS_PER_CONNECTION:
-            self._sessions.popitem(last=False)[1].forget()
+            dropped, key = self._sessions.popitem(last=False)
+            key.forget()
+            self._signers.pop(dropped, None)
+
+    def caller_for(self, session_id: str) -> Caller:
+        """The connection's caller, proven to be the signer of ``session_id``'s init."""
+        return self._conn.caller.with_proof(self._signers.get(session_id, ()))
 
     def _key_for(self, session_id: str | None, request_id: str | None) -> tuple[str, NodeE2ESession]:
         conn = self._conn
@@ -165,13 +178,15 @@ class EncryptedSessions:
         if not session_id:
             await conn.reject(ErrorCode.MISSING_SESSION_ID, "encrypted_session_init needs a session_id", rid)
             return
+        caller = conn.caller.with_proof(opened.signer_candidates)
         try:
-            job_id = await conn._admit_job(job_id_of(init.job_id), session_id)
-        except (JobRefusedError, AuthError) as exc:
-            await conn.reject(exc.code, exc.message, rid)
+            admitted = await conn.admit(caller, job_id_of(init.job_id), session_id)
+        except (NodeError, AuthError, ChainError) as exc:
+            await conn.refuse(exc, rid, "encrypted_session_init")
             return
-        conn.session = runtime.sessions.open(session_id, job_id, message.chain_id)
-        self._install(session_id, NodeE2ESession(init.session_key))
+        job_id = admitted.job_id if admitted is not None else job_id_of(init.job_id)
+        session = conn.bind(session_id, admitted, caller, job_id=job_id, chain_id=message.chain_id)
+        self._install(session_id, NodeE2ESession(init.session_key), opened.signer_candidates)
         extensions = conn.extensions
         await conn.send(
             SessionInitAck(
@@ -180,13 +195,14 @@ class EncryptedSessions:
                 chain_id=message.chain_id,
                 message="Encrypted session initialized successfully",
                 features=runtime.features if extensions else None,
-                message_index=conn.session.next_index if extensions else None,
+                message_index=session.next_index if extensions else None,
                 request_id=rid,
                 client_address=opened.client_address,
             )
         )
 
-    async def open_message(self, message: EncryptedMessage) -> tuple[PromptMessage, EncryptedOutput] | None:
+    async def open_message(self, message: EncryptedMessage
+                           ) -> tuple[PromptMessage, EncryptedOutput, Caller] | None:
         """Decrypt and parse one ``encrypted_message``; ``None`` after answering a coded error."""
         try:
             session_id, e2e = self._key_for(message.session_id, message.request_id)
@@ -198,14 +214,14 @@ class EncryptedSessions:
         if prompt.session_id is None:
             prompt = PromptMessage(request=prompt.request, session_id=session_id,
                                    message_index=prompt.message_index, request_id=prompt.request_id)
-        return prompt, EncryptedOutput(e2e, session_id)
+        return prompt, EncryptedOutput(e2e, session_id), self.caller_for(session_id)
 
     async def on_resume(self, message: EncryptedSessionResume) -> None:
         """``session_resume`` whose context is sealed under the session's current key."""
         try:
-            _, e2e = self._key_for(message.session_id, message.request_id)
+            session_id, e2e = self._key_for(message.session_id, message.request_id)
             resume = parse_encrypted_resume(self._inner_text(e2e, message.payload), message)
         except ProtocolError as exc:
             await self._conn.reject(exc.code, exc.message, message.request_id)
             return
-        await self._conn.on_session_resume(resume)
+        await self._conn.on_session_resume(resume, self.caller_for(session_id))

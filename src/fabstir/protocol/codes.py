@@ -33,6 +33,14 @@ class ErrorCode(enum.StrEnum):
     PERMISSION_DENIED = "PERMISSION_DENIED"
     RATE_LIMITED = "RATE_LIMITED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    AUTH_REQUIRED = "AUTH_REQUIRED"
+    """A paid session's request came without the depositor's authentication (JWT or signed encrypted init)."""
+    JOB_REQUIRED = "JOB_REQUIRED"
+    DEPOSIT_EXHAUSTED = "DEPOSIT_EXHAUSTED"
+    INVALID_PROMPT = "INVALID_PROMPT"
+    """The prompt holds text the engine cannot tokenize (a lone surrogate, say)."""
+    TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
+    """One client already has as many answers generating or queued as a node allows."""
 
 
 class Feature(enum.StrEnum):

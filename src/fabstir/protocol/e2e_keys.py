@@ -351,6 +351,14 @@ class OpenedSessionInit:
     init: SessionInitPayload
     client_address: str
     init_id: bytes = dataclasses.field(repr=False)
+    sdk_digest_address: str | None = None
+    """The address recovered over the TS SDK's E2EEv1 digest (its ``sdk_view``): the real client for an
+    init the public SDK signed, an unrelated address for ours (``None`` if nothing recovers)."""
+
+    @property
+    def signer_candidates(self) -> tuple[str, ...]:
+        """Every address that may have signed the init (ours, then the TS SDK's digest), lowercase."""
+        return (self.client_address,) + ((self.sdk_digest_address,) if self.sdk_digest_address else ())
 
 
 def build_encrypted_session_init(
@@ -420,7 +428,24 @@ def open_encrypted_session_init(payload: object, host_private_key: bytes | str) 
     plaintext = xchacha_decrypt(derive_init_key(_ecdh(host_key, eph_point)[1:]), nonce, ciphertext, aad)
     init = SessionInitPayload.from_json_bytes(plaintext)
     address = recover_address(signature, hashlib.sha256(ciphertext).digest())
-    return OpenedSessionInit(init, address, init_id=eph_point.format(compressed=True)[1:])
+    return OpenedSessionInit(init, address, init_id=eph_point.format(compressed=True)[1:],
+                             sdk_digest_address=_sdk_digest_signer(payload, host_key, eph_pub, nonce, aad, signature))
+
+
+def _sdk_digest_signer(payload: object, host_key: bytes, eph_pub: bytes, nonce: bytes, aad: bytes,
+                       signature: bytes) -> str | None:
+    """The signer over the TS SDK's E2EEv1 preimage (salt and info as the payload carries them), if any."""
+    assert isinstance(payload, Mapping)
+    salt_hex, info = payload.get("saltHex", ""), payload.get("info", "")
+    if not isinstance(salt_hex, str) or not isinstance(info, str):
+        return None
+    try:
+        salt = decode_hex(salt_hex, "saltHex") if salt_hex else bytes(32)
+        host_pub = coincurve.PrivateKey(host_key).public_key.format(compressed=True)
+        preimage = e2eev1_preimage(eph_pub, host_pub, salt, nonce, info.encode(), aad)
+        return recover_address(signature, hashlib.sha256(preimage).digest())
+    except E2EError:
+        return None
 
 
 def random_private_key() -> bytes:

@@ -26,6 +26,7 @@ __all__ = [
     "Connected",
     "ErrorMessage",
     "InferenceRequest",
+    "Ping",
     "PromptMessage",
     "ServerMessage",
     "SessionInit",
@@ -139,6 +140,9 @@ class SessionInit:
     job_id: int | None = None
     chain_id: int | None = None
     request_id: str | None = None
+    session_secret: str | None = None
+    """Our extension: the secret a free node gave the session's opener (its ack's ``session_secret``);
+    presenting it on another connection reaches that opener's server-side context."""
 
     def to_wire(self) -> JSONObject:
         return _drop_none(
@@ -147,6 +151,7 @@ class SessionInit:
                 "session_id": self.session_id,
                 "jobId": None if self.job_id is None else str(self.job_id),
                 "chain_id": self.chain_id,
+                "session_secret": self.session_secret,
                 "id": self.request_id,
             }
         )
@@ -188,6 +193,16 @@ class PromptMessage:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Ping:
+    """``ping``: the public TypeScript SDK's keep-alive (every 30 s); a node ignores it, as the public one does."""
+
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none({"type": "ping", "id": self.request_id})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class StreamCancel:
     """``stream_cancel``: stop the response being streamed."""
 
@@ -216,6 +231,8 @@ class SessionResume:
     job_id: int | None = None
     chain_id: int | None = None
     request_id: str | None = None
+    session_secret: str | None = None
+    """As :attr:`SessionInit.session_secret`."""
 
     def to_wire(self) -> JSONObject:
         return _drop_none(
@@ -226,6 +243,7 @@ class SessionResume:
                 "chain_id": self.chain_id,
                 "conversation_context": _turns_to_wire(self.conversation_context),
                 "last_message_index": self.last_message_index,
+                "session_secret": self.session_secret,
                 "id": self.request_id,
             }
         )
@@ -279,9 +297,12 @@ class HistoryRequest:
 
     session_id: str
     request_id: str | None = None
+    session_secret: str | None = None
+    """As :attr:`SessionInit.session_secret` (free nodes)."""
 
     def to_wire(self) -> JSONObject:
-        return _drop_none({"type": "get_history", "session_id": self.session_id, "id": self.request_id})
+        return _drop_none({"type": "get_history", "session_id": self.session_id,
+                           "session_secret": self.session_secret, "id": self.request_id})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -390,7 +411,7 @@ class EncryptedSessionResume:
 
 ClientMessage: TypeAlias = (
     SessionInit | PromptMessage | StreamCancel | SessionResume | AuthChallengeRequest | AuthRequest | TokenRefresh
-    | HistoryRequest | SessionClear | EncryptedSessionInit | EncryptedMessage | EncryptedSessionResume
+    | HistoryRequest | SessionClear | EncryptedSessionInit | EncryptedMessage | EncryptedSessionResume | Ping
 )
 
 
@@ -439,6 +460,10 @@ class SessionInitAck:
     request_id: str | None = None
     client_address: str | None = None
     """Answer to ``encrypted_session_init``: the address recovered from the init's signature."""
+    session_secret: str | None = None
+    """Our extension, on free nodes: present it in a later ``session_init``/``session_resume``/``get_history``
+    (on any connection) to reach this session's server-side context; without it a session id names a
+    context of one's own."""
 
     def to_wire(self) -> JSONObject:
         wire: JSONObject = {
@@ -455,6 +480,8 @@ class SessionInitAck:
             wire["features"] = list(self.features)
         if self.message_index is not None:
             wire["message_index"] = self.message_index
+        if self.session_secret is not None:
+            wire["session_secret"] = self.session_secret
         if self.request_id is not None:
             wire["id"] = self.request_id
         return wire
@@ -469,6 +496,8 @@ class SessionResumed:
     kept_messages: int
     dropped_messages: int
     request_id: str | None = None
+    session_secret: str | None = None
+    """As :attr:`SessionInitAck.session_secret`."""
 
     def to_wire(self) -> JSONObject:
         return _drop_none(
@@ -478,6 +507,7 @@ class SessionResumed:
                 "message_index": self.message_index,
                 "kept_messages": self.kept_messages,
                 "dropped_messages": self.dropped_messages,
+                "session_secret": self.session_secret,
                 "id": self.request_id,
             }
         )

@@ -42,6 +42,7 @@ from fabstir.protocol.messages import (
     HistoryRequest,
     InferenceRequest,
     JSONObject,
+    Ping,
     PromptMessage,
     ServerMessage,
     SessionClear,
@@ -274,6 +275,7 @@ def _parse_session_init(fields: _Fields) -> SessionInit:
         job_id=job_id,
         chain_id=_chain_id(fields),
         request_id=fields.request_id,
+        session_secret=fields.str_("session_secret"),
     )
 
 
@@ -377,6 +379,7 @@ def _parse_session_resume(fields: _Fields) -> SessionResume | EncryptedSessionRe
         job_id=_job_id(fields),
         chain_id=_chain_id(fields),
         request_id=fields.request_id,
+        session_secret=fields.str_("session_secret"),
     )
 
 
@@ -421,7 +424,8 @@ def _parse_history_request(fields: _Fields) -> HistoryRequest:
     session_id = _session_id(fields)
     if session_id is None:
         raise fields.fail("get_history needs a session_id", ErrorCode.MISSING_SESSION_ID)
-    return HistoryRequest(session_id=session_id, request_id=fields.request_id)
+    return HistoryRequest(session_id=session_id, request_id=fields.request_id,
+                          session_secret=fields.str_("session_secret"))
 
 
 def _parse_session_clear(fields: _Fields) -> SessionClear:
@@ -483,6 +487,7 @@ _CLIENT_PARSERS: dict[str, Callable[[_Fields], ClientMessage]] = {
     "session_resume": _parse_session_resume,
     "encrypted_session_init": _parse_encrypted_session_init,
     "encrypted_message": _parse_encrypted_message,
+    "ping": lambda fields: Ping(request_id=fields.request_id),
 }
 
 
@@ -535,6 +540,7 @@ def _parse_init_ack(fields: _Fields) -> SessionInitAck:
         message_index=fields.int_("message_index"),
         request_id=fields.request_id,
         client_address=fields.str_("client_address"),
+        session_secret=fields.str_("session_secret"),
     )
 
 
@@ -545,6 +551,7 @@ def _parse_resumed(fields: _Fields) -> SessionResumed:
         kept_messages=fields.int_("kept_messages") or 0,
         dropped_messages=fields.int_("dropped_messages") or 0,
         request_id=fields.request_id,
+        session_secret=fields.str_("session_secret"),
     )
 
 

@@ -130,6 +130,7 @@ def error_from_message(message: ErrorMessage) -> NodeError:
         "TOKEN_LIMIT_EXCEEDED": TokenLimitExceededError,
         "INVALID_MESSAGE_INDEX": InvalidMessageIndexError,
         "AUTH_FAILED": AuthenticationError,
+        "AUTH_REQUIRED": AuthenticationError,
         "SESSION_EXPIRED": AuthenticationError,
         "PERMISSION_DENIED": AuthenticationError,
         "AUTH_UNAVAILABLE": AuthenticationError,
