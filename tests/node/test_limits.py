@@ -170,6 +170,18 @@ async def test_a_body_within_the_limits_is_read_whole_and_the_connection_kept() 
         writer.close()
 
 
+async def test_node_refuses_a_huge_chunked_inference_body_without_reading_it(node_factory: NodeFactory) -> None:
+    """The node's own POST /v1/inference reads its body through read_body (the issue's 300 MiB request)."""
+    limit, offered = 64 * 1024, 256 * 1024 * 1024
+    node = await node_factory(max_frame_bytes=limit)
+    sent, status, headers, body, closed = await send_chunked_until_refused(node.port, "/v1/inference", limit, offered)
+    assert status == 413 and code_of(body) == "PAYLOAD_TOO_LARGE"
+    assert headers.get("connection") == "close" and closed
+    assert sent < offered // 4, f"the client got {sent} bytes of the body out; the node kept reading"
+    async with httpx.AsyncClient(timeout=DEADLINE) as client:  # and it keeps serving
+        assert (await client.get(f"{node.url}/health")).status_code == 200
+
+
 # --- stalled heads and handshakes --------------------------------------------------------------------------------
 
 
