@@ -3,24 +3,34 @@
 The pool tests run the real :class:`EnginePool` and :class:`InferenceService` over ``StepEngine``, a
 deterministic fake engine at the pool seam (the :class:`Engine` protocol): it records the order in which
 answers start generating and emits fixed tokens, so the order of service is exact and no timing matters.
+The node tests run a real node (llama.cpp over the tiny model, one engine) over real WebSockets and HTTP;
+its engine is wrapped in ``Recorded``, which notes each answer's start and holds the first one until the
+test has queued everything, so they assert the order of service, never time. Clients are told apart by
+address: the hog connects from 127.0.0.2, the victim from 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from fabstir.errors import ConfigError, NodeError
 from fabstir.node.config import NodeConfig
 from fabstir.node.context import FittedPrompt
-from fabstir.node.engines.base import Finished, GenerationEvent, GenerationParams, TokenPiece
+from fabstir.node.engines.base import Engine, Finished, GenerationEvent, GenerationParams, TokenPiece
+from fabstir.node.engines.llama import LlamaCppEngine
 from fabstir.node.engines.pool import EnginePool
 from fabstir.node.engines.templates import TEMPLATES
-from fabstir.node.fairness import TOO_MANY_REQUESTS, ConcurrencyCap, TooManyRequestsError
+from fabstir.node.fairness import ConcurrencyCap, TooManyRequestsError
 from fabstir.node.inference import InferenceService, PreparedPrompt
+from fabstir.node.server import NodeServer, serve_node
+from fabstir.protocol import ErrorCode
+from tests.helpers import WireClient, prompt
 
 DEADLINE = 60.0
 
@@ -181,7 +191,7 @@ def test_the_cap_refuses_one_answer_past_the_limit_with_retry_after() -> None:
     with cap.hold("hog"), cap.hold("hog"):
         with pytest.raises(TooManyRequestsError) as refused, cap.hold("hog"):
             pass
-        assert isinstance(refused.value, NodeError) and refused.value.code == TOO_MANY_REQUESTS
+        assert isinstance(refused.value, NodeError) and refused.value.code == ErrorCode.TOO_MANY_REQUESTS
         assert refused.value.details["retry_after"] == 0.5 and refused.value.details["limit"] == 2
         with cap.hold("other"):
             assert cap.in_flight("other") == 1, "another client is not affected"
@@ -221,3 +231,97 @@ def test_config_default_and_validation() -> None:
     assert NodeConfig(max_concurrent_per_client=0).max_concurrent_per_client == 0
     with pytest.raises(ConfigError, match="max_concurrent_per_client"):
         NodeConfig(max_concurrent_per_client=-1)
+
+
+# --- a real node over WebSockets and HTTP ---------------------------------------------------------------------
+
+HOG = "127.0.0.2"
+
+
+class Recorded:
+    """A real engine that records which prompt starts generating, in order; the first waits for ``gate``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.started: list[str] = []
+        self.gate = threading.Event()
+        self.model_id, self.context_window = engine.model_id, engine.context_window
+
+    def count_tokens(self, text: str) -> int:
+        return self.engine.count_tokens(text)
+
+    def generate(self, prompt: str, params: GenerationParams, cancelled: Callable[[], bool]) -> Iterator[
+            GenerationEvent]:
+        self.started.append(prompt)
+        assert self.gate.wait(DEADLINE)
+        yield from self.engine.generate(prompt, params, cancelled)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+@pytest.fixture
+async def one_engine_node(tiny_model: Path) -> AsyncIterator[tuple[NodeServer, Recorded]]:
+    """A node with one recorded llama.cpp engine and a cap of 10 answers per client."""
+    engine = Recorded(LlamaCppEngine(tiny_model, context_window=512, threads=1))
+    config = NodeConfig(port=0, model_path=str(tiny_model), context_window=512, parallel=1, threads=1,
+                        max_concurrent_per_client=10)
+    async with serve_node(config, pool=EnginePool([engine])) as node:
+        yield node, engine
+
+
+def service_order(engine: Recorded) -> list[str]:
+    """Who each started answer was for (the prompts are named ``hog<n>`` and ``victim``)."""
+    return [next(word for word in text.split() if word.startswith(("hog", "victim"))) for text in engine.started]
+
+
+async def test_a_victim_is_served_within_two_engine_turns_of_a_hog_with_ten_queued_answers(
+        one_engine_node: tuple[NodeServer, Recorded]) -> None:
+    node, engine = one_engine_node
+    pool = node.runtime.inference.pool
+    hogs = [await WireClient.open(node.ws_url, local_addr=(HOG, 0)) for _ in range(10)]
+    victim = await WireClient.open(node.ws_url)
+    for n, hog in enumerate(hogs):
+        await hog.send(prompt(f"hog{n} tell a long story", rid=f"h{n}", max_tokens=24))
+    await until(lambda: len(engine.started) == 1 and pool.waiting == 9)
+    await victim.send(prompt("victim says hi", rid="v", max_tokens=4))
+    await until(lambda: pool.waiting == 10)
+    engine.gate.set()
+    ends = [frames[-1] for frames in await asyncio.gather(*(c.until_end() for c in [*hogs, victim]))]
+    assert [end["reason"] for end in ends] == ["complete"] * 11, ends
+    order = service_order(engine)
+    assert order.index("victim") <= 2, f"the victim waited more than two engine turns: {order}"
+    assert [who for who in order if who != "victim"] == [f"hog{n}" for n in range(10)], order
+    for client in [*hogs, victim]:
+        await client.close()
+
+
+async def test_one_answer_past_the_cap_is_refused_with_retry_after_on_both_paths(
+        one_engine_node: tuple[NodeServer, Recorded]) -> None:
+    node, engine = one_engine_node
+    pool = node.runtime.inference.pool
+    hogs = [await WireClient.open(node.ws_url, local_addr=(HOG, 0)) for _ in range(11)]
+    for n, hog in enumerate(hogs[:10]):
+        await hog.send(prompt(f"hog{n} again", rid=f"h{n}", max_tokens=4))
+    await until(lambda: len(engine.started) == 1 and pool.waiting == 9)
+    await hogs[10].send(prompt("hog10 one too many", rid="h10", max_tokens=4))
+    error, end = await hogs[10].until_end()
+    assert error["type"] == "error" and error["code"] == ErrorCode.TOO_MANY_REQUESTS, error
+    assert 0 < error["retry_after"] <= 30 and error["id"] == "h10", error
+    assert end["reason"] == "error" and end["tokens_used"] == 0, end
+    transport = httpx.AsyncHTTPTransport(local_address=HOG)
+    async with httpx.AsyncClient(base_url=node.url, transport=transport, timeout=DEADLINE) as http:
+        refused = await http.post("/v1/inference", json={"prompt": "hog http", "max_tokens": 2, "stream": False})
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1, refused.text
+    assert ErrorCode.TOO_MANY_REQUESTS in refused.text
+    async with httpx.AsyncClient(base_url=node.url, timeout=DEADLINE) as http:
+        other = asyncio.create_task(http.post("/v1/inference", json={"prompt": "victim", "max_tokens": 2}))
+        await until(lambda: pool.waiting == 10)  # another address is not capped: it queues
+        engine.gate.set()
+        assert (await other).status_code == 200
+    assert [frames[-1]["reason"] for frames in await asyncio.gather(*(h.until_end() for h in hogs[:10]))] == [
+        "complete"] * 10
+    await hogs[10].send(prompt("hog10 now there is room", rid="h10b", max_tokens=4))
+    assert (await hogs[10].until_end())[-1]["reason"] == "complete"
+    for hog in hogs:
+        await hog.close()

@@ -16,17 +16,15 @@ import time
 from collections.abc import Callable, Iterator
 
 from fabstir.errors import NodeError
+from fabstir.protocol import ErrorCode
 
-__all__ = ["ConcurrencyCap", "TOO_MANY_REQUESTS", "TooManyRequestsError"]
-
-TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
-"""The error code of a request refused because its client has too many answers in flight."""
+__all__ = ["ConcurrencyCap", "TooManyRequestsError"]
 
 
 class TooManyRequestsError(NodeError):
     """The client already has ``limit`` answers in flight; ``details["retry_after"]`` says when to try again."""
 
-    default_code = TOO_MANY_REQUESTS
+    default_code = ErrorCode.TOO_MANY_REQUESTS
 
 
 class ConcurrencyCap:
