@@ -26,7 +26,8 @@ def test_buckets_refill_and_are_separate() -> None:
 
 
 async def test_flood_is_refused_with_retry_after_and_others_keep_working(node_factory: NodeFactory) -> None:
-    node: NodeServer = await node_factory(session_rate_limit_per_minute=60, session_rate_limit_burst=3)
+    # 2 a minute: the bucket cannot refill while the test runs, however slow the machine
+    node: NodeServer = await node_factory(session_rate_limit_per_minute=2, session_rate_limit_burst=3)
     flooder, other = await WireClient.open(node.ws_url), await WireClient.open(node.ws_url)
     await flooder.init("flood")
     await other.init("calm")
@@ -37,7 +38,7 @@ async def test_flood_is_refused_with_retry_after_and_others_keep_working(node_fa
         codes.append(frames[-1]["reason"])
         if frames[-1]["reason"] == "error":
             error = frames[0]
-            assert error["code"] == "RATE_LIMITED" and 0 < error["retry_after"] <= 1.0
+            assert error["code"] == "RATE_LIMITED" and 0 < error["retry_after"] <= 30.0
     assert codes == ["complete"] * 3 + ["error"] * 2
     await other.send(prompt("hello", rid="o", max_tokens=2))
     assert (await other.until_end())[-1]["reason"] == "complete"
@@ -48,12 +49,12 @@ async def test_flood_is_refused_with_retry_after_and_others_keep_working(node_fa
 
 
 async def test_http_429_with_retry_after(node_factory: NodeFactory) -> None:
-    node: NodeServer = await node_factory(rate_limit_per_minute=60, rate_limit_burst=1)
+    node: NodeServer = await node_factory(rate_limit_per_minute=2, rate_limit_burst=1)  # no refill in the test
     async with httpx.AsyncClient(base_url=node.url) as client:
         body = {"prompt": "x", "max_tokens": 2, "temperature": 0}
         assert (await client.post("/v1/inference", json=body)).status_code == 200
         refused = await client.post("/v1/inference", json=body)
-        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+        assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 30
         assert refused.json()["details"]["code"] == "RATE_LIMITED"
 
 

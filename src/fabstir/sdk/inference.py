@@ -16,7 +16,7 @@ restores the node's context from the client's copy (``session_resume``, or
 ``conversation_context`` on a node without it). A prompt that fails before any
 token arrived is retried once on the new connection; one that fails mid-answer
 raises :class:`ConnectionClosedError` (its partial text is in the history only
-if the node finished it). A prompt refused with ``RATE_LIMITED`` is sent again
+if the node finished it). A prompt refused with ``RATE_LIMITED`` or ``TOO_MANY_REQUESTS`` is sent again
 after the node's ``retry_after`` (nothing was generated or billed), up to
 ``RetryPolicy.attempts`` times.
 
@@ -91,6 +91,9 @@ if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
 
 __all__ = ["InferenceManager", "InferenceStream", "PUBLIC_CONTEXT_MESSAGES"]
+
+_RETRY_LATER = ("RATE_LIMITED", "TOO_MANY_REQUESTS")
+"""Refusals that mean "nothing was generated, try again after ``retry_after``"."""
 
 log = logging.getLogger("fabstir.sdk")
 
@@ -673,7 +676,8 @@ class InferenceStream:
                     await self._manager._resume_on_node(session)
                 except NodeError as exc:
                     rate_limited += 1
-                    if exc.code != "RATE_LIMITED" or received_any or rate_limited > self._manager._sdk.retry.attempts:
+                    if (exc.code not in _RETRY_LATER or received_any
+                            or rate_limited > self._manager._sdk.retry.attempts):
                         raise
                     await asyncio.sleep(_retry_after(exc, self._manager._sdk.retry.max_delay))
         finally:
