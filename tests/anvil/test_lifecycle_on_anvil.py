@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from fabstir.chain.money import settle
 from fabstir.chain.records import JobStatus
-from fabstir.chain.units import settle
 from fabstir.errors import ContractError
 from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig

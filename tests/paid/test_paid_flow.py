@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from fabstir.chain.money import settle
 from fabstir.chain.records import ZERO_ADDRESS, JobStatus
-from fabstir.chain.units import settle
 from fabstir.errors import ContractError, NodeError
 from fabstir.node.billing import BillingService
 from fabstir.node.host_chain import HostChain

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fabstir.chain.metadata import MetadataError, build_host_metadata, parse_host_metadata
+from fabstir.chain.money import format_units, max_tokens_for_deposit, parse_units, settle, token_cost
 from fabstir.chain.records import JobStatus, SessionJob
-from fabstir.chain.units import format_units, max_tokens_for_deposit, parse_units, settle, token_cost
 from fabstir.errors import ConfigError, SessionError
 from fabstir.protocol import Usage
 from fabstir.sdk.billing import BillingTracker

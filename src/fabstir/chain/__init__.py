@@ -4,9 +4,9 @@ from fabstir.chain.backend import Chain, dev_account, dev_accounts
 from fabstir.chain.contracts import Deployment, Marketplace, load_artifact, model_id
 from fabstir.chain.deploy import deploy_marketplace
 from fabstir.chain.metadata import HostMetadata, MetadataError, build_host_metadata, parse_host_metadata
+from fabstir.chain.money import Settlement, format_units, parse_units, settle, token_cost
 from fabstir.chain.network import NetworkConfig
 from fabstir.chain.records import HostRecord, JobStatus, SessionJob
-from fabstir.chain.units import Settlement, format_units, parse_units, settle, token_cost
 
 __all__ = [
     "Chain",

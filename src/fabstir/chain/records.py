@@ -7,7 +7,7 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
-from fabstir.chain.units import max_tokens_for_deposit, settle, token_cost
+from fabstir.chain.money import Settlement, max_tokens_for_deposit, settle, token_cost
 
 __all__ = ["HostRecord", "JobStatus", "SessionJob", "ZERO_ADDRESS"]
 
@@ -71,8 +71,8 @@ class SessionJob:
     def cost_so_far(self) -> int:
         return token_cost(self.tokens_used, self.price_per_token)
 
-    def settlement(self, fee_basis_points: int) -> Any:
-        """What completing now would pay out (see :func:`fabstir.chain.units.settle`)."""
+    def settlement(self, fee_basis_points: int) -> Settlement:
+        """What completing now would pay out (see :func:`fabstir.chain.money.settle`)."""
         return settle(self.tokens_used, self.price_per_token, fee_basis_points, self.deposit)
 
 

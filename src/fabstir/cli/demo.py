@@ -25,7 +25,7 @@ from fabstir.chain.backend import Chain, dev_account
 from fabstir.chain.contracts import Marketplace, model_id
 from fabstir.chain.deploy import deploy_marketplace
 from fabstir.chain.metadata import build_host_metadata
-from fabstir.chain.units import format_units
+from fabstir.chain.money import format_units
 from fabstir.node.billing import MIN_PROVEN_TOKENS, BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.host_chain import HostChain

@@ -21,8 +21,8 @@ from fabstir.chain.anvil import AnvilProcess, is_anvil_pid, pid_alive, start_anv
 from fabstir.chain.backend import Chain, dev_account
 from fabstir.chain.contracts import Deployment, Marketplace
 from fabstir.chain.deploy import ModelSpec, deploy_marketplace
+from fabstir.chain.money import format_units
 from fabstir.chain.network import NetworkConfig
-from fabstir.chain.units import format_units
 from fabstir.errors import ConfigError
 from fabstir.node.models import DEFAULT_MODEL_FILE, model_cache_dir
 

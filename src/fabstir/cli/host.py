@@ -11,8 +11,8 @@ from eth_account.signers.local import LocalAccount
 
 from fabstir.chain.contracts import Marketplace
 from fabstir.chain.metadata import build_host_metadata
+from fabstir.chain.money import format_units
 from fabstir.chain.network import NetworkConfig
-from fabstir.chain.units import format_units
 from fabstir.errors import ConfigError
 from fabstir.keys import load_signing_key
 from fabstir.node.config import check_host_key

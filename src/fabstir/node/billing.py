@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from fabstir.chain.money import MIN_PROVEN_TOKENS, first_claim_minimum, smallest_claim
 from fabstir.chain.records import JobStatus
 from fabstir.errors import ContractError, FabstirError
 from fabstir.node.host_chain import HostChain
@@ -55,9 +56,6 @@ from fabstir.node.host_chain import HostChain
 __all__ = ["BillingService", "FLUSH_SECONDS", "FLUSH_TOKENS", "JobLedgerEntry", "MIN_PROVEN_TOKENS"]
 
 log = logging.getLogger("fabstir.node.billing")
-
-MIN_PROVEN_TOKENS = 100
-"""The marketplace's smallest checkpoint."""
 
 FLUSH_TOKENS = 32
 """Served tokens held in memory at most before they are written to the ledger."""
@@ -192,7 +190,7 @@ class BillingService:
         entry = self._jobs.get(job_id)
         if entry is None:
             entry = JobLedgerEntry(job_id=job_id, max_tokens=max_tokens,
-                                   min_charge=min(max(proof_interval, self.min_tokens), max_tokens))
+                                   min_charge=first_claim_minimum(proof_interval, max_tokens, self.min_tokens))
             self._jobs[job_id] = entry
         entry.closed = False
         self._save(entry)
@@ -358,8 +356,8 @@ class BillingService:
     def _checkpoint_due(self, entry: JobLedgerEntry) -> bool:
         if entry.flush:
             return entry.unbilled >= self.min_tokens or entry.needs_minimum_charge
-        smallest = entry.min_charge if entry.submitted == 0 else self.min_tokens
-        return entry.unbilled >= self.checkpoint_tokens and self._claim(entry) >= smallest
+        return (entry.unbilled >= self.checkpoint_tokens
+                and self._claim(entry) >= smallest_claim(entry.submitted, entry.min_charge, self.min_tokens))
 
     def _claim(self, entry: JobLedgerEntry) -> int:
         """Tokens the next checkpoint claims: all unbilled once an answer ended (at least the minimum charge

@@ -7,7 +7,8 @@ integers in base units.
 
 Served is not billed. The marketplace charges at least the session's minimum
 (its ``proof_interval``, 100 tokens on our contracts: the first checkpoint claims
-that many) and at most what the deposit covers; :func:`billable_tokens` applies
+that many) and at most what the deposit covers; :func:`billable_tokens` (from
+:mod:`fabstir.chain.money`, whose rules the node's billing follows too) applies
 those rules, and ``get_session_cost`` is what the chain will charge for the tokens
 served so far. A host may bill less, never more: a tail under the 100-token
 smallest claim that follows an earlier checkpoint cannot be claimed.
@@ -20,8 +21,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fabstir.chain.money import billable_tokens, max_tokens_for_deposit, token_cost
 from fabstir.chain.records import SessionJob
-from fabstir.chain.units import max_tokens_for_deposit, token_cost
 from fabstir.errors import SessionError
 from fabstir.sdk.types import InferenceResult
 
@@ -31,15 +32,6 @@ CHARS_PER_TOKEN = 4
 """Rough characters per token for :meth:`BillingTracker.estimate_tokens` (English text, BPE tokenizers)."""
 
 BillingCallback = Callable[["BillingEvent"], "None | Awaitable[None]"]
-
-
-def billable_tokens(served: int, minimum_charge: int = 0, max_tokens: int | None = None) -> int:
-    """Tokens the chain charges for ``served``: none for none, else at least ``minimum_charge``, at most
-    ``max_tokens`` (what the deposit covers)."""
-    if served <= 0:
-        return 0
-    billed = max(served, minimum_charge)
-    return billed if max_tokens is None else min(billed, max_tokens)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from web3 import Web3
-from web3.logs import DISCARD
 
 from fabstir.chain.contracts import Marketplace, model_id
+from fabstir.chain.jobs import (
+    SessionEvent,
+    complete_session_job,
+    create_session_job,
+    fee_basis_points,
+    get_session_job,
+    session_events,
+    trigger_session_timeout,
+)
+from fabstir.chain.money import Settlement, settle
 from fabstir.chain.records import SessionJob
-from fabstir.chain.units import settle
 from fabstir.discovery.selection import Requirements, Strategy, Weights
-from fabstir.errors import ConfigError, ContractError, SessionError
+from fabstir.errors import ConfigError, SessionError
 
 if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
@@ -33,17 +40,6 @@ def resolve_model_id(model: bytes | str | None) -> bytes | None:
     if not sep or not repo or not file_name:
         raise ConfigError(f"model must be a 32-byte id or 'repo/file', got {model!r}")
     return model_id(repo, file_name)
-
-
-@dataclasses.dataclass(frozen=True)
-class SessionEvent:
-    """One marketplace event about a session (``name`` is the Solidity event name)."""
-
-    name: str
-    job_id: int
-    block_number: int
-    tx_hash: str
-    args: dict[str, Any]
 
 
 class SessionManager:
@@ -78,28 +74,14 @@ class SessionManager:
             ContractError: the marketplace refused (e.g. ``reason == "Price below host minimum for model"``).
         """
         market, account = self._market, self._sdk.require_account()
-        functions = market.marketplace.functions
         host = Web3.to_checksum_address(host)
         model_key = resolve_model_id(model)
         if price_per_token is None:
             price_per_token = await self._sdk.registry.get_model_pricing(host, model_key, token)
-        if token is None:
-            call = (functions.createSessionJobForModel(host, model_key, price_per_token, max_duration, proof_interval)
-                    if model_key else functions.createSessionJob(host, price_per_token, max_duration, proof_interval))
-            receipt = await market.chain.transact(account, call, value=deposit)
-        else:
-            token = Web3.to_checksum_address(token)
-            await self._ensure_allowance(token, deposit)
-            call = (functions.createSessionJobForModelWithToken(host, model_key, token, deposit, price_per_token,
-                                                                max_duration, proof_interval)
-                    if model_key else
-                    functions.createSessionJobWithToken(host, token, deposit, price_per_token, max_duration,
-                                                        proof_interval))
-            receipt = await market.chain.transact(account, call)
-        created = market.marketplace.events.SessionJobCreated().process_receipt(receipt, errors=DISCARD)
-        if not created:
-            raise ContractError("createSession mined without a SessionJobCreated event", function="createSession")
-        job = await self.get_session(int(created[0]["args"]["jobId"]))
+        job_id = await create_session_job(market, account, host, model_key, deposit=deposit,
+                                          price_per_token=price_per_token, max_duration=max_duration,
+                                          proof_interval=proof_interval, token=token)
+        job = await self.get_session(job_id)
         self._sdk.billing.track_session(job)
         return job
 
@@ -123,63 +105,33 @@ class SessionManager:
                                   weights=weights, token=token, max_duration=max_duration,
                                   proof_interval=proof_interval, probe=probe)
 
-    async def _ensure_allowance(self, token: str, amount: int) -> None:
-        market, account = self._market, self._sdk.require_account()
-        erc20 = market.token(token)
-        spender = market.marketplace.address
-        allowance = await market.chain.call(erc20.functions.allowance(account.address, spender))
-        if allowance < amount:
-            await market.chain.transact(account, erc20.functions.approve(spender, amount))
-
     async def get_session(self, job_id: int) -> SessionJob:
         """The session job as stored on chain.
 
         Raises:
             SessionError: no such job.
         """
-        market = self._market
-        functions = market.marketplace.functions
-        row = await market.chain.call(functions.sessionJobs(job_id))
-        model = await market.chain.call(functions.sessionModel(job_id))
-        job = SessionJob.from_getter(row, model)
+        job = await get_session_job(self._market, job_id)
         if not job.exists:
             raise SessionError(f"session job {job_id} does not exist", code="JOB_NOT_FOUND")
         return job
 
     async def complete_session(self, job_id: int, conversation_cid: str = "") -> SessionJob:
         """Settle the session now (the depositor may do so at any time; the host after the dispute window)."""
-        market = self._market
-        await market.chain.transact(self._sdk.require_account(),
-                                    market.marketplace.functions.completeSessionJob(job_id, conversation_cid))
+        await complete_session_job(self._market, self._sdk.require_account(), job_id, conversation_cid)
         return await self.get_session(job_id)
 
     async def trigger_timeout(self, job_id: int) -> SessionJob:
         """Settle an expired or abandoned session (anyone may call it once it timed out)."""
-        market = self._market
-        await market.chain.transact(self._sdk.require_account(),
-                                    market.marketplace.functions.triggerSessionTimeout(job_id))
+        await trigger_session_timeout(self._market, self._sdk.require_account(), job_id)
         return await self.get_session(job_id)
 
     async def get_session_events(self, job_id: int, from_block: int = 0) -> list[SessionEvent]:
         """Creation, checkpoints and settlement (``SessionCompleted`` or ``SessionTimedOut``) of ``job_id``,
         in chain order. The events have the public contracts' fields (and topics)."""
-        market = self._market
-        events = market.marketplace.events
-        kinds = (events.SessionJobCreated, events.ProofSubmitted, events.SessionCompleted, events.SessionTimedOut)
+        return await session_events(self._market, job_id, from_block)
 
-        def fetch() -> list[tuple[int, int, SessionEvent]]:
-            found: list[tuple[int, int, SessionEvent]] = []
-            for kind in kinds:
-                for log in kind().get_logs(from_block=from_block, argument_filters={"jobId": job_id}):
-                    event = SessionEvent(str(log["event"]), job_id, int(log["blockNumber"]),
-                                         log["transactionHash"].hex(), dict(log["args"]))
-                    found.append((event.block_number, int(log["logIndex"]), event))
-            return sorted(found, key=lambda item: item[:2])
-
-        return [event for _, _, event in await market.chain.run(fetch)]
-
-    async def expected_settlement(self, job_id: int) -> Any:
+    async def expected_settlement(self, job_id: int) -> Settlement:
         """What completing the session now would pay: host earnings, treasury fee and refund."""
         job = await self.get_session(job_id)
-        fee = await self._market.chain.call(self._market.marketplace.functions.feeBasisPoints())
-        return settle(job.tokens_used, job.price_per_token, int(fee), job.deposit)
+        return settle(job.tokens_used, job.price_per_token, await fee_basis_points(self._market), job.deposit)

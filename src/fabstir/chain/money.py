@@ -1,7 +1,17 @@
-"""Exact money arithmetic: base units as ``int``, never floats.
+"""The marketplace's money rules in exact integers: units, prices, claims and settlement.
 
-Prices use the marketplace's ×1000 precision: a price is payment units per
-token times 1000, so ``cost = tokens * price // 1000``.
+Pure functions, no I/O: amounts are base units (``int``), never floats. The SDK's and the node's
+billing both use these, and they follow the JobMarketplace contract:
+
+- A price is payment units per token times :data:`PRICE_PRECISION` (1000): ``cost = tokens * price // 1000``,
+  rounded down.
+- A deposit pays for at most ``deposit * 1000 // price`` tokens.
+- A checkpoint claims at least :data:`MIN_PROVEN_TOKENS`; the first one at least the session's minimum charge
+  (its ``proofInterval``, which the contract keeps at or above that), never more than the deposit covers.
+- Served is not billed: the chain charges nothing for nothing, else at least the minimum charge, at most
+  what the deposit covers.
+- Settlement: the treasury's fee (basis points) comes out of the host's payment; the rest of the deposit is
+  refunded.
 """
 
 from __future__ import annotations
@@ -12,17 +22,27 @@ from decimal import Decimal, InvalidOperation
 from fabstir.errors import ConfigError
 
 __all__ = [
+    "BASIS_POINTS",
     "ETH_DECIMALS",
+    "MIN_PROVEN_TOKENS",
     "PRICE_PRECISION",
     "Settlement",
+    "billable_tokens",
+    "first_claim_minimum",
     "format_units",
     "max_tokens_for_deposit",
     "parse_units",
     "settle",
+    "smallest_claim",
     "token_cost",
 ]
 
 PRICE_PRECISION = 1000
+"""Prices are payment units per token times this."""
+BASIS_POINTS = 10_000
+"""The treasury's fee is ``fee_basis_points / BASIS_POINTS`` of the host's payment."""
+MIN_PROVEN_TOKENS = 100
+"""The marketplace's smallest checkpoint (and smallest ``proofInterval``)."""
 ETH_DECIMALS = 18
 
 
@@ -67,6 +87,27 @@ def max_tokens_for_deposit(deposit: int, price_per_token: int) -> int:
     return deposit * PRICE_PRECISION // price_per_token
 
 
+def billable_tokens(served: int, minimum_charge: int = 0, max_tokens: int | None = None) -> int:
+    """Tokens the chain charges for ``served``: none for none, else at least ``minimum_charge``, at most
+    ``max_tokens`` (what the deposit covers)."""
+    if served <= 0:
+        return 0
+    billed = max(served, minimum_charge)
+    return billed if max_tokens is None else min(billed, max_tokens)
+
+
+def first_claim_minimum(proof_interval: int, max_tokens: int, min_claim: int = MIN_PROVEN_TOKENS) -> int:
+    """The fewest tokens a session's first checkpoint claims: its ``proof_interval`` (the minimum charge), at
+    least ``min_claim``, at most what the deposit covers (``max_tokens``)."""
+    return min(max(proof_interval, min_claim), max_tokens)
+
+
+def smallest_claim(submitted: int, first_minimum: int, min_claim: int = MIN_PROVEN_TOKENS) -> int:
+    """The fewest tokens the next checkpoint may claim after ``submitted`` were claimed: ``first_minimum``
+    (see :func:`first_claim_minimum`) for the first, ``min_claim`` after it."""
+    return first_minimum if submitted == 0 else min_claim
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settlement:
     """How a session's deposit is split when it ends."""
@@ -84,5 +125,5 @@ class Settlement:
 def settle(tokens_used: int, price_per_token: int, fee_basis_points: int, deposit: int) -> Settlement:
     """The contract's settlement, in Python: the fee comes out of the host's payment."""
     payment = token_cost(tokens_used, price_per_token)
-    fee = payment * fee_basis_points // 10_000
+    fee = payment * fee_basis_points // BASIS_POINTS
     return Settlement(host_earnings=payment - fee, treasury_fee=fee, refund=deposit - payment)
