@@ -1,11 +1,26 @@
 """The sans-I/O protocol core shared by the SDK and the node.
 
 Nothing here imports asyncio or a network library: messages, parsing, the
-stream accumulator and the session state table are pure, and both ends of the
-wire are thin I/O around them.
+stream accumulator, the session state table and the two connections
+(:class:`ClientConnection`, :class:`ServerConnection`: frames in, events and
+frames out) are pure, and both ends of the wire are thin I/O around them.
 """
 
+from fabstir.protocol.client_connection import ClientConnection
 from fabstir.protocol.codes import PROTOCOL_FEATURES, ErrorCode, Feature
+from fabstir.protocol.events import (
+    CancelReceived,
+    ChunkReceived,
+    ClientEvent,
+    EncryptedInitReceived,
+    ErrorReceived,
+    PromptReceived,
+    RequestRefused,
+    ResumeReceived,
+    ServerEvent,
+    StreamEnded,
+    StreamPosition,
+)
 from fabstir.protocol.inner import (
     decode_inner_payload,
     encode_inner_payload,
@@ -54,10 +69,24 @@ from fabstir.protocol.parse import (
     parse_client_message,
     parse_server_message,
 )
+from fabstir.protocol.server_connection import ServerConnection
 from fabstir.protocol.state import TRANSITIONS, SessionState, SessionStateMachine
 from fabstir.protocol.stream import StreamAccumulator, StreamSnapshot, TextDelta, error_from_message
 
 __all__ = [
+    "CancelReceived",
+    "ChunkReceived",
+    "ClientConnection",
+    "ClientEvent",
+    "EncryptedInitReceived",
+    "ErrorReceived",
+    "PromptReceived",
+    "RequestRefused",
+    "ResumeReceived",
+    "ServerConnection",
+    "ServerEvent",
+    "StreamEnded",
+    "StreamPosition",
     "AuthChallenge",
     "AuthChallengeRequest",
     "AuthRequest",

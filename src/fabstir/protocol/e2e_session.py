@@ -257,13 +257,22 @@ class ServerE2ESession:
             E2EError: SESSION_KEY_NOT_FOUND, MISSING_PAYLOAD, MISSING_PAYLOAD_FIELDS, INVALID_HEX_ENCODING,
                 INVALID_NONCE_SIZE, REPLAYED_MESSAGE, INVALID_MESSAGE_INDEX, DECRYPTION_FAILED, INVALID_UTF8.
         """
+        return _utf8(self.decrypt_message_bytes(payload))
+
+    def decrypt_message_bytes(self, payload: object) -> bytes:
+        """As :meth:`decrypt_message`, without decoding the plaintext (a compressed inner payload starts
+        with ``0xFF``, which is not UTF-8).
+
+        Raises:
+            E2EError: as :meth:`decrypt_message`, except INVALID_UTF8.
+        """
         self._cipher.ensure_active()
         sealed = parse_sealed_payload(payload)
         self._messages.check(sealed.aad)
         plaintext = self._cipher.open(sealed)
         self._messages.advance()
         self._chunk = 0
-        return _utf8(plaintext)
+        return plaintext
 
     def encrypt_chunk(self, text: str | bytes, *, nonce: bytes | None = None) -> dict[str, Any]:
         """The next ``encrypted_chunk`` payload (AAD ``chunk_<i>``, ``index`` i). Send the last, empty one
