@@ -1,18 +1,50 @@
-"""The on-chain NodeRegistry as a discovery source: the one source whose price and stake are trusted."""
+"""The on-chain NodeRegistry as a discovery source: the one source whose price and stake are trusted.
+
+The source reads the registry through the small interface :class:`RegistryReader` (``FabstirSDK.registry``
+is one), so discovery depends on the chain layer only, never on the SDK.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
+from fabstir.chain.contracts import Marketplace
+from fabstir.chain.hosts import HostInfo, RegistryEvent, resolve_model_id
 from fabstir.discovery.merge import CHAIN
 from fabstir.discovery.selection import HostCandidate, Requirements
-from fabstir.sdk.registry import HostInfo
-from fabstir.sdk.sessions import resolve_model_id
 
-if TYPE_CHECKING:
-    from fabstir.sdk.client import FabstirSDK
+__all__ = ["ChainSource", "RegistryReader", "RegistryView", "candidate_from_host_info", "model_aliases"]
 
-__all__ = ["ChainSource", "candidate_from_host_info", "model_aliases"]
+
+class RegistryReader(Protocol):
+    """The registry reads :class:`ChainSource` needs (``fabstir.sdk.registry.NodeRegistryClient`` has them)."""
+
+    async def get_all_active_nodes(self) -> list[HostInfo]:
+        """Every registered, active host."""
+        ...
+
+    async def get_registry_events(self, from_block: int = 0) -> Sequence[RegistryEvent]:
+        """Registry events since ``from_block``, oldest first."""
+        ...
+
+    async def get_host(self, address: str) -> HostInfo:
+        """One host's record and validated metadata."""
+        ...
+
+
+class RegistryView(Protocol):
+    """A marketplace and a reader of its registry: what :class:`ChainSource` is given (a ``FabstirSDK`` is one)."""
+
+    @property
+    def marketplace(self) -> Marketplace:
+        """The marketplace contracts, for the chain's block number."""
+        ...
+
+    @property
+    def registry(self) -> RegistryReader:
+        """Reads of the marketplace's NodeRegistry."""
+        ...
 
 
 def model_aliases(model: str) -> tuple[str, ...]:
@@ -52,14 +84,14 @@ class ChainSource:
     what changed, not the size of the registry.
 
     Args:
-        sdk: an SDK with a chain and deployment.
+        sdk: an SDK with a chain and deployment (any :class:`RegistryView`).
         payment_token: which minimum price to report: ``None`` for ETH, or the ERC20 address sessions will pay in.
         incremental: follow events after the first full read (``False``: read everything every time).
     """
 
     name = CHAIN
 
-    def __init__(self, sdk: FabstirSDK, payment_token: str | None = None, *, incremental: bool = True) -> None:
+    def __init__(self, sdk: RegistryView, payment_token: str | None = None, *, incremental: bool = True) -> None:
         self._sdk = sdk
         self.payment_token = payment_token
         self.incremental = incremental

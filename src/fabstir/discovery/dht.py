@@ -40,8 +40,9 @@ from kademlia.protocol import KademliaProtocol
 from kademlia.storage import ForgetfulStorage
 from kademlia.utils import digest
 
+from fabstir._clock import wall_clock_ms
 from fabstir.discovery.selection import HostCandidate, Requirements
-from fabstir.discovery.sources import candidate_from_announcement, wall_clock_ms
+from fabstir.discovery.sources import candidate_from_announcement
 from fabstir.errors import ConfigError, ConnectError, FabstirError, RequestTimeoutError, SessionError
 from fabstir.protocol.announcement import MAX_CLOCK_SKEW_MS, MAX_TTL_S, HostAnnouncement, parse_announcement
 

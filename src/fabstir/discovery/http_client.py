@@ -25,8 +25,9 @@ from typing import Any
 
 import httpx
 
+from fabstir._clock import wall_clock_ms
 from fabstir.discovery.selection import HostCandidate, Requirements
-from fabstir.discovery.sources import candidate_from_announcement, wall_clock_ms
+from fabstir.discovery.sources import candidate_from_announcement
 from fabstir.errors import ConnectError, FabstirError, NodeError, RemoteProtocolError, RequestTimeoutError
 from fabstir.protocol.announcement import AnnouncementError, HostAnnouncement, parse_announcement
 

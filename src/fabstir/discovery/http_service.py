@@ -46,9 +46,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fabstir.discovery.sources import wall_clock_ms
+from fabstir._clock import wall_clock_ms
+from fabstir._net import bind_socket
 from fabstir.errors import FabstirError
-from fabstir.node.server import bind_socket
 from fabstir.protocol.announcement import MAX_ANNOUNCEMENT_BYTES, HostAnnouncement, parse_announcement
 
 __all__ = [

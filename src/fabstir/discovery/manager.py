@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import httpx
 
+from fabstir._clock import wall_clock_ms
 from fabstir.discovery.http_client import measure_rtt
 from fabstir.discovery.merge import CHAIN, MergeResult, merge_candidates
 from fabstir.discovery.peers import PeerManager
@@ -39,7 +40,7 @@ from fabstir.discovery.selection import (
     Strategy,
     Weights,
 )
-from fabstir.discovery.sources import DiscoverySource, wall_clock_ms
+from fabstir.discovery.sources import DiscoverySource
 from fabstir.errors import ConfigError, FabstirError
 
 __all__ = ["DiscoveryManager", "SourceHealth"]

@@ -39,8 +39,9 @@ from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange, Zeroconf, c
 from zeroconf._dns import DNSText  # exported by zeroconf but missing from its __all__
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from fabstir._clock import wall_clock_ms
 from fabstir.discovery.selection import HostCandidate, Requirements
-from fabstir.discovery.sources import candidate_from_announcement, wall_clock_ms
+from fabstir.discovery.sources import candidate_from_announcement
 from fabstir.errors import ConfigError
 from fabstir.protocol.announcement import (
     MAX_ANNOUNCEMENT_BYTES,

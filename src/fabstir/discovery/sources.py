@@ -8,20 +8,15 @@ DHT) verify each record on read and drop the ones that fail; they never invent m
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Protocol, runtime_checkable
 
 from eth_utils.address import to_checksum_address
 
+from fabstir._clock import wall_clock_ms
 from fabstir.discovery.selection import HostCandidate, Requirements
 from fabstir.protocol.announcement import HostAnnouncement
 
 __all__ = ["DiscoverySource", "StaticSource", "candidate_from_announcement", "wall_clock_ms"]
-
-
-def wall_clock_ms() -> int:
-    """Unix time in milliseconds: the clock announcements are issued and checked against."""
-    return time.time_ns() // 1_000_000
 
 
 @runtime_checkable

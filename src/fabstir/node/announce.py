@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from fabstir.discovery.sources import wall_clock_ms
+from fabstir._clock import wall_clock_ms
 from fabstir.errors import ConfigError
 from fabstir.protocol.announcement import HostAnnouncement, sign_announcement
 

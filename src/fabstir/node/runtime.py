@@ -9,7 +9,7 @@ import time
 import coincurve
 from nacl.signing import SigningKey
 
-from fabstir import __version__
+from fabstir._version import __version__
 from fabstir.errors import ConfigError
 from fabstir.node.admission import Admission
 from fabstir.node.auth import NodeAuthenticator

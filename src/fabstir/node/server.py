@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 
+from fabstir._net import bind_socket
 from fabstir.errors import ConfigError
 from fabstir.node.announce import NodeAnnouncer
 from fabstir.node.app import Progress, build_app, build_billing, build_runtime, load_engines
@@ -31,29 +31,6 @@ __all__ = ["EmbeddedServer", "NodeServer", "bind_socket", "check_before_loading"
 WS_HARD_LIMIT_FACTOR = 4
 """Frames up to this multiple of ``max_frame_bytes`` are read and answered with FRAME_TOO_LARGE;
 larger ones close the connection (1009)."""
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port``.
-
-    Raises:
-        ConfigError: the port is in use or the address cannot be bound.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP (not 0) so that asyncio sets TCP_NODELAY on accepted connections
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"port {port} on {host} is already in use; pick another with --port",
-                              code="PORT_IN_USE") from None
-        raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror}", code="BIND_FAILED") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
 
 
 def check_before_loading(config: NodeConfig) -> None:

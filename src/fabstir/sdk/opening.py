@@ -16,10 +16,10 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
+from fabstir.chain.hosts import resolve_model_id
 from fabstir.chain.records import SessionJob
 from fabstir.discovery.selection import HostCandidate, Requirements, SelectionError, Strategy, Weights
 from fabstir.errors import ConfigError, FabstirError
-from fabstir.sdk.sessions import resolve_model_id
 from fabstir.sdk.types import InferenceResult
 
 if TYPE_CHECKING:

@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from web3 import Web3
 
 from fabstir.chain.contracts import Marketplace
+from fabstir.chain.hosts import HostInfo, RegistryEvent, resolve_model_id
 from fabstir.chain.metadata import HostMetadata, MetadataError, parse_host_metadata
 from fabstir.chain.records import ZERO_ADDRESS, HostRecord
-from fabstir.sdk.sessions import resolve_model_id
 
 if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
 
 __all__ = ["HostInfo", "NodeRegistryClient", "RegistryEvent"]
-
-
-@dataclasses.dataclass(frozen=True)
-class HostInfo:
-    """A registered host with its validated metadata, or the reason its metadata was rejected."""
-
-    record: HostRecord
-    metadata: HostMetadata | None
-    metadata_error: str | None
-
-    @property
-    def address(self) -> str:
-        return self.record.address
-
-    @property
-    def api_url(self) -> str:
-        return self.record.api_url
-
-
-@dataclasses.dataclass(frozen=True)
-class RegistryEvent:
-    name: str
-    operator: str
-    block_number: int
-    args: dict[str, Any]
 
 
 class NodeRegistryClient:

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from web3 import Web3
 
-from fabstir.chain.contracts import Marketplace, model_id
+from fabstir.chain.contracts import Marketplace
+from fabstir.chain.hosts import resolve_model_id
 from fabstir.chain.jobs import (
     SessionEvent,
     complete_session_job,
@@ -19,27 +20,13 @@ from fabstir.chain.jobs import (
 from fabstir.chain.money import Settlement, settle
 from fabstir.chain.records import SessionJob
 from fabstir.discovery.selection import Requirements, Strategy, Weights
-from fabstir.errors import ConfigError, SessionError
+from fabstir.errors import SessionError
 
 if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
     from fabstir.sdk.opening import OpenedSession
 
 __all__ = ["SessionEvent", "SessionManager", "resolve_model_id"]
-
-
-def resolve_model_id(model: bytes | str | None) -> bytes | None:
-    """A model given as a 32-byte id, ``0x…`` hex, or ``"repo/file"`` becomes its registry id."""
-    if model is None or isinstance(model, bytes):
-        if model is not None and len(model) != 32:
-            raise ConfigError("a model id must be 32 bytes")
-        return model
-    if model.startswith("0x") and len(model) == 66:
-        return bytes.fromhex(model[2:])
-    repo, sep, file_name = model.rpartition("/")
-    if not sep or not repo or not file_name:
-        raise ConfigError(f"model must be a 32-byte id or 'repo/file', got {model!r}")
-    return model_id(repo, file_name)
 
 
 class SessionManager:
