@@ -18,6 +18,7 @@ from fabstir.discovery.sources import DiscoverySource
 from fabstir.errors import ConfigError
 from fabstir.sdk.billing import BillingTracker
 from fabstir.sdk.config import RetryPolicy, Timeouts
+from fabstir.sdk.connection import Connector, connect_host
 from fabstir.sdk.inference import InferenceManager
 from fabstir.sdk.registry import NodeRegistryClient
 from fabstir.sdk.sessions import SessionManager
@@ -56,6 +57,7 @@ class FabstirSDK:
         encryption: bool | None = None,
         discovery_sources: Iterable[DiscoverySource] = (),
         peers: PeerManager | None = None,
+        connector: Connector | None = None,
     ) -> None:
         self.chain = chain
         self.deployment = deployment
@@ -71,6 +73,8 @@ class FabstirSDK:
             compression = os.environ.get("FABSTIR_NO_COMPRESSION", "") not in ("1", "true", "yes")
         self.compression = compression
         self.default_options = default_options or PromptOptions()
+        self.connector: Connector = connector or connect_host
+        """Opens each session's transport to a host (default: a WebSocket to its ``/v1/ws``)."""
         self._discovery_sources = list(discovery_sources)
         self._peers = peers
 

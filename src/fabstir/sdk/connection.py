@@ -5,6 +5,11 @@ the typed message in an inbox; request code takes messages from the inbox
 with a deadline. When the socket closes, the inbox gets a
 :class:`ConnectionClosedError`, so a waiting request fails at once instead of
 hanging. Third-party exceptions are translated to the fabstir tree here.
+
+Sessions reach hosts only through the small :class:`Transport` interface, opened by a
+:data:`Connector` (``FabstirSDK(connector=...)``); :func:`connect_host` (a real
+WebSocket, :class:`HostConnection`) is the default. Tests, failover and a gateway can
+inject another one.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
 
 import websockets
 from nacl.signing import SigningKey
@@ -23,7 +29,7 @@ from fabstir.errors import ConnectError, ConnectionClosedError, FabstirError, Re
 from fabstir.protocol import ClientMessage, Connected, ServerMessage, encode_message, parse_server_message
 from fabstir.protocol.signing import sign_message
 
-__all__ = ["HostConnection", "ws_url_for"]
+__all__ = ["Connector", "HostConnection", "Transport", "connect_host", "ws_url_for"]
 
 _CLOSED = object()
 
@@ -38,6 +44,57 @@ def ws_url_for(host_url: str) -> str:
     if url.startswith("http://"):
         return "ws://" + url[len("http://"):] + "/v1/ws"
     return "ws://" + url + "/v1/ws"
+
+
+class Transport(Protocol):
+    """What a session needs from its connection to a host."""
+
+    connected: Connected | None
+    """The node's greeting (``None`` if it sent none)."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone."""
+        ...
+
+    @property
+    def features(self) -> frozenset[str]:
+        """Extensions the node advertised in its greeting."""
+        ...
+
+    async def send(self, message: ClientMessage) -> None:
+        """Send one message. Raises ConnectionClosedError."""
+        ...
+
+    async def receive(self, timeout: float | None) -> ServerMessage:
+        """The next message. Raises RequestTimeoutError, ConnectionClosedError, RemoteProtocolError."""
+        ...
+
+    def drain(self) -> None:
+        """Forget messages already received."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        ...
+
+
+class Connector(Protocol):
+    """Opens a :class:`Transport` to a host URL (``http://…``, ``ws://…``)."""
+
+    def __call__(self, host_url: str, *, timeout: float | None, compression: bool,
+                 signing_key: SigningKey | None) -> Awaitable[Transport]:
+        ...
+
+
+async def connect_host(host_url: str, *, timeout: float | None, compression: bool,
+                       signing_key: SigningKey | None) -> Transport:
+    """The default :class:`Connector`: a WebSocket to the host's ``/v1/ws``.
+
+    Raises:
+        ConnectError: the host refused, did not answer in time, or is not a node.
+    """
+    return await HostConnection.open(host_url, timeout=timeout, compression=compression, signing_key=signing_key)
 
 
 class HostConnection:

@@ -1,0 +1,221 @@
+"""``InferenceStream``: one answer, as an async iterator of text pieces and an async context manager.
+
+Theory of operation. The stream sends its prompt on its :class:`~fabstir.sdk.session.Session`
+and feeds every frame to a :class:`StreamAccumulator` until ``stream_end``, using only the
+session's public methods. A prompt that fails before any token arrived is retried once on a
+new connection (or after a resume, for an index conflict); one that fails mid-answer raises
+:class:`ConnectionClosedError`. A prompt refused with ``RATE_LIMITED`` or ``TOO_MANY_REQUESTS``
+is sent again after the node's ``retry_after`` (nothing was generated or billed), up to
+``RetryPolicy.attempts`` times. Leaving ``async with`` (or :meth:`InferenceStream.aclose`)
+before the end cancels the answer on the node and waits for its end, so the session is free for
+the next request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING
+
+from fabstir.errors import (
+    ConnectionClosedError,
+    FabstirError,
+    InvalidMessageIndexError,
+    NodeError,
+    RemoteProtocolError,
+    RequestTimeoutError,
+    SessionError,
+)
+from fabstir.protocol import Feature, ServerMessage, SessionState, StreamAccumulator, StreamSnapshot
+from fabstir.protocol.e2e import E2EError
+from fabstir.protocol.signing import Receipt, SignatureError, verify_receipt
+from fabstir.sdk import e2e as _e2e
+from fabstir.sdk.e2e import EncryptedStream
+from fabstir.sdk.types import InferenceResult, PromptOptions
+
+if TYPE_CHECKING:
+    from fabstir.sdk.session import Session
+
+__all__ = ["InferenceStream", "new_request_id"]
+
+_RETRY_LATER = ("RATE_LIMITED", "TOO_MANY_REQUESTS")
+"""Refusals that mean "nothing was generated, try again after ``retry_after``"."""
+
+
+class InferenceStream:
+    """Async iterator over one answer's text; :attr:`result` holds the :class:`InferenceResult` after."""
+
+    def __init__(self, session: Session, prompt: str, options: PromptOptions) -> None:
+        self._session = session
+        self._prompt = prompt
+        self._options = options
+        self._result: InferenceResult | None = None
+        self._iterator: AsyncGenerator[str, None] | None = None
+
+    @property
+    def result(self) -> InferenceResult:
+        if self._result is None:
+            raise SessionError("the stream has not finished yet", code="STREAM_NOT_FINISHED")
+        return self._result
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        if self._iterator is None:
+            self._iterator = self._run()
+        return self._iterator
+
+    async def __aenter__(self) -> InferenceStream:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop early: cancel the answer on the node and wait for its end (the node records the partial
+        turn, so our copy does too, as after :meth:`Session.cancel`); the session is then free again."""
+        iterator = self._iterator
+        if iterator is None:
+            return
+        if self._result is None and self._session.active_request is not None:
+            with contextlib.suppress(FabstirError):
+                await self._session.cancel()
+                async for _ in iterator:
+                    pass
+        await iterator.aclose()
+
+    async def until_done(self) -> InferenceResult:
+        """Consume the rest of the stream and return the result."""
+        async for _ in self:
+            pass
+        return self.result
+
+    async def _run(self) -> AsyncGenerator[str, None]:
+        session = self._session
+        session.active_request = request_id = new_request_id()
+        recovered = rate_limited = 0
+        try:
+            while True:
+                received_any = False
+                if session.state.state in (SessionState.STREAMING, SessionState.CANCELLING):
+                    session.state.move(SessionState.READY)  # a refused attempt is over
+                try:
+                    await session.ensure_ready()
+                    async for piece in self._attempt(request_id):
+                        received_any = True
+                        yield piece
+                    await session.sdk.billing.record(self.result)
+                    return
+                except SignatureError:
+                    raise  # a bad receipt is the host's fault, not the connection's: never retried
+                except E2EError:
+                    # a frame that does not decrypt: never retried; drop the socket so the host stops
+                    if session.connection is not None:
+                        await session.connection.aclose()
+                    raise
+                except (ConnectionClosedError, RemoteProtocolError) as exc:
+                    recovered += 1
+                    if received_any or recovered > 1:
+                        raise ConnectionClosedError(f"lost the host mid-answer: {exc.message}") from None
+                    await session.reconnect()
+                except InvalidMessageIndexError:
+                    recovered += 1
+                    if received_any or recovered > 1:
+                        raise
+                    await session.resume_on_node()
+                except NodeError as exc:
+                    rate_limited += 1
+                    if exc.code not in _RETRY_LATER or received_any or rate_limited > session.sdk.retry.attempts:
+                        raise
+                    await asyncio.sleep(_retry_after(exc, session.sdk.retry.max_delay))
+        finally:
+            session.active_request = None
+            if session.state.state in (SessionState.STREAMING, SessionState.CANCELLING):
+                session.state.move(SessionState.READY)
+
+    async def _attempt(self, request_id: str) -> AsyncIterator[str]:
+        session = self._session
+        connection = session.transport()
+        connection.drain()
+        timeouts = session.sdk.timeouts
+        started_at = time.perf_counter()
+        message, sealed = await session.request_frame(self._prompt, self._options, request_id)
+        accumulator = StreamAccumulator(request_id, started_at=started_at)
+        await connection.send(message)
+        session.state.move(SessionState.STREAMING)
+        timeout = timeouts.first_token
+        while not accumulator.done:
+            frame = await self._next_frame(timeout, sealed)
+            if sealed is not None:
+                frame = sealed.open(frame) if frame is not None else None
+                timeout = _e2e.END_GRACE_S if sealed.ended else timeouts.between_frames
+                if frame is None:
+                    continue
+            else:
+                timeout = timeouts.between_frames
+            assert frame is not None
+            delta = accumulator.feed(frame, time.perf_counter())
+            if delta is not None:
+                yield delta.text
+        snapshot = accumulator.snapshot()
+        if snapshot.error is not None:
+            raise snapshot.error
+        self._finish(snapshot, request_id)
+
+    async def _next_frame(self, timeout: float | None, sealed: EncryptedStream | None) -> ServerMessage | None:
+        try:
+            return await self._session.transport().receive(timeout)
+        except RequestTimeoutError:
+            if sealed is None or not sealed.ended:
+                raise
+            return sealed.synthesized_end()  # no stream_end after the final chunk: finish anyway
+
+    def _verified_receipt(self, snapshot: StreamSnapshot) -> Receipt | None:
+        """Check the host's receipt against what was streamed.
+
+        Raises:
+            SignatureError: forged, altered or missing (from a node that promised receipts).
+        """
+        session = self._session
+        if snapshot.receipt is None:
+            if Feature.SIGNED_RECEIPTS in session.features:
+                raise SignatureError("the host promised signed receipts but sent none", code="RECEIPT_MISSING")
+            return None
+        receipt = Receipt.from_wire(snapshot.receipt)
+        connection = session.connection
+        announced = connection.connected.signing_key if connection and connection.connected else None
+        verify_receipt(receipt, text=snapshot.text, tokens=snapshot.tokens_used,
+                       expected_key=session.host_signing_key or announced)
+        if receipt.session_id != session.session_id:
+            raise SignatureError("receipt names another session", code="RECEIPT_INVALID")
+        return receipt
+
+    def _finish(self, snapshot: StreamSnapshot, request_id: str) -> None:
+        receipt = self._verified_receipt(snapshot)
+        session = self._session
+        session.record_turn(self._prompt, snapshot.text, snapshot.message_index)
+        self._result = InferenceResult(
+            text=snapshot.text,
+            finish_reason=snapshot.finish_reason,
+            usage=snapshot.usage,
+            tokens_used=snapshot.tokens_used,
+            message_index=snapshot.message_index,
+            ttft_ms=None if snapshot.ttft_s is None else snapshot.ttft_s * 1000.0,
+            tokens_per_s=snapshot.tokens_per_s,
+            session_id=session.session_id,
+            request_id=request_id,
+            receipt=receipt,
+        )
+
+
+def _retry_after(error: NodeError, cap: float) -> float:
+    """The node's ``retry_after`` (seconds), within ``[0.05, cap]``; nothing is billed for a refused prompt."""
+    value = error.details.get("retry_after")
+    seconds = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 1.0
+    return min(max(seconds, 0.05), cap)
+
+
+def new_request_id() -> str:
+    """A fresh request ``id`` (16 hex digits)."""
+    return uuid.uuid4().hex[:16]
