@@ -26,6 +26,7 @@ from fabstir.chain.contracts import Marketplace, model_id
 from fabstir.chain.deploy import deploy_marketplace
 from fabstir.chain.metadata import build_host_metadata
 from fabstir.chain.money import format_units
+from fabstir.chain.tokens import mint
 from fabstir.node.billing import MIN_PROVEN_TOKENS, BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.host_chain import HostChain
@@ -84,7 +85,7 @@ async def _paid_demo(config: NodeConfig, prompts: tuple[str, ...], options: Prom
         deployment = await deploy_marketplace(chain, owner, models=[(MODEL_REPO, model_file, digest)],
                                               dispute_window=dispute_window)
         market = Marketplace(chain, deployment)
-        await chain.transact(owner, market.stake_token.functions.mint(host.address, 1000 * 10**18))
+        await mint(chain, owner, market.stake_token, host.address, 1000 * 10**18)
         with tempfile.TemporaryDirectory(prefix="fabstir-demo-") as scratch:
             billing = BillingService(HostChain(market, host, model), Path(scratch) / "ledger.db",
                                      retry_delay=0.25)

@@ -23,6 +23,7 @@ from fabstir.chain.contracts import Deployment, Marketplace
 from fabstir.chain.deploy import ModelSpec, deploy_marketplace
 from fabstir.chain.money import format_units
 from fabstir.chain.network import NetworkConfig
+from fabstir.chain.tokens import mint
 from fabstir.errors import ConfigError
 from fabstir.node.models import DEFAULT_MODEL_FILE, model_cache_dir
 
@@ -125,9 +126,9 @@ async def _deploy(anvil: AnvilProcess, models: list[ModelSpec], dispute_window: 
         deployment = await deploy_marketplace(chain, owner, models=models, dispute_window=dispute_window)
         market = Marketplace(chain, deployment)
         for index in HOSTS:
-            await chain.transact(owner, market.stake_token.functions.mint(dev_account(index).address, HOST_FAB))
+            await mint(chain, owner, market.stake_token, dev_account(index).address, HOST_FAB)
         for index in CLIENTS:
-            await chain.transact(owner, market.stable_token.functions.mint(dev_account(index).address, CLIENT_USDC))
+            await mint(chain, owner, market.stable_token, dev_account(index).address, CLIENT_USDC)
     finally:
         await asyncio.to_thread(chain.close)
     return NetworkConfig(name="devnet", rpc_url=anvil.rpc_url, deployment=deployment, accounts=_accounts())

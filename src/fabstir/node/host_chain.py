@@ -13,8 +13,9 @@ import hashlib
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from fabstir.chain import jobs
 from fabstir.chain.contracts import Marketplace
-from fabstir.chain.proofs import ProofForm, detect_proof_form_sync, sign_proof
+from fabstir.chain.proofs import ProofForm
 from fabstir.chain.records import JobStatus, SessionJob
 from fabstir.errors import NodeError
 
@@ -51,10 +52,8 @@ class HostChain:
         return str(self.account.address)
 
     async def get_job(self, job_id: int) -> SessionJob:
-        functions = self.market.marketplace.functions
-        row = await self.market.chain.call(functions.sessionJobs(job_id))
-        model = await self.market.chain.call(functions.sessionModel(job_id))
-        return SessionJob.from_getter(row, model)
+        """The job as stored (see :func:`fabstir.chain.jobs.get_session_job`)."""
+        return await jobs.get_session_job(self.market, job_id)
 
     async def verify_job(self, job_id: int) -> SessionJob:
         """The job, if this node may serve it.
@@ -81,13 +80,12 @@ class HostChain:
                                cumulative_tokens, self.address)
 
     async def is_proof_recorded(self, proof_hash: bytes) -> bool:
-        return bool(await self.market.chain.call(self.market.proof_system.functions.verifiedProofs(proof_hash)))
+        return await jobs.is_proof_recorded(self.market, proof_hash)
 
     async def proof_form(self) -> ProofForm:
         """Which ``submitProofOfWork`` the marketplace speaks (probed once, then remembered)."""
         if self._proof_form is None:
-            self._proof_form = await self.market.chain.run(detect_proof_form_sync, self.market.chain.w3,
-                                                           self.market.marketplace.address)
+            self._proof_form = await jobs.detect_proof_form(self.market)
         return self._proof_form
 
     async def submit_checkpoint(self, job_id: int, tokens: int, proof_hash: bytes, proof_cid: str = "") -> None:
@@ -97,18 +95,12 @@ class HostChain:
             ContractError: the marketplace refused (too early: "Excessive tokens claimed", deposit
                 exceeded, settled job...).
         """
-        functions = self.market.marketplace.functions
-        if await self.proof_form() is ProofForm.SIGNED:
-            signature = sign_proof(self.account, proof_hash, tokens)
-            call = functions.submitProofOfWork(job_id, tokens, proof_hash, signature, proof_cid, "")
-        else:
-            call = functions.submitProofOfWork(job_id, tokens, proof_hash, proof_cid, "")
-        await self.market.chain.transact(self.account, call)
+        await jobs.submit_checkpoint(self.market, self.account, job_id, tokens, proof_hash, proof_cid,
+                                form=await self.proof_form())
 
     async def complete(self, job_id: int) -> None:
         """``completeSessionJob`` as the host (allowed once the dispute window has passed)."""
-        call = self.market.marketplace.functions.completeSessionJob(job_id, f"session_job_{job_id}_completed")
-        await self.market.chain.transact(self.account, call)
+        await jobs.complete_session_job(self.market, self.account, job_id, f"session_job_{job_id}_completed")
 
     async def dispute_window(self) -> int:
-        return int(await self.market.chain.call(self.market.marketplace.functions.disputeWindow()))
+        return await jobs.dispute_window(self.market)
