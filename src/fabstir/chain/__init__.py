@@ -1,4 +1,10 @@
-"""The marketplace on chain: our contracts' artifacts, chain backends, deployment and typed records."""
+"""The marketplace on chain: our contracts' artifacts, chain backends, deployment and typed records.
+
+This package is the one seam to the contracts: the SDK, the node and the CLI call them only through the typed
+wrappers in :mod:`~fabstir.chain.jobs` (JobMarketplace, ProofSystem), :mod:`~fabstir.chain.registry`
+(NodeRegistry, HostEarnings) and :mod:`~fabstir.chain.tokens` (ERC-20), and price with
+:mod:`~fabstir.chain.money`.
+"""
 
 from fabstir.chain.backend import Chain, dev_account, dev_accounts
 from fabstir.chain.contracts import Deployment, Marketplace, load_artifact, model_id
