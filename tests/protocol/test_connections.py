@@ -486,8 +486,13 @@ class TestPair:
         server.send_chunk("Hello")
         server.send_chunk(" world", 2)
         server.send_end("length")
-        for frame in server.frames_to_send()[:-1]:  # the stream_end is lost
+        *sealed_frames, _ = server.frames_to_send()  # the stream_end is lost
+        for frame in sealed_frames[:2]:
             client.receive_frame(frame)
+        assert not client.final_seen
+        for frame in sealed_frames[2:]:
+            client.receive_frame(frame)
+        assert client.final_seen
         chunks = [e for e in client.events_received() if isinstance(e, ChunkReceived)]
         assert [c.text for c in chunks] == ["Hello", " world"]
         client.end_after_final(now=1.0)

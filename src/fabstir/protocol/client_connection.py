@@ -121,6 +121,13 @@ class ClientConnection(ClientIntake):
         return self._e2e.fresh
 
     @property
+    def final_seen(self) -> bool:
+        """The encrypted answer in progress got its ``final`` chunk or ``encrypted_response`` (Rule C5:
+        start the grace timer for :meth:`end_after_final`)."""
+        awaited = self._awaited
+        return awaited is not None and awaited.encrypted and awaited.accumulator is not None and self._e2e.final_seen
+
+    @property
     def awaiting(self) -> str | None:
         """The ``id`` of the request awaiting its answer (``None`` also when it has none: see :attr:`busy`)."""
         return self._awaited.request_id if self._awaited is not None else None
@@ -265,7 +272,7 @@ class ClientConnection(ClientIntake):
             LocalProtocolError: no encrypted answer in progress has seen its final frame.
         """
         awaited = self._awaited
-        if awaited is None or not awaited.encrypted or awaited.accumulator is None or not self._e2e.final_seen:
+        if awaited is None or awaited.accumulator is None or not self.final_seen:
             raise LocalProtocolError("no encrypted answer has seen its final chunk", code="NO_REQUEST")
         end = StreamEnd(reason="complete", tokens_used=awaited.tokens, finish_reason=self._e2e.finish_reason,
                         request_id=awaited.request_id)

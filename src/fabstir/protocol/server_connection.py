@@ -30,10 +30,12 @@ progress, refuses the request named by ``request_id``.
 
 Rule S5 (``message_index``, only with ``extensions``). :meth:`check_message_index` raises
 :class:`~fabstir.errors.InvalidMessageIndexError` (``details.expected_message_index``) when
-the prompt in progress carries another index than ``expected``. ``expected`` defaults to the
-connection's own count: the index its last ``session_init_ack``/``session_resumed``
-announced, plus one per answer that ended complete or cancelled. ``stream_end`` carries the
-index the request was checked against (else the count, else the prompt's own).
+the prompt in progress carries another index than ``expected``; the node calls it once it
+knows the session (today: after admission and the deposit check), so an unchecked prompt is
+never refused for its index. ``expected`` defaults to the connection's own count: the index
+its last ``session_init_ack``/``session_resumed`` announced, plus one per answer that ended
+complete or cancelled. ``stream_end`` carries the index the request was checked against
+(else the count, else the prompt's own).
 
 Rule S6 (encryption). ``encrypted_session_init`` is opened with ``host_key``
 (``ENCRYPTION_NOT_SUPPORTED`` without one; E2E codes; ``REPLAYED_MESSAGE`` for an init in
