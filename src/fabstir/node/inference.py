@@ -76,15 +76,16 @@ class InferenceService:
 
     @contextlib.asynccontextmanager
     async def open_stream(
-        self, prepared: PreparedPrompt, cancel: threading.Event, client: str = ""
+        self, prepared: PreparedPrompt, cancel: threading.Event, client: str = "", *, coalesce: bool = False
     ) -> AsyncIterator[AsyncGenerator[GenerationEvent, None]]:
         """Wait for a free engine, then hand out its token stream; the engine is released on exit.
 
         Args:
             client: who asks (the client's address); waiting clients take turns at the engines.
+            coalesce: hand over the pieces already queued as one (see :meth:`EnginePool.stream`).
         """
         async with self.pool.acquire(client) as engine:
-            stream = self.pool.stream(engine, prepared.fitted.text, prepared.params, cancel)
+            stream = self.pool.stream(engine, prepared.fitted.text, prepared.params, cancel, coalesce=coalesce)
             try:
                 yield stream
             finally:

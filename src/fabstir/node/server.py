@@ -11,9 +11,11 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from fabstir._net import bind_socket
 from fabstir.errors import ConfigError
@@ -21,6 +23,7 @@ from fabstir.node.announce import NodeAnnouncer
 from fabstir.node.app import Progress, build_app, build_billing, build_runtime, load_engines
 from fabstir.node.billing import BillingService
 from fabstir.node.config import NodeConfig
+from fabstir.node.deflate import SmallMessagesUncompressedFactory
 from fabstir.node.engines.pool import EnginePool
 from fabstir.node.guards import guarded_protocols
 from fabstir.node.models import DEFAULT_MODEL_FILE
@@ -58,10 +61,26 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
+def _small_messages_uncompressed(protocol: type[WebSocketsSansIOProtocol]) -> type[WebSocketsSansIOProtocol]:
+    """``protocol`` whose permessage-deflate leaves messages under :data:`COMPRESS_MIN_BYTES` uncompressed
+    (same negotiation and settings as uvicorn's; see :mod:`fabstir.node.deflate`)."""
+
+    class SmallMessagesUncompressedProtocol(protocol):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if self.conn.available_extensions:
+                self.conn.available_extensions = [SmallMessagesUncompressedFactory(
+                    server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5})]
+
+    return SmallMessagesUncompressedProtocol
+
+
 def server_config(app: Starlette, config: NodeConfig) -> uvicorn.Config:
-    """uvicorn settings for serving ``app`` as a node: frame limits, and the protocols of
-    :func:`fabstir.node.guards.guarded_protocols` counting into ``app.state.connections``."""
+    """uvicorn settings for serving ``app`` as a node: frame limits, permessage-deflate for all but small
+    messages, and the protocols of :func:`fabstir.node.guards.guarded_protocols` counting into
+    ``app.state.connections``."""
     http_protocol, ws_protocol = guarded_protocols(app.state.connections, config.request_read_timeout)
+    ws_protocol = _small_messages_uncompressed(ws_protocol)
     return uvicorn.Config(
         app,
         log_level="warning",

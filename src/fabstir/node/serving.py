@@ -70,11 +70,13 @@ def prepare(runtime: NodeRuntime, request: InferenceRequest, history: Sequence[C
 
 async def generate(runtime: NodeRuntime, admitted: AdmittedJob | None, request: InferenceRequest,
                    history: Sequence[ChatTurn], *, client: str, cancel: threading.Event,
-                   on_piece: PieceSink, check: Callable[[], None] | None = None) -> Answer:
+                   on_piece: PieceSink, check: Callable[[], None] | None = None, coalesce: bool = False) -> Answer:
     """Generate and stream one answer; see the module docstring.
 
     ``check`` runs before the prompt is fitted (a path's own precondition, such as the WebSocket
-    message index).
+    message index). With ``coalesce``, a piece handed to ``on_piece`` may join several the engine
+    produced while the previous one was going out (its ``tokens`` is their sum, and that is what is
+    billed); see :meth:`fabstir.node.engines.pool.EnginePool.stream`.
 
     Raises:
         NodeError: DEPOSIT_EXHAUSTED, TOKEN_LIMIT_EXCEEDED, INVALID_PROMPT, TOO_MANY_REQUESTS,
@@ -99,7 +101,7 @@ async def generate(runtime: NodeRuntime, admitted: AdmittedJob | None, request: 
     finished = Finished("cancelled", 0)
     with runtime.concurrency.hold(client):
         try:
-            async with runtime.inference.open_stream(prepared, cancel, client=client) as events:
+            async with runtime.inference.open_stream(prepared, cancel, client=client, coalesce=coalesce) as events:
                 async for event in events:
                     if isinstance(event, TokenPiece):
                         parts.append(event.text)

@@ -7,7 +7,8 @@ stops it between tokens, and any other request gets ``REQUEST_IN_PROGRESS``.
 
 Rules on the wire (PROTOCOL.md part A, plus our extensions):
 - ``connected`` is sent on open (with our ``version`` and ``features``).
-- A response is per-token ``stream_chunk``, an empty sentinel chunk, then
+- A response is ``stream_chunk`` per piece (one token, or all the tokens the engine produced
+  while the previous chunk went out, with ``tokens`` their count), an empty sentinel chunk, then
   ``stream_end`` (``reason`` complete or cancelled, ``usage``, ``message_index``).
 - An error that ends a request is ``error`` then ``stream_end{reason:"error"}``,
   both carrying the request's ``id``. A bad frame received while another
@@ -83,6 +84,10 @@ _connection_ids = itertools.count(1)
 class Output(Protocol):
     """How one answer's text goes on the wire (plaintext or sealed)."""
 
+    @property
+    def coalesce(self) -> bool:
+        """Whether one chunk may carry several pieces (``tokens`` > 1) when the engine is ahead of the socket."""
+
     def chunk(self, text: str, tokens: int, request_id: str | None) -> ServerMessage:
         """The message carrying one piece of text."""
 
@@ -91,9 +96,14 @@ class Output(Protocol):
 
 
 class PlainOutput:
-    """``stream_chunk`` per piece, then the empty sentinel chunk."""
+    """``stream_chunk`` per piece, then the empty sentinel chunk.
+
+    Pieces the engine produced while the previous chunk was going out travel as one chunk
+    (``tokens`` = their count); see :meth:`fabstir.node.engines.pool.EnginePool.stream`.
+    """
 
     __slots__ = ()
+    coalesce = True
 
     def chunk(self, text: str, tokens: int, request_id: str | None) -> ServerMessage:
         return StreamChunk(content=text, tokens=tokens, request_id=request_id)
@@ -417,7 +427,7 @@ class WebSocketConnection:
 
             answer = await generate(self.runtime, admitted, message.request, session.history,
                                     client=self.client_address, cancel=self._cancel, on_piece=send_piece,
-                                    check=check_index)
+                                    check=check_index, coalesce=output.coalesce and self.extensions)
             cancelled = answer.finished.finish_reason == "cancelled"
             closing = [] if cancelled else output.complete(answer.finished.finish_reason, rid)
         except E2EError as exc:

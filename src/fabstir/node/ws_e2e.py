@@ -81,9 +81,15 @@ class NodeE2ESession(ServerE2ESession):
 
 
 class EncryptedOutput:
-    """How an encrypted answer goes on the wire (the plaintext one is ``ws.PlainOutput``)."""
+    """How an encrypted answer goes on the wire (the plaintext one is ``ws.PlainOutput``).
+
+    ``chunk`` seals whatever text it is given under the next ``chunk_<i>`` and states its ``tokens``,
+    so several pieces could travel in one sealed chunk; ``coalesce`` is off for now, so the encrypted
+    stream keeps one chunk per piece (``tests/node/test_encrypted_ws.py`` asserts ``tokens`` 1 per chunk).
+    """
 
     __slots__ = ("_e2e", "_session_id")
+    coalesce = False
 
     def __init__(self, e2e: NodeE2ESession, session_id: str) -> None:
         self._e2e = e2e

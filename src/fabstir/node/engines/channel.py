@@ -4,12 +4,15 @@ The producer thread appends to a deque and wakes the loop only when the
 consumer is actually waiting; while the consumer is busy (sending the previous
 token), items are handed over without a system call. Waking the loop through
 ``call_soon_threadsafe`` for every token was the engine thread's largest cost.
+The consumer can also take what is already there without waiting
+(:meth:`ThreadToLoopChannel.get_ready`), to send it all at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = ["ThreadToLoopChannel"]
@@ -43,6 +46,16 @@ class ThreadToLoopChannel(Generic[T]):
                 break
             await waiter
         return self._items.popleft()
+
+    def get_ready(self, accept: Callable[[T], bool]) -> T | None:
+        """The next item if it is already here and ``accept`` takes it, else ``None``; never waits.
+
+        Safe against the producer: it only appends on the right, and only the consumer pops.
+        """
+        items = self._items
+        if items and accept(items[0]):
+            return items.popleft()
+        return None
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -38,6 +38,7 @@ class LlamaCppEngine:
         self._llama = _load_llama(path, context_window, threads, seed)
         self._model_id = model_id or path.stem
         self._eog = _end_of_generation_check(self._llama)
+        self._pieces: dict[int, bytes] = {}
 
     @property
     def model_id(self) -> str:
@@ -60,7 +61,8 @@ class LlamaCppEngine:
         self._llama.set_seed(params.seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopMatcher(params.stop)
-        generated: list[int] = []
+        is_end, piece_of = self._eog, self._piece
+        generated = 0
         held_tokens = 0
         reason = "length"
         tokens = self._llama.generate(
@@ -74,20 +76,19 @@ class LlamaCppEngine:
         )
         try:
             for token in tokens:
-                if self._eog(token):
+                if is_end(token):
                     reason = "stop"
                     break
-                generated.append(token)
+                generated += 1
                 held_tokens += 1
-                piece = self._llama.detokenize([token], prev_tokens=prompt_tokens + generated[:-1])
-                text = stops.feed(decoder.decode(piece))
+                text = stops.feed(decoder.decode(piece_of(token)))
                 if text:
                     yield TokenPiece(text, held_tokens)
                     held_tokens = 0
                 if stops.stopped:
                     reason = "stop"
                     break
-                if len(generated) >= params.max_tokens:
+                if generated >= params.max_tokens:
                     break
                 if cancelled():
                     reason = "cancelled"
@@ -97,7 +98,19 @@ class LlamaCppEngine:
         tail = "" if stops.stopped else stops.feed(decoder.decode(b"", final=True)) + stops.flush()
         if tail:
             yield TokenPiece(tail, held_tokens)
-        yield Finished(reason, len(generated))  # type: ignore[arg-type]
+        yield Finished(reason, generated)  # type: ignore[arg-type]
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes of one generated token, looked up in llama.cpp once per token id.
+
+        A token's text does not depend on its neighbours here (llama-cpp-python's own tokenizer
+        ignores ``prev_tokens``), so the engine thread pays the ctypes call, and the GIL hand-offs
+        around it, only the first time it meets a token.
+        """
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = bytes(self._llama.detokenize([token]))
+        return piece
 
     def close(self) -> None:
         self._llama.close()
@@ -123,12 +136,17 @@ def _load_llama(path: Path, context_window: int, threads: int | None, seed: int)
 
 
 def _end_of_generation_check(llama: Any) -> Callable[[int], bool]:
+    """Whether a token ends generation; asked of llama.cpp once per token id, then remembered."""
     import llama_cpp
 
     vocab = llama_cpp.llama_model_get_vocab(llama.model)
     eos = llama.token_eos()
+    known: dict[int, bool] = {}
 
     def is_end(token: int) -> bool:
-        return token == eos or bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        answer = known.get(token)
+        if answer is None:
+            answer = known[token] = token == eos or bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+        return answer
 
     return is_end

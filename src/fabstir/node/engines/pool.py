@@ -5,6 +5,12 @@ loop through a :class:`ThreadToLoopChannel`, so the loop is never blocked and ot
 engines, ``n`` responses are generated at once; further requests wait for a
 free engine.
 
+Coalescing (opt-in per stream): when the engine is ahead of the consumer (the event loop was busy
+sending, or the socket pushed back), the pieces already waiting are handed over as one
+:class:`TokenPiece` whose ``tokens`` is their sum, so the consumer puts them on the wire in one
+frame and bills them exactly. Nothing waits to be coalesced: a piece that is alone when the
+consumer asks goes alone, and the first piece of an answer always goes alone.
+
 Theory of operation (fair queue): each client key (the node passes the
 client's address) has its own FIFO of waiters. When an engine frees, it goes
 to the waiting client served least recently (a client never served, or one
@@ -27,12 +33,15 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from fabstir.errors import EngineError
-from fabstir.node.engines.base import Engine, Finished, GenerationEvent, GenerationParams
+from fabstir.node.engines.base import Engine, Finished, GenerationEvent, GenerationParams, TokenPiece
 from fabstir.node.engines.channel import ThreadToLoopChannel
 
 __all__ = ["EnginePool"]
 
 _DONE = object()
+
+MAX_COALESCED_CHARS = 16_384
+"""A coalesced piece stops growing past this many characters (one frame stays far below any client's limit)."""
 
 
 class EnginePool:
@@ -134,16 +143,20 @@ class EnginePool:
         return 0.0 if self._in_use else time.monotonic() - self.last_active
 
     async def stream(
-        self, engine: Engine, prompt: str, params: GenerationParams, cancel: threading.Event
+        self, engine: Engine, prompt: str, params: GenerationParams, cancel: threading.Event, *,
+        coalesce: bool = False,
     ) -> AsyncGenerator[GenerationEvent, None]:
         """Run ``engine.generate`` on a worker thread and yield its events here.
 
-        If the consumer stops early, ``cancel`` is set and the thread is awaited,
-        so the engine is idle again when this generator closes.
+        With ``coalesce``, every piece after the first comes with the pieces already queued behind
+        it, as one :class:`TokenPiece` (see the module docstring). If the consumer stops early,
+        ``cancel`` is set and the thread is awaited, so the engine is idle again when this generator
+        closes.
         """
         loop = asyncio.get_running_loop()
         events: ThreadToLoopChannel[object] = ThreadToLoopChannel(loop)
         worker = loop.run_in_executor(self._executor, _produce, engine, prompt, params, cancel.is_set, events.put)
+        first = True
         try:
             while True:
                 item = await events.get()
@@ -151,6 +164,11 @@ class EnginePool:
                     break
                 if isinstance(item, BaseException):
                     raise EngineError(f"generation failed: {item}") from item
+                if isinstance(item, TokenPiece) and coalesce:
+                    if first:
+                        first = False
+                    else:
+                        item = _with_ready_pieces(item, events)
                 yield item  # type: ignore[misc]
                 if isinstance(item, Finished):
                     break
@@ -162,6 +180,29 @@ class EnginePool:
         self._executor.shutdown(wait=True)
         for engine in self._engines:
             engine.close()
+
+
+def _is_piece(item: object) -> bool:
+    return type(item) is TokenPiece
+
+
+def _with_ready_pieces(piece: TokenPiece, events: ThreadToLoopChannel[object]) -> TokenPiece:
+    """``piece`` joined with the pieces already queued behind it (none waited for)."""
+    following = events.get_ready(_is_piece)
+    if following is None:
+        return piece
+    texts = [piece.text]
+    tokens = piece.tokens
+    size = len(piece.text)
+    while following is not None:
+        assert isinstance(following, TokenPiece)
+        texts.append(following.text)
+        tokens += following.tokens
+        size += len(following.text)
+        if size >= MAX_COALESCED_CHARS:
+            break
+        following = events.get_ready(_is_piece)
+    return TokenPiece("".join(texts), tokens)
 
 
 def _produce(
