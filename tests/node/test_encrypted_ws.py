@@ -10,9 +10,10 @@ from typing import Any
 import coincurve
 import pytest
 
-from fabstir.node import ws_e2e
+from fabstir.node.admission import job_id_from_session
 from fabstir.node.server import NodeServer
 from fabstir.protocol.e2e import address_of, encrypt_message_payload
+from fabstir.protocol.e2e_session import ServerE2ESession
 from fabstir.protocol.signing import Receipt, verify_receipt
 from tests.conftest import NodeFactory
 from tests.e2e_helpers import CLIENT_ADDRESS, CLIENT_KEY, E2EWire, random_key
@@ -333,14 +334,14 @@ async def test_encryption_switched_off(node_factory: NodeFactory) -> None:
 
 
 async def test_keys_are_zeroed_when_the_connection_closes(node: NodeServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    forgotten: list[ws_e2e.NodeE2ESession] = []
-    original = ws_e2e.NodeE2ESession.forget
+    forgotten: list[ServerE2ESession] = []
+    original = ServerE2ESession.forget
 
-    def spy(self: ws_e2e.NodeE2ESession) -> None:
+    def spy(self: ServerE2ESession) -> None:
         forgotten.append(self)
         original(self)
 
-    monkeypatch.setattr(ws_e2e.NodeE2ESession, "forget", spy)
+    monkeypatch.setattr(ServerE2ESession, "forget", spy)
     client = await E2EWire.open(node.ws_url)
     await client.init("z1")
     await client.init("z1", rid="again")  # the first key is zeroed by the re-init
@@ -355,6 +356,7 @@ async def test_keys_are_zeroed_when_the_connection_closes(node: NodeServer, monk
 
 
 def test_job_id_of() -> None:
-    assert ws_e2e.job_id_of("139") == 139 and ws_e2e.job_id_of("139n") == 139
-    assert ws_e2e.job_id_of("abc") is None and ws_e2e.job_id_of("") is None and ws_e2e.job_id_of("9" * 40) is None
+    assert job_id_from_session("139") == 139 and job_id_from_session("139n") == 139
+    assert job_id_from_session("abc") is None and job_id_from_session("") is None
+    assert job_id_from_session("9" * 40) is None
     assert address_of(coincurve.PrivateKey(b"\x01" * 32).public_key.format()).startswith("0x")

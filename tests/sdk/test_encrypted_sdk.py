@@ -15,7 +15,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from fabstir.errors import ConfigError, NodeError
 from fabstir.node import ws as node_ws
 from fabstir.node.server import NodeServer
-from fabstir.protocol import ChatTurn, SessionState, encode_message
+from fabstir.protocol import ChatTurn, SessionState
 from fabstir.protocol.e2e import E2EError, ServerE2ESession, open_encrypted_session_init
 from fabstir.sdk import FabstirSDK, PromptOptions, RetryPolicy
 from fabstir.sdk import e2e as sdk_e2e
@@ -43,18 +43,18 @@ class Wiretap:
 @pytest.fixture
 def wiretap(monkeypatch: pytest.MonkeyPatch) -> Wiretap:
     tap = Wiretap()
-    on_frame, send = node_ws.WebSocketConnection.on_frame, node_ws.WebSocketConnection.send
+    on_frame, write = node_ws.WebSocketConnection.on_frame, node_ws.WebSocketConnection.write
 
     async def tapped_on_frame(self: node_ws.WebSocketConnection, data: str | bytes) -> None:
         tap.received.append(data if isinstance(data, str) else repr(data))
         await on_frame(self, data)
 
-    async def tapped_send(self: node_ws.WebSocketConnection, message: Any) -> None:
-        tap.sent.append(encode_message(message))
-        await send(self, message)
+    async def tapped_write(self: node_ws.WebSocketConnection, text: str) -> None:
+        tap.sent.append(text)
+        await write(self, text)
 
     monkeypatch.setattr(node_ws.WebSocketConnection, "on_frame", tapped_on_frame)
-    monkeypatch.setattr(node_ws.WebSocketConnection, "send", tapped_send)
+    monkeypatch.setattr(node_ws.WebSocketConnection, "write", tapped_write)
     return tap
 
 

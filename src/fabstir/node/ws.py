@@ -1,26 +1,20 @@
-"""The ``/v1/ws`` handler: one instance per WebSocket connection.
+"""The ``/v1/ws`` handler: a read-feed-write loop around the sans-I/O :class:`ServerConnection`.
 
-Theory of operation: a reader loop parses every frame with the shared
-protocol core. Requests run one at a time per connection, on a task of their
-own, so the reader keeps listening while a response streams: ``stream_cancel``
-stops it between tokens, and any other request gets ``REQUEST_IN_PROGRESS``.
+Theory of operation. Every frame the socket receives is fed to the connection
+(:mod:`fabstir.protocol.server_connection` states the wire rules: one request at a time,
+the ``error`` + ``stream_end`` pairing, ``message_index``, encryption, ignored pings); the
+frames it queues are written at once, then each event it produced is acted on here:
 
-Rules on the wire (PROTOCOL.md part A, plus our extensions):
-- ``connected`` is sent on open (with our ``version`` and ``features``).
-- A response is ``stream_chunk`` per piece (one token, or all the tokens the engine produced
-  while the previous chunk went out, with ``tokens`` their count), an empty sentinel chunk, then
-  ``stream_end`` (``reason`` complete or cancelled, ``usage``, ``message_index``).
-- An error that ends a request is ``error`` then ``stream_end{reason:"error"}``,
-  both carrying the request's ``id``. A bad frame received while another
-  request streams gets only the ``error`` (plus a ``stream_end`` when the frame
-  had its own ``id``), so the running stream is not mistaken for ended.
-- Encrypted sessions (``encrypted_session_init``, ``encrypted_message``) are
-  opened by :mod:`fabstir.node.ws_e2e` and then served on the same path as
-  plaintext prompts; only the output (an ``Output``) and what the caller proved differ.
-- Every request that touches a job or a session's data goes through
-  :mod:`fabstir.node.admission` first, and every answer through
-  :func:`fabstir.node.serving.generate` (deposit, fitting, fairness, billing).
-- A JSON ``ping`` (the public TypeScript SDK's keep-alive) is ignored, also mid-stream.
+- session init (plain or encrypted), resume, auth and history requests go through
+  :mod:`fabstir.node.admission` (the job and the depositor on a paid node; the owner of a
+  session's data everywhere) and are answered through the connection;
+- a prompt runs on a task of its own, so the reader keeps listening while it streams
+  (``stream_cancel`` stops it between tokens): it is admitted, rate-limited and generated
+  by :func:`fabstir.node.serving.generate` (deposit, fitting, fairness, billing), each
+  piece handed to the connection, which seals it for an encrypted session, and it ends with
+  a signed receipt in ``stream_end``.
+
+Any failure while acting on an event is answered with its code; nothing is left unanswered.
 """
 
 from __future__ import annotations
@@ -28,91 +22,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import threading
 import time
-from typing import Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from fabstir.errors import ChainError, FabstirError, NodeError, ProtocolError
-from fabstir.node.admission import AdmittedJob, Caller
+from fabstir.errors import ChainError, NodeError
+from fabstir.node.admission import AdmittedJob, Caller, job_id_from_session
 from fabstir.node.runtime import NodeRuntime
 from fabstir.node.serving import Answer, as_coded_error, generate, open_billing
 from fabstir.node.sessions import SessionContext
-from fabstir.node.ws_e2e import EncryptedSessions
 from fabstir.protocol import (
     AuthChallengeRequest,
     AuthRequest,
-    ClientMessage,
+    CancelReceived,
     Connected,
-    EncryptedMessage,
-    EncryptedSessionInit,
-    EncryptedSessionResume,
+    EncryptedInitReceived,
     ErrorCode,
-    ErrorMessage,
     History,
     HistoryRequest,
     InferenceRequest,
-    Ping,
     PromptMessage,
-    ServerMessage,
+    PromptReceived,
+    ResumeReceived,
+    ServerConnection,
+    ServerEvent,
     SessionClear,
     SessionInit,
-    SessionInitAck,
-    SessionResume,
-    SessionResumed,
-    StreamCancel,
-    StreamChunk,
-    StreamEnd,
     TokenRefresh,
     Usage,
-    encode_message,
-    parse_client_message,
 )
 from fabstir.protocol.auth import AuthError
 from fabstir.protocol.e2e import E2EError, E2EErrorCode
-from fabstir.protocol.signing import Receipt, SignatureError, sign_receipt, text_digest, verify_message
+from fabstir.protocol.signing import Receipt, sign_receipt, text_digest
 
-__all__ = ["Output", "PlainOutput", "WebSocketConnection"]
+__all__ = ["WebSocketConnection"]
 
 log = logging.getLogger("fabstir.node.ws")
 _connection_ids = itertools.count(1)
 
-
-class Output(Protocol):
-    """How one answer's text goes on the wire (plaintext or sealed)."""
-
-    @property
-    def coalesce(self) -> bool:
-        """Whether one chunk may carry several pieces (``tokens`` > 1) when the engine is ahead of the socket."""
-
-    def chunk(self, text: str, tokens: int, request_id: str | None) -> ServerMessage:
-        """The message carrying one piece of text."""
-
-    def complete(self, finish_reason: str, request_id: str | None) -> list[ServerMessage]:
-        """What follows the last piece of a complete (not cancelled) answer, before ``stream_end``."""
-
-
-class PlainOutput:
-    """``stream_chunk`` per piece, then the empty sentinel chunk.
-
-    Pieces the engine produced while the previous chunk was going out travel as one chunk
-    (``tokens`` = their count); see :meth:`fabstir.node.engines.pool.EnginePool.stream`.
-    """
-
-    __slots__ = ()
-    coalesce = True
-
-    def chunk(self, text: str, tokens: int, request_id: str | None) -> ServerMessage:
-        return StreamChunk(content=text, tokens=tokens, request_id=request_id)
-
-    def complete(self, finish_reason: str, request_id: str | None) -> list[ServerMessage]:
-        return [StreamChunk(content="", tokens=0, request_id=request_id)]
-
-
-_PLAIN = PlainOutput()
+_REFUSALS = (NodeError, AuthError, ChainError)
+"""What admission and the chain refuse with (answered with their codes)."""
 
 
 class WebSocketConnection:
@@ -121,28 +72,36 @@ class WebSocketConnection:
     def __init__(self, websocket: WebSocket, runtime: NodeRuntime) -> None:
         self.ws = websocket
         self.runtime = runtime
-        self.session: SessionContext | None = None
+        config = runtime.config
+        self.extensions = config.extensions
         self.connection_id = next(_connection_ids)
-        self._send_lock = asyncio.Lock()
+        self.client_address = websocket.client.host if websocket.client else "unknown"
+        self.caller = Caller(client=self.client_address)
+        """What this connection proved (session tokens); encrypted sessions add their signer per request."""
+        self.session: SessionContext | None = None
+        self.conn = ServerConnection(
+            greeting=self._greeting(), extensions=self.extensions,
+            host_key=runtime.e2e_key if config.encryption else None, init_replays=runtime.init_replays,
+            max_frame_bytes=config.max_frame_bytes, verify_signatures=True,
+            require_signed=config.require_signed_messages, replay_cache=runtime.replay_cache)
+        self._write_lock = asyncio.Lock()
         self._active: asyncio.Task[None] | None = None
         self._cancel = threading.Event()
         self._closed = False
         self._jobs: set[int] = set()
-        self.extensions = runtime.config.extensions
-        self.client_address = websocket.client.host if websocket.client else "unknown"
-        self.caller = Caller(client=self.client_address)
-        """What this connection proved (session tokens); encrypted sessions add their signer per request."""
-        self.e2e = EncryptedSessions(self)
+
+    def _greeting(self) -> Connected:
+        runtime = self.runtime
+        if not self.extensions:
+            return Connected()
+        return Connected(version=runtime.version, features=runtime.features, signing_key=runtime.signing_public_key,
+                         public_key=runtime.e2e_public_key if runtime.config.encryption else None)
+
+    # --- I/O -------------------------------------------------------------------------------
 
     async def run(self) -> None:
         await self.ws.accept()
-        if self.extensions:
-            await self.send(Connected(version=self.runtime.version, features=self.runtime.features,
-                                      signing_key=self.runtime.signing_public_key,
-                                      public_key=self.runtime.e2e_public_key if self.runtime.config.encryption
-                                      else None))
-        else:
-            await self.send(Connected())
+        await self.flush()
         try:
             while True:
                 frame = await self.ws.receive()
@@ -154,169 +113,160 @@ class WebSocketConnection:
             pass
         finally:
             self._closed = True
+            self.conn.close()
             await self._stop_active()
-            self.e2e.forget_all()
             if self.runtime.billing is not None:
                 for job_id in self._jobs:
                     self.runtime.billing.connection_closed(job_id)
 
-    async def send(self, message: ServerMessage) -> None:
+    async def on_frame(self, data: str | bytes) -> None:
+        """Feed one received frame, write what it produced, act on its events."""
+        self.conn.receive_frame(data, now_ms=int(time.time() * 1000))
+        await self.flush()
+        for event in self.conn.events_received():
+            try:
+                await self.on_event(event)
+            except Exception as exc:  # never leave a request unanswered
+                self._refuse(exc, getattr(event, "request_id", None), type(event).__name__)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write every frame the connection queued, in order."""
+        async with self._write_lock:
+            for text in self.conn.frames_to_send():
+                await self.write(text)
+
+    async def write(self, text: str) -> None:
         if self._closed:
             return
-        text = encode_message(message)
-        async with self._send_lock:
-            try:
-                await self.ws.send_text(text)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                self._closed = True
-                self._cancel.set()
-
-    async def on_frame(self, data: str | bytes) -> None:
         try:
-            message = parse_client_message(data, max_bytes=self.runtime.config.max_frame_bytes)
-            self._check_signature(data, message.request_id)
-        except ProtocolError as exc:
-            ends_request = not self.streaming or exc.request_id is not None
-            await self.reject(exc.code, exc.message, exc.request_id, ends_request=ends_request)
-            return
-        if isinstance(message, Ping):
-            return  # the public SDK's keep-alive: ignored, as on the public node
-        if self.streaming:
-            await self._while_streaming(message)
-            return
-        try:
-            await self.dispatch(message)
-        except Exception as exc:  # never leave a request unanswered
-            error = as_coded_error(exc, f"a {type(message).__name__}")
-            await self.reject(error.code, error.message, message.request_id)
-
-    def _check_signature(self, data: str | bytes, request_id: str | None) -> None:
-        """Verify a signed message (``sig``); on a node that requires signatures, refuse unsigned ones.
-
-        Raises:
-            SignatureError: SIGNATURE_INVALID, STALE_TIMESTAMP, REPLAYED_NONCE or SIGNATURE_REQUIRED.
-        """
-        if isinstance(data, str) and '"sig"' in data:
-            obj = json.loads(data)
-            if "sig" in obj:
-                try:
-                    verify_message(obj, int(time.time() * 1000), self.runtime.replay_cache)
-                except SignatureError as exc:
-                    exc.request_id = request_id
-                    raise
-                return
-        if self.runtime.config.require_signed_messages:
-            raise SignatureError("this node accepts only signed messages (add 'sig')", code="SIGNATURE_REQUIRED",
-                                 request_id=request_id)
-
-    @property
-    def streaming(self) -> bool:
-        return self._active is not None and not self._active.done()
-
-    async def _while_streaming(self, message: ClientMessage) -> None:
-        if isinstance(message, StreamCancel):
+            await self.ws.send_text(text)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._closed = True
             self._cancel.set()
-            return
-        await self.reject(
-            ErrorCode.REQUEST_IN_PROGRESS,
-            "a response is streaming on this connection; wait for stream_end or send stream_cancel",
-            message.request_id,
-            ends_request=message.request_id is not None,
-        )
 
-    async def dispatch(self, message: ClientMessage) -> None:
-        if isinstance(message, SessionInit):
-            await self.on_session_init(message)
-        elif isinstance(message, SessionResume):
-            if self.extensions:
-                await self.on_session_resume(message, self.caller)
-            else:
-                await self.reject(ErrorCode.UNKNOWN_MESSAGE_TYPE, "unknown message type 'session_resume'",
-                                  message.request_id)
-        elif isinstance(message, (AuthChallengeRequest, AuthRequest, TokenRefresh, HistoryRequest, SessionClear)):
-            await self.on_auth_message(message)
-        elif isinstance(message, PromptMessage):
-            self._start(message, _PLAIN, self.caller)
-        elif isinstance(message, EncryptedSessionInit):
-            await self.e2e.on_init(message)
-        elif isinstance(message, EncryptedMessage):
-            opened = await self.e2e.open_message(message)
-            if opened is not None:
-                self._start(*opened)
-        elif isinstance(message, EncryptedSessionResume):
-            if self.extensions:
-                await self.e2e.on_resume(message)
-            else:
-                await self.reject(ErrorCode.UNKNOWN_MESSAGE_TYPE, "unknown message type 'session_resume'",
-                                  message.request_id)
-        # a stream_cancel with nothing streaming has no effect, as on the public node
-
-    def _start(self, message: PromptMessage, output: Output, caller: Caller) -> None:
-        self._cancel = threading.Event()
-        self._active = asyncio.create_task(self.serve_prompt(message, output, caller))
-
-    async def reject(self, code: str, text: str, request_id: str | None, *, ends_request: bool = True,
-                     details: dict[str, object] | None = None) -> None:
-        session_id = self.session.session_id if self.session else None
-        await self.send(ErrorMessage(message=text, code=code, request_id=request_id, session_id=session_id,
-                                     details=tuple((details or {}).items())))
-        if ends_request:
-            await self.send(StreamEnd(reason="error", tokens_used=0, session_id=session_id, request_id=request_id))
-
-    async def refuse(self, exc: BaseException, request_id: str | None, where: str) -> None:
-        """Answer a failed request with its code (and ``stream_end``)."""
+    def _refuse(self, exc: BaseException, request_id: str | None, where: str) -> None:
+        """Answer a failed request with its code (``error`` + ``stream_end``)."""
         error = as_coded_error(exc, where)
-        details = error.details if isinstance(error, NodeError) else None
-        await self.reject(error.code, error.message, request_id, details=details)
+        details = dict(error.details) if isinstance(error, NodeError) else None
+        if self.conn.streaming:
+            request_id = None  # the request in progress is the one that failed
+        self.conn.send_error(error.code, error.message, request_id, details=details)
 
-    async def on_auth_message(
-        self, message: AuthChallengeRequest | AuthRequest | TokenRefresh | HistoryRequest | SessionClear
-    ) -> None:
-        """JWT session auth and the operations it guards (reading history, clearing a session)."""
+    # --- events ------------------------------------------------------------------------------
+
+    async def on_event(self, event: ServerEvent) -> None:
+        if isinstance(event, PromptReceived):
+            self._cancel = threading.Event()
+            self._active = asyncio.create_task(self.serve_prompt(event))
+        elif isinstance(event, CancelReceived):
+            self._cancel.set()
+        elif isinstance(event, SessionInit):
+            await self.on_session_init(event)
+        elif isinstance(event, EncryptedInitReceived):
+            await self.on_encrypted_init(event)
+        elif isinstance(event, ResumeReceived):
+            await self.on_resume(event)
+        elif isinstance(event, (HistoryRequest, SessionClear)):
+            await self.on_session_operation(event)
+        else:
+            await self.on_auth(event)
+
+    async def on_auth(self, message: AuthChallengeRequest | AuthRequest | TokenRefresh) -> None:
+        """JWT session auth: a challenge, a signed challenge (or token) for a token, a refresh."""
         auth = self.runtime.authenticator
         try:
             if isinstance(message, AuthChallengeRequest):
-                await self.send(auth.challenge(message))
-            elif isinstance(message, AuthRequest):
-                session_id = message.session_id or str(message.job_id)
-                success, claims = await auth.authenticate(message, session_id)
-                self.caller.grants.add(claims)
-                await self.send(success)
-            elif isinstance(message, TokenRefresh):
-                success, claims = auth.refresh(message)
-                self.caller.grants.add(claims)
-                await self.send(success)
+                self.conn.answer(auth.challenge(message))
+                return
+            if isinstance(message, AuthRequest):
+                success, claims = await auth.authenticate(message, message.session_id or str(message.job_id))
             else:
-                await self._session_operation(message)
-        except (AuthError, ChainError, NodeError) as exc:
-            await self.refuse(exc, message.request_id, type(message).__name__)
+                success, claims = auth.refresh(message)
+        except _REFUSALS as exc:
+            self._refuse(exc, message.request_id, type(message).__name__)
+            return
+        self.caller.grants.add(claims)
+        self.conn.answer(success)
 
-    async def _session_operation(self, message: HistoryRequest | SessionClear) -> None:
+    async def on_session_operation(self, message: HistoryRequest | SessionClear) -> None:
         """``get_history`` (the session's owner, ``read_history`` on a paid node) or ``session_clear`` (admin)."""
         admission = self.runtime.admission
         job_id = self.session.job_id if self.session and self.session.session_id == message.session_id else None
-        if isinstance(message, SessionClear):
-            admitted = await admission.admit(self.caller, job_id, message.session_id, permission="admin")
-            if admitted is None:  # a free node has no admin
-                self.caller.grants.require(job_id, "admin")
-        else:
-            admitted = await admission.admit(self.caller, job_id, message.session_id, permission="read_history")
+        try:
+            if isinstance(message, SessionClear):
+                admitted = await admission.admit(self.caller, job_id, message.session_id, permission="admin")
+                if admitted is None:  # a free node has no admin
+                    self.caller.grants.require(job_id, "admin")
+            else:
+                admitted = await admission.admit(self.caller, job_id, message.session_id, permission="read_history")
+        except _REFUSALS as exc:
+            self._refuse(exc, message.request_id, type(message).__name__)
+            return
         secret = message.session_secret if isinstance(message, HistoryRequest) else None
-        session = self.runtime.sessions.get(self._owner(admitted, secret), message.session_id)
+        session = self.runtime.sessions.get(self._owner(admitted, secret, self.caller), message.session_id)
         if session is None:
-            await self.reject(ErrorCode.SESSION_NOT_FOUND, f"no session {message.session_id!r} of yours on this node",
-                              message.request_id)
+            self.conn.send_error(ErrorCode.SESSION_NOT_FOUND, f"no session {message.session_id!r} of yours on this "
+                                 "node", message.request_id)
             return
         if isinstance(message, SessionClear):
             session.replace_history([], 0)
-        await self.send(History(session_id=session.session_id, conversation_context=tuple(session.history),
-                                message_index=session.next_index, request_id=message.request_id))
+        self.conn.answer(History(session_id=session.session_id, conversation_context=tuple(session.history),
+                                 message_index=session.next_index, request_id=message.request_id))
 
-    def _owner(self, admitted: AdmittedJob | None, secret: str | None, caller: Caller | None = None) -> str:
+    async def on_session_init(self, message: SessionInit) -> None:
+        try:
+            admitted = await self.admit(self.caller, message.job_id, message.session_id)
+        except _REFUSALS as exc:
+            self._refuse(exc, message.request_id, "session_init")
+            return
+        session = self.bind(message.session_id, admitted, self.caller, job_id=message.job_id,
+                            chain_id=message.chain_id, secret=message.session_secret)
+        self.conn.accept_session(message, features=self._features(), message_index=self._index(session),
+                                 session_secret=self._secret_for(session.owner))
+
+    async def on_encrypted_init(self, event: EncryptedInitReceived) -> None:
+        """Admit the init's signer for the sealed job (paid node), install the key, ack."""
+        caller = self.caller.with_proof(event.opened.signer_candidates)
+        sealed_job = job_id_from_session(event.opened.init.job_id)
+        try:
+            admitted = await self.admit(caller, sealed_job, event.session_id)
+        except _REFUSALS as exc:
+            self._refuse(exc, event.message.request_id, "encrypted_session_init")
+            return
+        job_id = admitted.job_id if admitted is not None else sealed_job
+        session = self.bind(event.session_id, admitted, caller, job_id=job_id, chain_id=event.message.chain_id)
+        self.conn.accept_session(event, job_id=job_id, features=self._features(), message_index=self._index(session))
+
+    async def on_resume(self, event: ResumeReceived) -> None:
+        resume = event.resume
+        caller = self.caller.with_proof(event.signers) if event.encrypted else self.caller
+        try:
+            admitted = await self.admit(caller, resume.job_id, resume.session_id)
+        except _REFUSALS as exc:
+            self._refuse(exc, resume.request_id, "session_resume")
+            return
+        session = self.bind(resume.session_id, admitted, caller, job_id=resume.job_id, chain_id=resume.chain_id,
+                            secret=resume.session_secret)
+        session.replace_history(list(resume.conversation_context), resume.last_message_index + 1)
+        kept = self._count_fitting(session)
+        self.conn.accept_resume(event, message_index=session.next_index, kept_messages=kept,
+                                dropped_messages=len(session.history) - kept,
+                                session_secret=self._secret_for(session.owner))
+
+    # --- sessions and admission -------------------------------------------------------------------
+
+    def _features(self) -> tuple[str, ...] | None:
+        return self.runtime.features if self.extensions else None
+
+    def _index(self, session: SessionContext) -> int | None:
+        return session.next_index if self.extensions else None
+
+    def _owner(self, admitted: AdmittedJob | None, secret: str | None, caller: Caller) -> str:
         """Owner key of the session a request names (a well-formed ``session_secret`` counts on free nodes)."""
         if admitted is None and secret is not None and 16 <= len(secret) <= 128 and secret.isalnum():
             return "secret:" + secret
-        return self.runtime.admission.owner_for(caller or self.caller, admitted)
+        return self.runtime.admission.owner_for(caller, admitted)
 
     def _secret_for(self, owner: str) -> str | None:
         """What the ack tells a free node's opener to present later (``None`` when nothing is needed)."""
@@ -342,48 +292,8 @@ class WebSocketConnection:
         owner = self._owner(admitted, secret, caller)
         job = admitted.job_id if admitted is not None else job_id
         self.session = self.runtime.sessions.open(owner, session_id, job, chain_id)
+        self.conn.bind_session(session_id)
         return self.session
-
-    async def on_session_init(self, message: SessionInit) -> None:
-        try:
-            admitted = await self.admit(self.caller, message.job_id, message.session_id)
-        except (NodeError, AuthError, ChainError) as exc:
-            await self.refuse(exc, message.request_id, "session_init")
-            return
-        session = self.bind(message.session_id, admitted, self.caller, job_id=message.job_id,
-                            chain_id=message.chain_id, secret=message.session_secret)
-        await self.send(
-            SessionInitAck(
-                session_id=message.session_id,
-                job_id=message.job_id,
-                chain_id=message.chain_id,
-                features=self.runtime.features if self.extensions else None,
-                message_index=session.next_index if self.extensions else None,
-                request_id=message.request_id,
-                session_secret=self._secret_for(session.owner),
-            )
-        )
-
-    async def on_session_resume(self, message: SessionResume, caller: Caller) -> None:
-        try:
-            admitted = await self.admit(caller, message.job_id, message.session_id)
-        except (NodeError, AuthError, ChainError) as exc:
-            await self.refuse(exc, message.request_id, "session_resume")
-            return
-        session = self.bind(message.session_id, admitted, caller, job_id=message.job_id, chain_id=message.chain_id,
-                            secret=message.session_secret)
-        session.replace_history(list(message.conversation_context), message.last_message_index + 1)
-        kept = self._count_fitting(session)
-        await self.send(
-            SessionResumed(
-                session_id=session.session_id,
-                message_index=session.next_index,
-                kept_messages=kept,
-                dropped_messages=len(session.history) - kept,
-                request_id=message.request_id,
-                session_secret=self._secret_for(session.owner),
-            )
-        )
 
     def _count_fitting(self, session: SessionContext) -> int:
         """How many stored messages the next prompt will see, after truncation to the window."""
@@ -399,69 +309,57 @@ class WebSocketConnection:
             session_id = str(message.job_id)
         return session_id if session_id is not None else f"connection-{self.connection_id}"
 
-    async def serve_prompt(self, message: PromptMessage, output: Output, caller: Caller) -> None:
-        rid = message.request_id
+    # --- prompts ---------------------------------------------------------------------------------
+
+    async def serve_prompt(self, event: PromptReceived) -> None:
+        """Admit, limit and generate one answer; every outcome ends the request on the wire."""
+        try:
+            await self._serve(event)
+        except E2EError as exc:
+            log.warning("encryption failed on connection %d: %s", self.connection_id, exc)
+            self.conn.send_error(E2EErrorCode.ENCRYPTION_FAILED, exc.message)
+        except Exception as exc:
+            if isinstance(exc, _REFUSALS):
+                log.info("prompt on connection %d refused: %s", self.connection_id, exc)
+            self._refuse(exc, None, "a prompt")
+        await self.flush()
+
+    async def _serve(self, event: PromptReceived) -> None:
+        message = event.prompt
+        caller = self.caller.with_proof(event.signers) if event.encrypted else self.caller
         session_id = self._session_id_for(message)
         assert self.runtime.limiter is not None
         wait = self.runtime.limiter.check(self.client_address, session_id)
         if wait > 0:
-            await self.reject("RATE_LIMITED", f"too many requests; retry after {wait:.2f} s", rid,
-                              details={"retry_after": round(wait, 3)})
-            return
+            raise NodeError(f"too many requests; retry after {wait:.2f} s", code=ErrorCode.RATE_LIMITED,
+                            details={"retry_after": round(wait, 3)})
         current = self.session if self.session is not None and self.session.session_id == session_id else None
-        try:
-            admitted = await self.admit(caller, message.job_id or (current.job_id if current else None), session_id)
-            # the session this connection bound (init or resume) is its own; another id opens the caller's
-            if current is None or (admitted is not None and current.owner != admitted.owner):
-                current = self.bind(session_id, admitted, caller, job_id=message.job_id, chain_id=message.chain_id)
-            session = current
-            index = session.next_index
+        admitted = await self.admit(caller, message.job_id or (current.job_id if current else None), session_id)
+        # the session this connection bound (init or resume) is its own; another id opens the caller's
+        if current is None or (admitted is not None and current.owner != admitted.owner):
+            current = self.bind(session_id, admitted, caller, job_id=message.job_id, chain_id=message.chain_id)
+        session = current
+        index = session.next_index
 
-            def check_index() -> None:
-                if self.extensions and message.message_index is not None and message.message_index != index:
-                    raise NodeError(f"expected message_index {index}, got {message.message_index}",
-                                    code=ErrorCode.INVALID_MESSAGE_INDEX, details={"expected_message_index": index})
+        async def send_piece(text: str, tokens: int) -> None:
+            self.conn.send_chunk(text, tokens)
+            await self.flush()
 
-            async def send_piece(text: str, tokens: int) -> None:
-                await self.send(output.chunk(text, tokens, rid))
-
-            answer = await generate(self.runtime, admitted, message.request, session.history,
-                                    client=self.client_address, cancel=self._cancel, on_piece=send_piece,
-                                    check=check_index, coalesce=output.coalesce and self.extensions)
-            cancelled = answer.finished.finish_reason == "cancelled"
-            closing = [] if cancelled else output.complete(answer.finished.finish_reason, rid)
-        except E2EError as exc:
-            log.warning("encryption failed on session %s: %s", session_id, exc)
-            await self.reject(E2EErrorCode.ENCRYPTION_FAILED, exc.message, rid)
-            return
-        except Exception as exc:
-            if isinstance(exc, FabstirError):
-                log.info("request on session %s refused: %s", session_id, exc)
-            await self.refuse(exc, rid, f"a prompt on session {session_id}")
-            return
+        answer = await generate(self.runtime, admitted, message.request, session.history,
+                                client=self.client_address, cancel=self._cancel, on_piece=send_piece,
+                                check=lambda: self.conn.check_message_index(index),
+                                coalesce=self.extensions and not event.encrypted)
         request = message.request
         if request.conversation_context is not None:
             session.history = list(request.conversation_context)
         session.record_turn(request.prompt, answer.text)
-        for closing_message in closing:
-            await self.send(closing_message)
-        await self.send(self._stream_end(session, index, answer, admitted, cancelled, rid))
-
-    def _stream_end(self, session: SessionContext, index: int, answer: Answer, admitted: AdmittedJob | None,
-                    cancelled: bool, rid: str | None) -> StreamEnd:
         finished = answer.finished
-        usage = Usage(answer.prepared.fitted.prompt_tokens, finished.completion_tokens,
-                      self.runtime.inference.context_window)
-        return StreamEnd(
-            reason="cancelled" if cancelled else "complete",
-            tokens_used=answer.tokens_sent,
-            finish_reason=finished.finish_reason,
-            usage=usage,
-            session_id=session.session_id,
-            message_index=index if self.extensions else None,
-            request_id=rid,
-            receipt=self._receipt(session, index, answer, admitted) if self.extensions else None,
-        )
+        self.conn.send_end(finished.finish_reason, tokens_used=answer.tokens_sent,
+                           usage=Usage(answer.prepared.fitted.prompt_tokens, finished.completion_tokens,
+                                       self.runtime.inference.context_window),
+                           message_index=index if self.extensions else None,
+                           receipt=self._receipt(session, index, answer, admitted) if self.extensions else None,
+                           session_id=session.session_id)
 
     def _receipt(self, session: SessionContext, index: int, answer: Answer,
                  admitted: AdmittedJob | None) -> dict[str, object]:
