@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from nacl.signing import SigningKey
-
 from fabstir.node.server import NodeServer
 from fabstir.protocol import SessionState
 from fabstir.sdk import FabstirSDK, PromptOptions
@@ -66,10 +64,9 @@ async def test_aclose_before_iterating_and_after_the_end_are_harmless(node: Node
 async def test_the_transport_comes_from_the_injected_connector(node: NodeServer) -> None:
     opened: list[str] = []
 
-    async def recording_connector(host_url: str, *, timeout: float | None, compression: bool,
-                                  signing_key: SigningKey | None) -> Transport:
+    async def recording_connector(host_url: str, *, timeout: float | None, compression: bool) -> Transport:
         opened.append(host_url)
-        return await connect_host(host_url, timeout=timeout, compression=compression, signing_key=signing_key)
+        return await connect_host(host_url, timeout=timeout, compression=compression)
 
     options: dict[str, Any] = {"default_options": GREEDY, "connector": recording_connector}
     async with FabstirSDK(**options) as sdk:

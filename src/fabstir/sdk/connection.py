@@ -1,10 +1,12 @@
-"""One WebSocket to one host: thin I/O glue around the protocol core.
+"""One WebSocket to one host: a text-frame pipe, nothing more.
 
-A reader task parses every frame with :func:`parse_server_message` and puts
-the typed message in an inbox; request code takes messages from the inbox
-with a deadline. When the socket closes, the inbox gets a
-:class:`ConnectionClosedError`, so a waiting request fails at once instead of
-hanging. Third-party exceptions are translated to the fabstir tree here.
+The protocol (parsing, matching answers to requests, encryption, signing) lives in the
+sans-I/O :class:`~fabstir.protocol.client_connection.ClientConnection`; a
+:class:`~fabstir.sdk.session.Session` feeds it the frames this pipe receives and writes the
+frames it returns. A reader task puts every received text frame in an inbox; request code
+takes frames from the inbox with a deadline. When the socket closes, the inbox gets a
+marker, so a waiting request fails at once instead of hanging. Third-party exceptions are
+translated to the fabstir tree here.
 
 Sessions reach hosts only through the small :class:`Transport` interface, opened by a
 :data:`Connector` (``FabstirSDK(connector=...)``); :func:`connect_host` (a real
@@ -16,22 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import time
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import Protocol
 
 import websockets
-from nacl.signing import SigningKey
 from websockets.asyncio.client import ClientConnection, connect
 
-from fabstir.errors import ConnectError, ConnectionClosedError, FabstirError, RemoteProtocolError, RequestTimeoutError
-from fabstir.protocol import ClientMessage, Connected, ServerMessage, encode_message, parse_server_message
-from fabstir.protocol.signing import sign_message
+from fabstir.errors import ConnectError, ConnectionClosedError, RequestTimeoutError
 
 __all__ = ["Connector", "HostConnection", "Transport", "connect_host", "ws_url_for"]
 
 _CLOSED = object()
+"""The inbox marker for a closed socket (stays in the inbox so every later receive fails too)."""
 
 
 def ws_url_for(host_url: str) -> str:
@@ -47,31 +45,23 @@ def ws_url_for(host_url: str) -> str:
 
 
 class Transport(Protocol):
-    """What a session needs from its connection to a host."""
-
-    connected: Connected | None
-    """The node's greeting (``None`` if it sent none)."""
+    """What a session needs from its connection to a host: text frames in and out."""
 
     @property
     def closed(self) -> bool:
         """Whether the connection is gone."""
         ...
 
-    @property
-    def features(self) -> frozenset[str]:
-        """Extensions the node advertised in its greeting."""
+    async def send(self, text: str) -> None:
+        """Send one text frame. Raises ConnectionClosedError."""
         ...
 
-    async def send(self, message: ClientMessage) -> None:
-        """Send one message. Raises ConnectionClosedError."""
+    async def receive(self, timeout: float | None) -> str:
+        """The next text frame. Raises RequestTimeoutError, ConnectionClosedError."""
         ...
 
-    async def receive(self, timeout: float | None) -> ServerMessage:
-        """The next message. Raises RequestTimeoutError, ConnectionClosedError, RemoteProtocolError."""
-        ...
-
-    def drain(self) -> None:
-        """Forget messages already received."""
+    def drain(self) -> list[str]:
+        """Take the frames already received, without waiting."""
         ...
 
     async def aclose(self) -> None:
@@ -82,40 +72,36 @@ class Transport(Protocol):
 class Connector(Protocol):
     """Opens a :class:`Transport` to a host URL (``http://…``, ``ws://…``)."""
 
-    def __call__(self, host_url: str, *, timeout: float | None, compression: bool,
-                 signing_key: SigningKey | None) -> Awaitable[Transport]:
+    def __call__(self, host_url: str, *, timeout: float | None, compression: bool) -> Awaitable[Transport]:
         ...
 
 
-async def connect_host(host_url: str, *, timeout: float | None, compression: bool,
-                       signing_key: SigningKey | None) -> Transport:
+async def connect_host(host_url: str, *, timeout: float | None, compression: bool) -> Transport:
     """The default :class:`Connector`: a WebSocket to the host's ``/v1/ws``.
 
     Raises:
-        ConnectError: the host refused, did not answer in time, or is not a node.
+        ConnectError: the host refused or did not answer in time.
     """
-    return await HostConnection.open(host_url, timeout=timeout, compression=compression, signing_key=signing_key)
+    return await HostConnection.open(host_url, timeout=timeout, compression=compression)
 
 
 class HostConnection:
-    """An open WebSocket to a host's ``/v1/ws``."""
+    """An open WebSocket to a host's ``/v1/ws``, as a :class:`Transport`."""
 
-    def __init__(self, ws: ClientConnection, url: str, signing_key: SigningKey | None = None) -> None:
+    def __init__(self, ws: ClientConnection, url: str) -> None:
         self._ws = ws
         self.url = url
-        self._signing_key = signing_key
-        self.connected: Connected | None = None
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._inbox: asyncio.Queue[object] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read_loop())
         self.closed = False
 
     @classmethod
     async def open(cls, host_url: str, *, timeout: float | None, compression: bool,
-                   max_size: int = 64 << 20, signing_key: SigningKey | None = None) -> HostConnection:
-        """Connect to ``host_url`` and wait briefly for the node's ``connected`` greeting.
+                   max_size: int = 64 << 20) -> HostConnection:
+        """Connect to ``host_url``.
 
         Raises:
-            ConnectError: the host refused, did not answer in time, or is not a node.
+            ConnectError: the host refused or did not answer in time.
         """
         url = ws_url_for(host_url)
         try:
@@ -123,87 +109,62 @@ class HostConnection:
                                max_size=max_size, ping_interval=20, ping_timeout=20, close_timeout=2)
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
             raise ConnectError(f"cannot connect to {url}: {_describe(exc)}") from None
-        connection = cls(ws, url, signing_key)
-        await connection._await_greeting(timeout=2.0)
-        return connection
-
-    async def _await_greeting(self, timeout: float) -> None:
-        """Take the ``connected`` message if the node sends one (the public node does)."""
-        try:
-            first = await self.receive(timeout)
-        except RequestTimeoutError:
-            return
-        if isinstance(first, Connected):
-            self.connected = first
-        else:
-            self._inbox.put_nowait(first)
-
-    @property
-    def features(self) -> frozenset[str]:
-        if self.connected is None or self.connected.features is None:
-            return frozenset()
-        return frozenset(self.connected.features)
+        return cls(ws, url)
 
     async def _read_loop(self) -> None:
+        put = self._inbox.put_nowait
         try:
             async for frame in self._ws:
-                try:
-                    self._inbox.put_nowait(parse_server_message(frame))
-                except RemoteProtocolError as exc:
-                    self._inbox.put_nowait(exc)
+                put(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"))
         except websockets.exceptions.ConnectionClosed:
             pass
         finally:
             self.closed = True
-            self._inbox.put_nowait(_CLOSED)
+            put(_CLOSED)
 
-    async def send(self, message: ClientMessage) -> None:
-        """Send one message (signed with Ed25519 when the connection has a signing key).
+    async def send(self, text: str) -> None:
+        """Send one text frame.
 
         Raises:
             ConnectionClosedError: the socket is closed.
         """
-        if self._signing_key is None:
-            text = encode_message(message)
-        else:
-            signed = sign_message(message.to_wire(), self._signing_key, int(time.time() * 1000))
-            text = json.dumps(signed, separators=(",", ":"), ensure_ascii=False)
         try:
             await self._ws.send(text)
         except websockets.exceptions.ConnectionClosed as exc:
             raise ConnectionClosedError(f"connection to {self.url} closed: {_describe(exc)}") from None
 
-    async def receive(self, timeout: float | None) -> ServerMessage:
-        """The next message from the node.
+    async def receive(self, timeout: float | None) -> str:
+        """The next text frame from the node.
 
         Raises:
             RequestTimeoutError: nothing arrived within ``timeout`` seconds.
             ConnectionClosedError: the socket closed.
-            RemoteProtocolError: the node sent a malformed frame.
         """
-        if not self._inbox.empty():  # fast path: no timer when a frame is already here
-            item = self._inbox.get_nowait()
+        inbox = self._inbox
+        if not inbox.empty():  # fast path: no timer when a frame is already here
+            item = inbox.get_nowait()
         else:
             try:
                 async with asyncio.timeout(timeout):
-                    item = await self._inbox.get()
+                    item = await inbox.get()
             except TimeoutError:
                 raise RequestTimeoutError(f"no answer from {self.url} within {timeout} s") from None
-        if item is _CLOSED:
-            self._inbox.put_nowait(_CLOSED)  # every later receive fails too
-            raise ConnectionClosedError(f"connection to {self.url} closed")
-        if isinstance(item, FabstirError):
-            raise item
-        message: ServerMessage = item
-        return message
+        if isinstance(item, str):
+            return item
+        inbox.put_nowait(_CLOSED)  # every later receive fails too
+        raise ConnectionClosedError(f"connection to {self.url} closed")
 
-    def drain(self) -> None:
-        """Forget messages already received (leftovers of an abandoned request)."""
-        while not self._inbox.empty():
-            item = self._inbox.get_nowait()
-            if item is _CLOSED:
-                self._inbox.put_nowait(_CLOSED)
+    def drain(self) -> list[str]:
+        """Take the frames already received (the closed marker stays)."""
+        frames: list[str] = []
+        inbox = self._inbox
+        while not inbox.empty():
+            item = inbox.get_nowait()
+            if not isinstance(item, str):
+                inbox.put_nowait(_CLOSED)
                 break
+            frames.append(item)
+        return frames
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):

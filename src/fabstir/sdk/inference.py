@@ -119,8 +119,8 @@ class InferenceManager:
 
     def client_address(self, session_id: str | None = None) -> str | None:
         """The address the host recovered from our last encrypted init (``None`` for plaintext)."""
-        encryption = self.session(session_id).encryption
-        return encryption.client_address if encryption is not None else None
+        session = self.session(session_id)
+        return session.client_address if session.encryption is not None else None
 
     async def _published_keys(self, job_id: int | None) -> tuple[str | None, str | None]:
         """(encryption key, receipt key) from the registry metadata of ``job_id``'s host, if known."""

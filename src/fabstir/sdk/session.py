@@ -1,8 +1,12 @@
-"""``Session``: one conversation with one host, its socket, state, keys, token and history.
+"""``Session``: one conversation with one host: its connection, state, keys, token and history.
 
-Theory of operation. A :class:`Session` owns a transport (opened through an injected
-:data:`~fabstir.sdk.connection.Connector`), a :class:`SessionStateMachine` and the client's
-own copy of the conversation. Two modes, chosen per host from the features it advertises:
+Theory of operation. A :class:`Session` owns a :class:`~fabstir.sdk.channel.Channel`: a
+transport (opened through an injected :data:`~fabstir.sdk.connection.Connector`) and the
+sans-I/O :class:`~fabstir.protocol.client_connection.ClientConnection` that holds the
+protocol state of that socket (matching, ``message_index``, session keys, signing). The
+session acts on the connection and writes what it queues; it keeps its own lifecycle
+(:class:`SessionStateMachine`, across reconnects) and the client's copy of the
+conversation. Two modes, chosen per host from the features it advertises:
 
 - *server context* (our extension): the client sends only the new prompt with its
   ``message_index``; the node keeps and truncates the history.
@@ -17,8 +21,8 @@ history never travels in plaintext.
 If the connection drops, :meth:`Session.reconnect` opens a new one with backoff and
 restores the node's context from the client's copy (``session_resume``, or
 ``conversation_context`` on a node without it). Answers are streamed by
-:class:`~fabstir.sdk.streaming.InferenceStream`, which uses only this class's public
-methods. Use a session as ``async with`` (it closes its socket on exit).
+:class:`~fabstir.sdk.streaming.InferenceStream`; JWT auth is in :mod:`fabstir.sdk.session_auth`.
+Use a session as ``async with`` (it closes its socket on exit).
 """
 
 from __future__ import annotations
@@ -28,39 +32,32 @@ import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from fabstir.errors import ConfigError, ConnectError, NodeError, SessionError
 from fabstir.protocol import (
-    AuthChallenge,
-    AuthChallengeRequest,
-    AuthRequest,
     AuthSuccess,
     ChatTurn,
-    ClientMessage,
     ErrorCode,
-    ErrorMessage,
     Feature,
     History,
     HistoryRequest,
     InferenceRequest,
-    PromptMessage,
-    SessionInit,
     SessionInitAck,
-    SessionResume,
     SessionResumed,
     SessionState,
     SessionStateMachine,
-    StreamCancel,
-    TokenRefresh,
-    error_from_message,
 )
-from fabstir.protocol.auth import sign_challenge
+from fabstir.protocol.client_connection import ClientConnection, ControlRequest
 from fabstir.protocol.e2e import E2EError
+from fabstir.protocol.messages import JSONObject
+from fabstir.protocol.signing import sign_message
+from fabstir.sdk import session_auth
+from fabstir.sdk.channel import Channel
 from fabstir.sdk.config import backoff
 from fabstir.sdk.connection import Connector, Transport
-from fabstir.sdk.e2e import ClientEncryption, EncryptedStream, embed_context, normalize_public_key
+from fabstir.sdk.e2e import ClientEncryption, embed_context, normalize_public_key
 from fabstir.sdk.streaming import InferenceStream, new_request_id
 from fabstir.sdk.types import InferenceResult, PromptOptions, TokenCallback
 
@@ -71,10 +68,7 @@ __all__ = ["PUBLIC_CONTEXT_MESSAGES", "Session", "turns_in"]
 
 log = logging.getLogger("fabstir.sdk")
 
-_T = TypeVar("_T")
-
-TOKEN_REFRESH_MARGIN = 60
-"""Refresh the session token when it has less than this many seconds left."""
+_R = TypeVar("_R")
 
 PUBLIC_CONTEXT_MESSAGES = 10
 """Messages re-sent as ``conversation_context`` to a node without server-side context."""
@@ -98,19 +92,34 @@ class Session:
     """Opens the transport (``sdk.connector``; tests and failover code swap it)."""
     host_signing_key: str | None = None
     state: SessionStateMachine = dataclasses.field(default_factory=SessionStateMachine)
-    connection: Transport | None = None
     history: list[ChatTurn] = dataclasses.field(default_factory=list)
     next_index: int = 0
-    features: frozenset[str] = frozenset()
     active_request: str | None = None
     token: str | None = None
     token_expires_at: int = 0
     encryption: ClientEncryption | None = None
-    """End-to-end encryption state; ``None`` for a plaintext session."""
+    """The keys of an encrypted session; ``None`` for a plaintext one."""
+    client_address: str | None = None
+    """The address the host recovered from our last encrypted init."""
     embed_context: bool = False
     """Encrypted, on a node that cannot resume encrypted: the next prompt carries the restored history."""
+    _channel: Channel | None = dataclasses.field(default=None, repr=False)
+    _learned: frozenset[str] = frozenset()
+    """Features this connection showed without advertising them (a resume it accepted)."""
 
     # --- what the host offers ---------------------------------------------------
+
+    @property
+    def connection(self) -> Transport | None:
+        """The transport of the current connection (``None`` before the first)."""
+        return self._channel.transport if self._channel is not None else None
+
+    @property
+    def features(self) -> frozenset[str]:
+        """Extensions the host advertised on this connection."""
+        if self._channel is None:
+            return frozenset()
+        return self._channel.protocol.features | self._learned
 
     @property
     def server_context(self) -> bool:
@@ -127,15 +136,21 @@ class Session:
     def is_encrypted(self) -> bool:
         return self.encryption is not None
 
-    def transport(self) -> Transport:
-        """The open transport.
+    def channel(self) -> Channel:
+        """The open connection.
 
         Raises:
             SessionError: NOT_CONNECTED.
         """
-        if self.connection is None:
+        if self._channel is None:
             raise SessionError("session is not connected", code="NOT_CONNECTED")
-        return self.connection
+        return self._channel
+
+    async def request(self, message: ControlRequest, kind: type[_R]) -> _R:
+        """Send a control request and wait (the handshake timeout) for its reply of type ``kind``."""
+        channel = self.channel()
+        request_id = channel.protocol.send_request(message)
+        return await channel.request(kind, request_id, self.sdk.timeouts.handshake)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -152,7 +167,9 @@ class Session:
         if host_public_key is not None:
             host_public_key = normalize_public_key(host_public_key)
         try:
-            await self._connect()
+            if self.state.state is SessionState.IDLE:
+                self.state.move(SessionState.CONNECTING)
+            await self._open_transport()
             self.encryption = self._choose_encryption(host_public_key, encryption)
             await self.authenticate_if_offered()
             if conversation_context:
@@ -171,24 +188,25 @@ class Session:
 
     async def aclose(self) -> None:
         """Close the socket (the host settles) and wipe the session keys."""
-        if self.connection is not None:
-            await self.connection.aclose()
-        if self.encryption is not None:
-            self.encryption.forget()
+        if self._channel is not None:
+            await self._channel.aclose()
         if self.state.can(SessionState.CLOSED):
             self.state.move(SessionState.CLOSED)
 
+    def _signer(self) -> Callable[[JSONObject], JSONObject] | None:
+        key = self.sdk.signing_key
+        if key is None:
+            return None
+        return lambda wire: sign_message(wire, key, int(time.time() * 1000))
+
     async def _open_transport(self) -> None:
         sdk = self.sdk
-        self.connection = await self.connect(self.host_url, timeout=sdk.timeouts.connect,
-                                             compression=sdk.compression, signing_key=sdk.signing_key)
-        self.features = self.connection.features
+        transport = await self.connect(self.host_url, timeout=sdk.timeouts.connect, compression=sdk.compression)
+        protocol = ClientConnection(self.session_id, job_id=self.job_id, chain_id=self.chain_id,
+                                    message_index=self.next_index, sign=self._signer())
+        self._channel, self._learned = Channel(transport, protocol), frozenset()
+        await self._channel.greet()
         self.state.move(SessionState.CONNECTED)
-
-    async def _connect(self) -> None:
-        if self.state.state is SessionState.IDLE:
-            self.state.move(SessionState.CONNECTING)
-        await self._open_transport()
 
     async def reconnect(self) -> None:
         """Reconnect with backoff and restore the node's context from our history.
@@ -196,8 +214,8 @@ class Session:
         Raises:
             ConnectError: the host stayed unreachable through every retry.
         """
-        if self.connection is not None:
-            await self.connection.aclose()
+        if self._channel is not None:
+            await self._channel.aclose()  # the keys lived on the old connection only
         self.state.move(SessionState.RECONNECTING)
         last_error: Exception | None = None
         for delay in [0.0, *backoff(self.sdk.retry)]:
@@ -208,7 +226,6 @@ class Session:
                 last_error = exc
                 continue
             if self.encryption is not None:
-                self.encryption.forget()  # keys lived on the old connection only
                 self._check_announced_key(self.encryption)
             await self.authenticate_if_offered()
             if self.history and self.can_resume and self.encryption is None:
@@ -222,13 +239,16 @@ class Session:
 
     # --- encryption ---------------------------------------------------------------------
 
+    def _announced_key(self) -> str | None:
+        greeting = self._channel.protocol.greeting if self._channel is not None else None
+        return greeting.public_key if greeting is not None else None
+
     def _choose_encryption(self, host_public_key: str | None, encryption: bool | None) -> ClientEncryption | None:
         if encryption is False:
             return None
-        connected = self.connection.connected if self.connection else None
         key = host_public_key
         if key is None and encryption:
-            key = connected.public_key if connected is not None else None
+            key = self._announced_key()
         if key is None:
             if encryption:
                 raise ConfigError("encryption=True, but the host's public key is unknown: pass host_public_key "
@@ -236,22 +256,21 @@ class Session:
             return None
         account = self.sdk.account
         client_key = bytes(account.key) if account is not None else None
-        encrypted = ClientEncryption(key, client_key, required=bool(encryption), announced=host_public_key is None)
-        self._check_announced_key(encrypted)
-        return encrypted
+        chosen = ClientEncryption.create(key, client_key, required=bool(encryption), announced=host_public_key is None)
+        self._check_announced_key(chosen)
+        return chosen
 
-    def _check_announced_key(self, encrypted: ClientEncryption) -> None:
-        connected = self.connection.connected if self.connection else None
-        announced = connected.public_key if connected is not None else None
+    def _check_announced_key(self, encryption: ClientEncryption) -> None:
+        announced = self._announced_key()
         if announced is None:
             return
         try:
-            same = normalize_public_key(announced) == encrypted.host_public_key
+            same = normalize_public_key(announced) == encryption.host_public_key
         except ConfigError:
             same = False
         if not same:
             raise E2EError(f"the host announces public key {announced[:80]!r}, not the one given "
-                           f"({encrypted.host_public_key}); is its registry metadata stale?",
+                           f"({encryption.host_public_key}); is its registry metadata stale?",
                            code="HOST_KEY_MISMATCH")
 
     # --- init and resume ------------------------------------------------------------------
@@ -260,6 +279,7 @@ class Session:
         """Send ``session_init`` (or the encrypted init) and wait for the acknowledgement."""
         if job_id is not None:
             self.job_id = job_id
+            self.channel().protocol.job_id = job_id
         ack = await self._send_init()
         if self.server_context and ack.message_index is not None and ack.message_index != self.next_index:
             # the node remembers this session differently (e.g. it restarted): give it our copy
@@ -269,35 +289,26 @@ class Session:
 
     async def _send_init(self, model: str | None = None) -> SessionInitAck:
         """``session_init``, or ``encrypted_session_init`` with a fresh session key; returns the ack."""
-        connection = self.transport()
+        channel = self.channel()
+        protocol, timeout = channel.protocol, self.sdk.timeouts.handshake
         encryption = self.encryption
         if encryption is not None:
-            request_id = new_request_id()
-            model_name = self.sdk.default_options.model if model is None else model
-            await connection.send(encryption.init_message(self.session_id, self.job_id, self.chain_id, model_name,
-                                                          request_id))
+            request_id = protocol.send_encrypted_init(
+                encryption.host_public_key, encryption.client_key, request_id=new_request_id(),
+                model=self.sdk.default_options.model if model is None else model)
             try:
-                ack = await self.await_reply(SessionInitAck, request_id)
+                ack = await channel.request(SessionInitAck, request_id, timeout)
             except NodeError as exc:
                 if exc.code != ErrorCode.ENCRYPTION_NOT_SUPPORTED or encryption.required:
                     raise
                 log.warning("host %s does not support end-to-end encryption; session %s continues in plaintext",
                             self.host_url, self.session_id)
-                encryption.forget()
                 self.encryption = None
             else:
-                encryption.accept(ack)
-                self._take_features(ack.features)
+                self.client_address = protocol.client_address
                 return ack
-        request_id = new_request_id()
-        await connection.send(SessionInit(self.session_id, self.job_id, self.chain_id, request_id))
-        ack = await self.await_reply(SessionInitAck, request_id)
-        self._take_features(ack.features)
-        return ack
-
-    def _take_features(self, features: Sequence[str] | None) -> None:
-        if features is not None:
-            self.features = frozenset(features)
+        request_id = protocol.send_init(request_id=new_request_id())
+        return await channel.request(SessionInitAck, request_id, timeout)
 
     async def resume(self, conversation_context: Sequence[ChatTurn]) -> SessionResumed | None:
         """Load ``conversation_context`` as the history, on the client and the node.
@@ -321,97 +332,30 @@ class Session:
 
     async def resume_on_node(self) -> SessionResumed:
         """Send our copy of the conversation (``session_resume``, sealed when encrypted)."""
-        connection = self.transport()
-        request_id = new_request_id()
-        encryption = self.encryption
-        if encryption is None:
-            await connection.send(SessionResume(self.session_id, tuple(self.history), self.next_index - 1,
-                                                self.job_id, self.chain_id, request_id))
-        else:
-            if encryption.current is None:
-                await self._send_init()
-            await connection.send(encryption.seal_resume(
-                self.session_id, self.history, self.next_index - 1, job_id=self.job_id, chain_id=self.chain_id,
-                compress=Feature.E2E_COMPRESSION in self.features, request_id=request_id))
-        resumed = await self.await_reply(SessionResumed, request_id)
-        self.features = self.features | {Feature.SESSION_RESUME}
+        channel = self.channel()
+        if self.encryption is not None and not channel.protocol.encrypted:
+            await self._send_init()
+        request_id = channel.protocol.send_resume(self.history, self.next_index - 1, request_id=new_request_id())
+        resumed = await channel.request(SessionResumed, request_id, self.sdk.timeouts.handshake)
+        self._learned = self._learned | {Feature.SESSION_RESUME}
         return resumed
 
-    async def await_reply(self, kind: type[_T], request_id: str) -> _T:
-        """The node's reply of type ``kind`` to ``request_id``, within the handshake timeout.
-
-        Raises:
-            NodeError: the node answered with a coded error.
-            RequestTimeoutError, ConnectionClosedError: no reply.
-        """
-        connection = self.transport()
-        timeout = self.sdk.timeouts.handshake
-        deadline = time.monotonic() + timeout if timeout is not None else None
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            message = await connection.receive(remaining)
-            if isinstance(message, ErrorMessage) and message.request_id in (None, request_id):
-                raise error_from_message(message)
-            if isinstance(message, kind) and getattr(message, "request_id", None) in (None, request_id):
-                return message
-
-    # --- JWT session auth -------------------------------------------------------------------
+    # --- JWT session auth (fabstir.sdk.session_auth) --------------------------------------
 
     async def authenticate(self, permissions: Sequence[str] = ("prompt", "read_history")) -> AuthSuccess:
-        """Prove to the host that this SDK's account is the job's depositor; keeps the session token.
-
-        Raises:
-            ConfigError: no account configured.
-            AuthenticationError: the host refused (AUTH_FAILED, PERMISSION_DENIED).
-        """
-        account = self.sdk.require_account()
-        if self.job_id is None:
-            raise SessionError("authentication needs the session's job id", code="JOB_REQUIRED")
-        connection = self.transport()
-        request_id = new_request_id()
-        await connection.send(AuthChallengeRequest(self.job_id, self.session_id, request_id))
-        challenge = await self.await_reply(AuthChallenge, request_id)
-        request_id = new_request_id()
-        await connection.send(AuthRequest(job_id=self.job_id, session_id=self.session_id,
-                                          challenge=challenge.challenge,
-                                          signature=sign_challenge(challenge.challenge, account.key),
-                                          permissions=tuple(permissions), request_id=request_id))
-        return await self._store_token(request_id)
+        """See :func:`fabstir.sdk.session_auth.authenticate`."""
+        return await session_auth.authenticate(self, permissions)
 
     async def refresh_token(self) -> AuthSuccess:
-        """Exchange the still-valid session token for a fresh one (no new signature)."""
-        if self.token is None:
-            raise SessionError("no session token to refresh; call authenticate_session", code="AUTH_FAILED")
-        request_id = new_request_id()
-        await self.transport().send(TokenRefresh(self.token, request_id))
-        return await self._store_token(request_id)
-
-    async def _store_token(self, request_id: str) -> AuthSuccess:
-        success = await self.await_reply(AuthSuccess, request_id)
-        self.token, self.token_expires_at = success.token, success.expires_at
-        return success
+        """See :func:`fabstir.sdk.session_auth.refresh_token`."""
+        return await session_auth.refresh_token(self)
 
     async def authenticate_if_offered(self) -> None:
-        """Authenticate (or re-present the token) when the host offers JWT auth and we can."""
-        if Feature.JWT_AUTH not in self.features or self.job_id is None or self.sdk.account is None:
-            return
-        if self.token is not None and self.token_expires_at > time.time() + 5:
-            request_id = new_request_id()
-            await self.transport().send(AuthRequest(job_id=self.job_id, session_id=self.session_id,
-                                                    token=self.token, request_id=request_id))
-            await self._store_token(request_id)
-            return
-        await self.authenticate()
-
-    async def refresh_if_expiring(self) -> None:
-        if self.token is not None and self.token_expires_at - time.time() < TOKEN_REFRESH_MARGIN:
-            await self.refresh_token()
+        await session_auth.authenticate_if_offered(self)
 
     async def get_history(self) -> list[ChatTurn]:
         """The host's copy of the conversation (needs ``read_history`` on hosts that require auth)."""
-        request_id = new_request_id()
-        await self.transport().send(HistoryRequest(self.session_id, request_id))
-        history = await self.await_reply(History, request_id)
+        history = await self.request(HistoryRequest(self.session_id, new_request_id()), History)
         return list(history.conversation_context)
 
     # --- prompts --------------------------------------------------------------------------------
@@ -442,52 +386,35 @@ class Session:
 
     async def cancel(self) -> None:
         """Ask the node to stop the answer being streamed; it ends with ``finish_reason`` cancelled."""
-        if self.active_request is None or self.connection is None:
+        channel = self._channel
+        if self.active_request is None or channel is None or channel.protocol.state is not SessionState.STREAMING:
             return
         if self.state.can(SessionState.CANCELLING):
             self.state.move(SessionState.CANCELLING)
-        await self.connection.send(StreamCancel(self.session_id))
+        channel.protocol.send_cancel()
+        await channel.flush()
 
     async def ensure_ready(self) -> None:
         """Reconnect if the socket is gone, refresh an expiring token."""
-        if self.connection is None or self.connection.closed:
+        if self._channel is None or self._channel.closed:
             await self.reconnect()
-        await self.refresh_if_expiring()
+        await session_auth.refresh_if_expiring(self)
 
-    async def request_frame(self, prompt: str, options: PromptOptions,
-                            request_id: str) -> tuple[ClientMessage, EncryptedStream | None]:
-        """The frame carrying ``prompt``: a ``prompt``, or an ``encrypted_message`` with its opener."""
-        if self.encryption is None:
-            return self._prompt_message(prompt, options, request_id), None
-        return await self._encrypted_prompt(prompt, options, request_id)
+    async def prompt_request(self, prompt: str, options: PromptOptions) -> InferenceRequest:
+        """The request carrying ``prompt`` (after a fresh encrypted init unless the current key is unused).
 
-    def _prompt_message(self, prompt: str, options: PromptOptions, request_id: str) -> PromptMessage:
-        context = None if self.server_context else tuple(self.history[-PUBLIC_CONTEXT_MESSAGES:])
-        request = InferenceRequest(prompt=prompt, model=options.model, max_tokens=options.max_tokens,
-                                   temperature=options.temperature, conversation_context=context)
-        return PromptMessage(request=request, session_id=self.session_id, job_id=self.job_id,
-                             chain_id=self.chain_id,
-                             message_index=self.next_index if self.server_context else None,
-                             request_id=request_id)
-
-    async def _encrypted_prompt(self, prompt: str, options: PromptOptions,
-                                request_id: str) -> tuple[ClientMessage, EncryptedStream | None]:
-        """The ``encrypted_message`` for ``prompt`` (after a fresh init unless the current key is unused).
-
-        Returns a plaintext ``prompt`` and ``None`` when the node turned out not to support encryption.
+        Plaintext on a node without server context: the last turns go along as ``conversation_context``.
+        Encrypted on a node that could not resume: the restored history is embedded in the prompt.
         """
-        encryption = self.encryption
-        assert encryption is not None
-        if not encryption.fresh:
+        if self.encryption is not None and not self.channel().protocol.key_fresh:
             await self._send_init(options.model)
-            if self.encryption is None:
-                return self._prompt_message(prompt, options, request_id), None
+        if self.encryption is None:
+            context = None if self.server_context else tuple(self.history[-PUBLIC_CONTEXT_MESSAGES:])
+            return InferenceRequest(prompt=prompt, model=options.model, max_tokens=options.max_tokens,
+                                    temperature=options.temperature, conversation_context=context)
         text = embed_context(self.history, prompt) if self.embed_context else prompt
-        request = InferenceRequest(prompt=text, model=options.model, max_tokens=options.max_tokens,
-                                   temperature=options.temperature)
-        return encryption.seal_prompt(self.session_id, request,
-                                      message_index=self.next_index if self.server_context else None,
-                                      compress=Feature.E2E_COMPRESSION in self.features, request_id=request_id)
+        return InferenceRequest(prompt=text, model=options.model, max_tokens=options.max_tokens,
+                                temperature=options.temperature)
 
     def record_turn(self, prompt: str, answer: str, message_index: int | None) -> None:
         """Add a finished exchange to our copy of the conversation."""

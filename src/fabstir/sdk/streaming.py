@@ -1,8 +1,10 @@
 """``InferenceStream``: one answer, as an async iterator of text pieces and an async context manager.
 
-Theory of operation. The stream sends its prompt on its :class:`~fabstir.sdk.session.Session`
-and feeds every frame to a :class:`StreamAccumulator` until ``stream_end``, using only the
-session's public methods. A prompt that fails before any token arrived is retried once on a
+Theory of operation. The stream sends its prompt through its :class:`~fabstir.sdk.session.Session`'s
+:class:`~fabstir.protocol.client_connection.ClientConnection` and yields the text of every
+``ChunkReceived`` event until the prompt's ``StreamEnded`` (the connection matches, opens and
+accumulates the frames), using only the session's public methods. An encrypted answer whose
+``stream_end`` does not follow its ``final`` chunk ends :data:`~fabstir.sdk.e2e.END_GRACE_S` later. A prompt that fails before any token arrived is retried once on a
 new connection (or after a resume, for an index conflict); one that fails mid-answer raises
 :class:`ConnectionClosedError`. A prompt refused with ``RATE_LIMITED`` or ``TOO_MANY_REQUESTS``
 is sent again after the node's ``retry_after`` (nothing was generated or billed), up to
@@ -29,14 +31,15 @@ from fabstir.errors import (
     RequestTimeoutError,
     SessionError,
 )
-from fabstir.protocol import Feature, ServerMessage, SessionState, StreamAccumulator, StreamSnapshot
+from fabstir.protocol import Feature, SessionState, StreamSnapshot
 from fabstir.protocol.e2e import E2EError
+from fabstir.protocol.events import ChunkReceived, ClientEvent, StreamEnded
 from fabstir.protocol.signing import Receipt, SignatureError, verify_receipt
 from fabstir.sdk import e2e as _e2e
-from fabstir.sdk.e2e import EncryptedStream
 from fabstir.sdk.types import InferenceResult, PromptOptions
 
 if TYPE_CHECKING:
+    from fabstir.sdk.channel import Channel
     from fabstir.sdk.session import Session
 
 __all__ = ["InferenceStream", "new_request_id"]
@@ -111,8 +114,7 @@ class InferenceStream:
                     raise  # a bad receipt is the host's fault, not the connection's: never retried
                 except E2EError:
                     # a frame that does not decrypt: never retried; drop the socket so the host stops
-                    if session.connection is not None:
-                        await session.connection.aclose()
+                    await session.channel().aclose()
                     raise
                 except (ConnectionClosedError, RemoteProtocolError) as exc:
                     recovered += 1
@@ -136,40 +138,42 @@ class InferenceStream:
 
     async def _attempt(self, request_id: str) -> AsyncIterator[str]:
         session = self._session
-        connection = session.transport()
-        connection.drain()
-        timeouts = session.sdk.timeouts
-        started_at = time.perf_counter()
-        message, sealed = await session.request_frame(self._prompt, self._options, request_id)
-        accumulator = StreamAccumulator(request_id, started_at=started_at)
-        await connection.send(message)
-        session.state.move(SessionState.STREAMING)
-        timeout = timeouts.first_token
-        while not accumulator.done:
-            frame = await self._next_frame(timeout, sealed)
-            if sealed is not None:
-                frame = sealed.open(frame) if frame is not None else None
-                timeout = _e2e.END_GRACE_S if sealed.ended else timeouts.between_frames
-                if frame is None:
-                    continue
-            else:
-                timeout = timeouts.between_frames
-            assert frame is not None
-            delta = accumulator.feed(frame, time.perf_counter())
-            if delta is not None:
-                yield delta.text
-        snapshot = accumulator.snapshot()
-        if snapshot.error is not None:
-            raise snapshot.error
-        self._finish(snapshot, request_id)
-
-    async def _next_frame(self, timeout: float | None, sealed: EncryptedStream | None) -> ServerMessage | None:
+        channel = session.channel()
+        channel.settle()
+        request = await session.prompt_request(self._prompt, self._options)
+        protocol = channel.protocol
+        protocol.set_message_index(session.next_index)
+        protocol.send_prompt(request, request_id=request_id, now=time.perf_counter())
         try:
-            return await self._session.transport().receive(timeout)
+            await channel.flush()
+            session.state.move(SessionState.STREAMING)
+            timeouts = session.sdk.timeouts
+            timeout, between = timeouts.first_token, timeouts.between_frames
+            while True:
+                for event in await self._next_events(channel, timeout):
+                    if type(event) is ChunkReceived:
+                        yield event.text
+                    elif type(event) is StreamEnded and event.request_id == request_id:
+                        snapshot = event.snapshot
+                        if snapshot.error is not None:
+                            raise snapshot.error
+                        self._finish(snapshot, request_id)
+                        return
+                timeout = _e2e.END_GRACE_S if protocol.final_seen else between
+        finally:
+            if protocol.busy and protocol.awaiting == request_id:
+                protocol.abandon()
+
+    @staticmethod
+    async def _next_events(channel: Channel, timeout: float | None) -> list[ClientEvent]:
+        try:
+            return await channel.receive(timeout)
         except RequestTimeoutError:
-            if sealed is None or not sealed.ended:
+            protocol = channel.protocol
+            if not protocol.final_seen:
                 raise
-            return sealed.synthesized_end()  # no stream_end after the final chunk: finish anyway
+            protocol.end_after_final(time.perf_counter())  # no stream_end after the final chunk: finish anyway
+            return protocol.events_received()
 
     def _verified_receipt(self, snapshot: StreamSnapshot) -> Receipt | None:
         """Check the host's receipt against what was streamed.
@@ -183,8 +187,8 @@ class InferenceStream:
                 raise SignatureError("the host promised signed receipts but sent none", code="RECEIPT_MISSING")
             return None
         receipt = Receipt.from_wire(snapshot.receipt)
-        connection = session.connection
-        announced = connection.connected.signing_key if connection and connection.connected else None
+        greeting = session.channel().protocol.greeting
+        announced = greeting.signing_key if greeting is not None else None
         verify_receipt(receipt, text=snapshot.text, tokens=snapshot.tokens_used,
                        expected_key=session.host_signing_key or announced)
         if receipt.session_id != session.session_id:
