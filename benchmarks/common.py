@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -65,29 +66,69 @@ class Settings:
         """The JSON keys that say which model was used."""
         info: dict[str, object] = {"model": str(self.model)}
         if self.model_fallback:
-            info["model_fallback"] = "tiny random-weight GGUF (stories260K.gguf not found)"
+            info["model_fallback"] = ("tiny random-weight GGUF (stories260K.gguf not found; --allow-fallback-model): "
+                                      "its figures say nothing about a real model")
         return info
 
 
-def resolve_model(path: str | None, scratch: Path) -> tuple[Path, bool]:
+class ModelMissingError(RuntimeError):
+    """The benchmark's model file is not there (and the random-weight fallback was not allowed)."""
+
+
+def resolve_model(path: str | None, scratch: Path, *, allow_fallback: bool = False) -> tuple[Path, bool]:
     """The GGUF to use and whether it is the tiny random fallback.
 
-    ``path`` given: it must exist. Otherwise the shared stories260K.gguf, or a
-    tiny random GGUF written into ``scratch`` when that file is absent.
+    ``path`` given: it must exist. Otherwise the shared stories260K.gguf (``$FABSTIR_SHARED_MODELS``
+    overrides the folder). When that file is absent the benchmark fails, unless ``allow_fallback``:
+    then a tiny random-weight GGUF is written into ``scratch`` and every result says so
+    (``model_fallback``); its tokens/s say nothing about a real model.
+
+    Raises:
+        ModelMissingError: the chosen file does not exist, or the default is absent without ``allow_fallback``.
     """
     if path is not None:
         chosen = Path(path).expanduser().resolve()
         if not chosen.is_file():
-            raise SystemExit(f"error: model file not found: {chosen}")
+            raise ModelMissingError(f"model file not found: {chosen}")
         return chosen, False
-    if DEFAULT_MODEL.is_file():
-        return DEFAULT_MODEL, False
+    default = default_model()
+    if default.is_file():
+        return default, False
+    if not allow_fallback:
+        raise ModelMissingError(f"{default} not found: put stories260K.gguf there, pass --model PATH, or pass "
+                                "--allow-fallback-model to measure a tiny random-weight model instead")
     from fabstir.testing.tiny_gguf import write_tiny_gguf
 
     target = scratch / "tiny-random.gguf"
-    log(f"{DEFAULT_MODEL} not found; writing a tiny random GGUF to {target}")
+    log(f"WARNING: {default} not found; --allow-fallback-model: writing a tiny random GGUF to {target}")
     write_tiny_gguf(target, context_length=512)
     return target, True
+
+
+def default_model() -> Path:
+    """``../shared/models/stories260K.gguf`` (relative to the repo root), or in ``$FABSTIR_SHARED_MODELS``."""
+    folder = os.environ.get("FABSTIR_SHARED_MODELS")
+    return (Path(folder) / "stories260K.gguf").resolve() if folder else DEFAULT_MODEL
+
+
+def load_average() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages (``os.getloadavg``), rounded."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``); ``None`` where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def own_cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- statistics ---------------------------------------------------------------

@@ -3,7 +3,8 @@
 All sessions connect first (not timed), then every session sends its prompt
 at the same moment. Clients record the arrival time of every text piece
 (``on_token``); gaps between consecutive pieces of one stream give the
-inter-token latency distribution, and the first piece gives TTFT (which
+inter-token latency distribution (a piece carries several tokens when the node sent what the engine had
+queued in one chunk; ``tokens_per_piece`` says how many on average), and the first piece gives TTFT (which
 includes waiting for a free engine: sessions beyond ``--parallel`` queue).
 """
 
@@ -98,6 +99,7 @@ async def _burst(sdk: FabstirSDK, url: str, settings: Settings, options: Concurr
         "total_tokens": total_tokens,
         "wall_s": rounded(wall, 3),
         "aggregate_tokens_per_s": rounded(total_tokens / wall, 1),
+        "tokens_per_piece": rounded(total_tokens / max(1, sum(len(s.stamps) for s in done)), 2),
         "p50_gap_ms": rounded(percentile(gaps, 50), 3),
         "p99_gap_ms": rounded(percentile(gaps, 99), 3),
         "max_gap_ms": rounded(max(gaps, default=float("nan")), 3),

@@ -29,9 +29,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    ModelMissingError,
     Sample,
     Settings,
     close_all,
+    load_average,
     log,
     resolve_model,
     rounded,
@@ -112,11 +114,17 @@ def main() -> int:
     args = parser.parse_args(["overhead", *sys.argv[1:]])
     try:
         with tempfile.TemporaryDirectory(prefix="fabstir-bench-") as scratch:
-            model, fallback = resolve_model(args.model, Path(scratch))
+            try:
+                model, fallback = resolve_model(args.model, Path(scratch), allow_fallback=args.allow_fallback_model)
+            except ModelMissingError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
             settings = Settings(model=model, model_fallback=fallback, template=args.template, prompt=args.prompt,
                                 max_tokens=args.max_tokens, context_window=args.context_window,
                                 threads=args.threads, runs=args.runs, warmup=args.warmup, run_timeout=args.timeout)
+            before = load_average()
             result = asyncio.run(run_encryption(settings))
+            result["load_average"] = {"before": before, "after": load_average()}
     finally:
         close_all()
     print(json.dumps(result, separators=(",", ":")) if args.json else json.dumps(result, indent=2))

@@ -20,7 +20,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import LOOPBACK, Settings, close_all, log, resolve_model, start_node  # noqa: E402
+from common import (  # noqa: E402
+    LOOPBACK,
+    ModelMissingError,
+    Settings,
+    close_all,
+    load_average,
+    log,
+    resolve_model,
+    start_node,
+)
 
 MIB = 1 << 20
 
@@ -97,12 +106,20 @@ async def run_limits(settings: Settings, body_mib: int = 300) -> dict[str, objec
 def main() -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/limits.py", description=__doc__.splitlines()[0])
     parser.add_argument("--body-mib", type=int, default=300, help="size of the chunked body (default 300)")
-    parser.add_argument("--model", help="GGUF file (default: stories260K.gguf, else a tiny random GGUF)")
+    parser.add_argument("--model", help="GGUF file (default: ../shared/models/stories260K.gguf)")
+    parser.add_argument("--allow-fallback-model", action="store_true",
+                        help="measure a tiny random-weight GGUF when the default model is missing")
     args = parser.parse_args()
     try:
         with tempfile.TemporaryDirectory(prefix="fabstir-bench-") as scratch:
-            model, fallback = resolve_model(args.model, Path(scratch))
+            try:
+                model, fallback = resolve_model(args.model, Path(scratch), allow_fallback=args.allow_fallback_model)
+            except ModelMissingError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            before = load_average()
             result = asyncio.run(run_limits(Settings(model=model, model_fallback=fallback), args.body_mib))
+            result["load_average"] = {"before": before, "after": load_average()}
     finally:
         close_all()
     print(json.dumps(result))

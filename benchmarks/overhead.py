@@ -4,13 +4,30 @@ Both sides load the same GGUF with the same context and threads, and
 generate the same prompt greedily (repeat penalty 1.0). Repetitions
 alternate in ABBA order (in-process, SDK, SDK, in-process, ...) after a few warm-up runs
 of each, and medians are reported.
+
+Beside the wall-clock figures, which a loaded machine moves a lot, the CPU time the node process and the
+client spend per token during the measured SDK runs (``node_cpu_us_per_token``, ``client_cpu_us_per_token``;
+the node's includes llama.cpp's decode) and how many tokens one ``on_token`` piece carried on average
+(``sdk_tokens_per_piece``: above 1 when the node sent several tokens in one chunk).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from common import Sample, Settings, inprocess_run, load_engine, log, rounded, sdk_run, start_node, summarize
+from common import (
+    Sample,
+    Settings,
+    inprocess_run,
+    load_engine,
+    log,
+    own_cpu_seconds,
+    process_cpu_seconds,
+    rounded,
+    sdk_run,
+    start_node,
+    summarize,
+)
 from fabstir.sdk import FabstirSDK, Timeouts
 
 
@@ -22,6 +39,8 @@ async def run_overhead(settings: Settings) -> dict[str, object]:
         engine = load_engine(settings, settings.threads)
         sdk_samples: list[Sample] = []
         local_samples: list[Sample] = []
+        node_cpu: float | None = 0.0
+        client_cpu = 0.0
         async with FabstirSDK(timeouts=_timeouts(settings)) as sdk:
             for number in range(settings.warmup + settings.runs):
                 measured = number >= settings.warmup
@@ -30,7 +49,15 @@ async def run_overhead(settings: Settings) -> dict[str, object]:
                     await asyncio.sleep(settings.settle)
                     local = inprocess_run(engine, settings)
                 await asyncio.sleep(settings.settle)
+                node_before, client_before = process_cpu_seconds(node.pid), own_cpu_seconds()
                 remote = await sdk_run(sdk, url, settings)
+                node_after, client_after = process_cpu_seconds(node.pid), own_cpu_seconds()
+                if measured:
+                    client_cpu += client_after - client_before
+                    if node_cpu is not None and node_before is not None and node_after is not None:
+                        node_cpu += node_after - node_before
+                    else:
+                        node_cpu = None
                 if number % 2 == 1:
                     await asyncio.sleep(settings.settle)
                     local = inprocess_run(engine, settings)
@@ -48,6 +75,8 @@ async def run_overhead(settings: Settings) -> dict[str, object]:
     _check_same_output(sdk_samples, local_samples)
     sdk_tps, sdk_ttft = summarize(sdk_samples)
     local_tps, local_ttft = summarize(local_samples)
+    served = sum(s.tokens for s in sdk_samples)
+    pieces = sum(len(s.stamps) for s in sdk_samples)
     return {
         "sdk_tokens_per_s": rounded(sdk_tps, 1),
         "inprocess_tokens_per_s": rounded(local_tps, 1),
@@ -57,6 +86,9 @@ async def run_overhead(settings: Settings) -> dict[str, object]:
         "ttft_added_ms": rounded(sdk_ttft - local_ttft, 3),
         "sdk_tokens": sdk_samples[0].tokens,
         "inprocess_tokens": local_samples[0].tokens,
+        "sdk_tokens_per_piece": rounded(served / pieces, 2),
+        "node_cpu_us_per_token": rounded(node_cpu / served * 1e6, 1) if node_cpu is not None else None,
+        "client_cpu_us_per_token": rounded(client_cpu / served * 1e6, 1),
         "runs": settings.runs,
         "max_tokens": settings.max_tokens,
         "threads": settings.threads,

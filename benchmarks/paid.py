@@ -60,15 +60,44 @@ async def register(paid: PaidMarket, api_url: str) -> None:
 
 
 def host_billing(paid: PaidMarket, ledger: Path, *, checkpoint_tokens: int = 100,
-                 host_chain: Chain | None = None) -> BillingService:
+                 host_chain: Chain | None = None, defer_while_streaming: bool = True) -> BillingService:
     """The host's billing (its own chain connection when ``host_chain`` is given).
 
     ``complete_sessions=False``: the host never settles during a benchmark, so no settlement
-    traffic runs behind a measurement.
+    traffic runs behind a measurement. ``defer_while_streaming=False`` sends each checkpoint as soon
+    as it is due, even while answers stream (the node's default holds it back for a quiet moment).
     """
     market = paid.market if host_chain is None else Marketplace(host_chain, paid.market.deployment)
     return BillingService(HostChain(market, paid.host, paid.model), ledger, checkpoint_tokens=checkpoint_tokens,
-                          retry_delay=0.2, complete_sessions=False)
+                          retry_delay=0.2, complete_sessions=False, defer_while_streaming=defer_while_streaming)
+
+
+class CheckpointLog:
+    """When the host submitted each checkpoint (wraps ``HostChain.submit_checkpoint``), and whether the chain took it."""
+
+    def __init__(self, host: HostChain) -> None:
+        self.tries: list[tuple[float, bool]] = []
+        submit = host.submit_checkpoint
+
+        async def recorded(job_id: int, tokens: int, proof_hash: bytes, proof_cid: str = "") -> None:
+            started = time.perf_counter()
+            try:
+                await submit(job_id, tokens, proof_hash, proof_cid)
+            except BaseException:
+                self.tries.append((started, False))
+                raise
+            self.tries.append((started, True))
+
+        host.submit_checkpoint = recorded  # type: ignore[method-assign]
+
+    @property
+    def submitted(self) -> int:
+        """Checkpoints the chain took."""
+        return sum(1 for _, ok in self.tries if ok)
+
+    def during(self, windows: list[tuple[float, float]], *, refused_too: bool = False) -> int:
+        """Checkpoints the chain took (with ``refused_too``: every try) that started inside any of ``windows``."""
+        return sum(1 for t, ok in self.tries if ok or refused_too for start, end in windows if start <= t <= end)
 
 
 def node_config(settings: Settings) -> NodeConfig:

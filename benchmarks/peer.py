@@ -3,7 +3,8 @@
 Both servers run as subprocesses over the same GGUF, context, threads and
 batch settings; both clients stream the same prompt with greedy sampling and
 repeat penalty 1.0. Repetitions alternate in ABBA order (ours, peer, peer, ours, ...)
-after warm-up runs, and medians are reported.
+after warm-up runs, and medians are reported. Both must produce the same text in every run (``same_text``),
+or the benchmark fails: different completions are different workloads.
 """
 
 from __future__ import annotations
@@ -144,7 +145,11 @@ async def run_peer(settings: Settings) -> dict[str, object]:
     ours_tps, ours_ttft = summarize(ours)
     peer_tps, peer_ttft = summarize(theirs)
     same_text = all(a.text == b.text for a, b in zip(ours, theirs))
-    if ours[0].tokens != theirs[0].tokens:
+    if not same_text:
+        mine, other = next((a.text, b.text) for a, b in zip(ours, theirs) if a.text != b.text)
+        raise RuntimeError(f"ours and the peer produced different text, so their speeds are not comparable: "
+                           f"{mine[:80]!r} vs {other[:80]!r}")
+    if ours[0].tokens != theirs[0].tokens:  # the peer's count is its non-empty SSE chunks, not its tokenizer's
         log(f"WARNING: token counts differ: ours {ours[0].tokens}, peer {theirs[0].tokens}")
     return {
         "ours_tokens_per_s": rounded(ours_tps, 1),

@@ -3,7 +3,9 @@
 NAME is ``overhead``, ``peer``, ``concurrency``, ``billing``, ``session_open``, ``compression``, ``security``,
 ``encryption``, ``selection``, ``discovery``, ``fairness``, ``limits`` or ``all``. Progress goes to
 stderr; with ``--json`` the last line of stdout is one JSON object. See
-``benchmarks/README.md`` for what each number means.
+``benchmarks/README.md`` for what each number means. Every result carries the machine's load average
+(``os.getloadavg``) before and after it ran. Without ``../shared/models/stories260K.gguf`` (or ``--model``)
+a benchmark fails, unless ``--allow-fallback-model`` lets it measure a tiny random-weight model.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from billing import run_billing  # noqa: E402
-from common import Settings, close_all, log, resolve_model  # noqa: E402
+from common import Settings, close_all, load_average, log, resolve_model  # noqa: E402
 from compression import run_compression  # noqa: E402
 from concurrency import ConcurrencyOptions, run_concurrency  # noqa: E402
 from discovery import run_discovery  # noqa: E402
@@ -45,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=NAMES, help="which benchmark to run")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line of stdout")
-    parser.add_argument("--model", help="GGUF file (default: ../shared/models/stories260K.gguf, "
-                                        "else a tiny random GGUF written to a temp dir)")
+    parser.add_argument("--model", help="GGUF file (default: ../shared/models/stories260K.gguf; "
+                                        "$FABSTIR_SHARED_MODELS names another folder)")
+    parser.add_argument("--allow-fallback-model", action="store_true",
+                        help="if the default model is missing, measure a tiny random-weight GGUF instead of failing "
+                             "(results then carry model_fallback)")
     parser.add_argument("--template", default="raw", help="node prompt template (default raw)")
     parser.add_argument("--prompt", default="Once upon a time")
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens per run for overhead/peer (default 256)")
@@ -71,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
     """Run the chosen benchmark(s); returns the JSON object."""
-    model, fallback = resolve_model(args.model, scratch)
+    model, fallback = resolve_model(args.model, scratch, allow_fallback=args.allow_fallback_model)
     settings = Settings(model=model, model_fallback=fallback, template=args.template, prompt=args.prompt,
                         max_tokens=args.max_tokens, context_window=args.context_window, threads=args.threads,
                         runs=args.runs, warmup=args.warmup, run_timeout=args.timeout)
@@ -82,7 +87,8 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
     results: dict[str, dict[str, object]] = {}
     for name in chosen:
         started = time.perf_counter()
-        log(f"=== {name} ===")
+        load_before = load_average()
+        log(f"=== {name} === (load average {load_before})")
         if name == "overhead":
             results[name] = await run_overhead(settings)
         elif name == "peer":
@@ -107,6 +113,7 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
             results[name] = await run_limits(settings, args.body_mib)
         else:
             results[name] = await run_concurrency(settings, concurrency)
+        results[name]["load_average"] = {"before": load_before, "after": load_average()}
         log(f"=== {name} done in {time.perf_counter() - started:.1f} s: {json.dumps(results[name])}")
     if args.name != "all":
         return results[args.name]
