@@ -88,8 +88,7 @@ async def _open_sources(args: argparse.Namespace, stack: contextlib.AsyncExitSta
 
         sources.append(await stack.enter_async_context(MdnsDiscovery(timeout_s=min(args.timeout, 1.0))))
     if args.dht_bootstrap:
-        from fabstir.discovery.dht import DhtNode
-        from fabstir.node.announce import parse_bootstrap
+        from fabstir.discovery.dht import DhtNode, parse_bootstrap
 
         node = DhtNode(timeout=args.timeout)
         await node.start(parse_bootstrap(args.dht_bootstrap))

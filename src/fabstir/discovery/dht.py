@@ -47,7 +47,7 @@ from fabstir.errors import ConfigError, ConnectError, FabstirError, RequestTimeo
 from fabstir.protocol.announcement import MAX_CLOCK_SKEW_MS, MAX_TTL_S, HostAnnouncement, parse_announcement
 
 __all__ = ["HOSTS_KEY", "MAX_INDEX_ENTRIES", "MAX_VALUE_BYTES", "DhtNode", "capability_key", "host_key",
-           "model_key"]
+           "model_key", "parse_bootstrap"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -525,3 +525,21 @@ class _ValueCrawl(ValueSpiderCrawl):  # type: ignore[misc]
         if self.satisfied or self.nearest.have_contacted_all():
             return self.values
         return await self.find()  # type: ignore[no-any-return]
+
+
+def parse_bootstrap(text: str | None) -> list[tuple[str, int]]:
+    """``"127.0.0.1:4000,127.0.0.1:4001"`` as ``[(host, port), ...]``.
+
+    Raises:
+        ConfigError: an entry without a valid port.
+    """
+    peers = []
+    for entry in (text or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"DHT bootstrap entry {entry!r} must be host:port")
+        peers.append((host, int(port)))
+    return peers

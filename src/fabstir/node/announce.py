@@ -25,7 +25,7 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from fabstir._clock import wall_clock_ms
-from fabstir.errors import ConfigError
+from fabstir.discovery.dht import parse_bootstrap
 from fabstir.protocol.announcement import HostAnnouncement, sign_announcement
 
 if TYPE_CHECKING:
@@ -39,24 +39,6 @@ log = logging.getLogger(__name__)
 def address_for_signing_key(public_key_hex: str) -> str:
     """The checksum address a free node claims: last 20 bytes of keccak256 of its Ed25519 public key."""
     return to_checksum_address(keccak(bytes.fromhex(public_key_hex))[-20:])
-
-
-def parse_bootstrap(text: str | None) -> list[tuple[str, int]]:
-    """``"127.0.0.1:4000,127.0.0.1:4001"`` as ``[(host, port), ...]``.
-
-    Raises:
-        ConfigError: an entry without a valid port.
-    """
-    peers = []
-    for entry in (text or "").split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
-        host, sep, port = entry.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"DHT bootstrap entry {entry!r} must be host:port")
-        peers.append((host, int(port)))
-    return peers
 
 
 @dataclasses.dataclass
