@@ -275,13 +275,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def start_node(settings: Settings, *, parallel: int, threads: int) -> tuple[ManagedProcess, str]:
-    """Start ``fabstir node serve`` on a free loopback port; returns the process and its http URL."""
+async def start_node(settings: Settings, *, parallel: int, threads: int,
+                     env: dict[str, str] | None = None) -> tuple[ManagedProcess, str]:
+    """Start ``fabstir node serve`` on a free loopback port; returns the process and its http URL.
+
+    ``env`` adds node settings (``FABSTIR_NODE_<FIELD>``) to the defaults (repeat penalty 1.0).
+    """
     argv = [sys.executable, "-m", "fabstir.cli", "node", "serve", "--model", str(settings.model),
             "--host", LOOPBACK, "--port", "0", "--template", settings.template,
             "--context-window", str(settings.context_window), "--parallel", str(parallel),
             "--threads", str(threads)]
-    process = ManagedProcess("fabstir-node", argv, env={"FABSTIR_NODE_REPEAT_PENALTY": "1.0"})
+    process = ManagedProcess("fabstir-node", argv, env={"FABSTIR_NODE_REPEAT_PENALTY": "1.0", **(env or {})})
     try:
         def served_url() -> str | None:
             match = _SERVING.search(process.log_text())

@@ -1,7 +1,9 @@
 """``concurrency``: many WebSocket sessions streaming at once from one node subprocess.
 
 All sessions connect first (not timed), then every session sends its prompt
-at the same moment. Clients record the arrival time of every text piece
+at the same moment. They all come from 127.0.0.1, so the node runs with its per-address caps off
+(connections and answers in flight): every session beyond ``--parallel`` waits in the node's queue
+for an engine. A failed session fails the benchmark. Clients record the arrival time of every text piece
 (``on_token``); gaps between consecutive pieces of one stream give the
 inter-token latency distribution (a piece carries several tokens when the node sent what the engine had
 queued in one chunk; ``tokens_per_piece`` says how many on average), and the first piece gives TTFT (which
@@ -17,6 +19,9 @@ import uuid
 
 from common import Settings, log, median, percentile, rounded, sdk_run, start_node
 from fabstir.sdk import FabstirSDK, PromptOptions, Timeouts
+
+UNCAPPED = {"FABSTIR_NODE_MAX_CONNECTIONS_PER_ADDRESS": "0", "FABSTIR_NODE_MAX_CONCURRENT_PER_CLIENT": "0"}
+"""Node settings: no cap on connections or answers in flight per client address (0: no cap)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +45,8 @@ class _Stream:
 
 async def run_concurrency(settings: Settings, options: ConcurrencyOptions) -> dict[str, object]:
     """Measure and return the ``concurrency`` JSON object."""
-    node, url = await start_node(settings, parallel=options.parallel, threads=options.threads)
+    # every session comes from 127.0.0.1: lift the per-address caps so all of them queue for an engine
+    node, url = await start_node(settings, parallel=options.parallel, threads=options.threads, env=UNCAPPED)
     timeouts = Timeouts(connect=30.0, handshake=30.0, first_token=options.timeout, between_frames=60.0)
     try:
         async with FabstirSDK(timeouts=timeouts) as sdk:
@@ -89,6 +95,9 @@ async def _burst(sdk: FabstirSDK, url: str, settings: Settings, options: Concurr
     short = sum(1 for s in done if s.tokens != options.max_tokens)
     log(f"concurrency: {total_tokens} tokens in {wall:.2f} s = {total_tokens / wall:.0f} tok/s; "
         f"{len(errors)} errors; {short} streams ended before max_tokens")
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {options.sessions} sessions failed (first: {type(errors[0]).__name__}: "
+                           f"{errors[0]}); the aggregate would not measure {options.sessions} streams")
     return {
         "sessions": options.sessions,
         "completed": len(done),
