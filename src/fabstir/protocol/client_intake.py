@@ -118,6 +118,16 @@ class ClientIntake(Connection[ClientEvent]):
             return
         message = parse_server_message(frame)
         awaited = self._awaited
+        if type(message) is StreamChunk and awaited is not None and not awaited.encrypted:
+            accumulator = awaited.accumulator
+            other, request_id = message.request_id, awaited.message.request_id
+            if accumulator is not None and (other is None or other == request_id):
+                # the per-token path, as _on_answer would take it: a plaintext chunk of the prompt in progress
+                delta = accumulator.feed(message, now)
+                if delta is not None:
+                    awaited.tokens += delta.tokens
+                    self._events.append(ChunkReceived(delta.text, delta.tokens, request_id))
+                return
         mine = awaited is not None and awaited.owns(message)
         if isinstance(message, Connected):
             self.greeting, self.features = message, frozenset(message.features or ())

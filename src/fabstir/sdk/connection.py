@@ -4,8 +4,8 @@ The protocol (parsing, matching answers to requests, encryption, signing) lives 
 sans-I/O :class:`~fabstir.protocol.client_connection.ClientConnection`; a
 :class:`~fabstir.sdk.session.Session` feeds it the frames this pipe receives and writes the
 frames it returns. A reader task puts every received text frame in an inbox; request code
-takes frames from the inbox with a deadline. When the socket closes, the inbox gets a
-marker, so a waiting request fails at once instead of hanging. Third-party exceptions are
+takes frames from the inbox with a deadline. When the socket closes, a waiting request fails at
+once (after the frames that came before the close) instead of hanging. Third-party exceptions are
 translated to the fabstir tree here.
 
 Sessions reach hosts only through the small :class:`Transport` interface, opened by a
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable
 from typing import Protocol
 
@@ -27,10 +28,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from fabstir.errors import ConnectError, ConnectionClosedError, RequestTimeoutError
 
 __all__ = ["Connector", "HostConnection", "Transport", "connect_host", "ws_url_for"]
-
-_CLOSED = object()
-"""The inbox marker for a closed socket (stays in the inbox so every later receive fails too)."""
-
 
 def ws_url_for(host_url: str) -> str:
     """``http(s)://host[:port]`` (as published on chain) becomes ``ws(s)://…/v1/ws``; ws URLs pass through."""
@@ -86,14 +83,15 @@ async def connect_host(host_url: str, *, timeout: float | None, compression: boo
 
 
 class HostConnection:
-    """An open WebSocket to a host's ``/v1/ws``, as a :class:`Transport`."""
+    """An open WebSocket to a host's ``/v1/ws``, as a :class:`Transport` (one receiver at a time)."""
 
     def __init__(self, ws: ClientConnection, url: str) -> None:
         self._ws = ws
         self.url = url
-        self._inbox: asyncio.Queue[object] = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read_loop())
+        self._inbox: deque[str] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.closed = False
+        self._reader = asyncio.create_task(self._read_loop())
 
     @classmethod
     async def open(cls, host_url: str, *, timeout: float | None, compression: bool,
@@ -111,16 +109,23 @@ class HostConnection:
             raise ConnectError(f"cannot connect to {url}: {_describe(exc)}") from None
         return cls(ws, url)
 
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def _read_loop(self) -> None:
-        put = self._inbox.put_nowait
+        append = self._inbox.append
         try:
             async for frame in self._ws:
-                put(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"))
+                append(frame if isinstance(frame, str) else frame.decode("utf-8", "replace"))
+                if self._waiter is not None:
+                    self._wake()
         except websockets.exceptions.ConnectionClosed:
             pass
         finally:
             self.closed = True
-            put(_CLOSED)
+            self._wake()
 
     async def send(self, text: str) -> None:
         """Send one text frame.
@@ -134,36 +139,38 @@ class HostConnection:
             raise ConnectionClosedError(f"connection to {self.url} closed: {_describe(exc)}") from None
 
     async def receive(self, timeout: float | None) -> str:
-        """The next text frame from the node.
+        """The next text frame from the node (those received before a close come first).
 
         Raises:
             RequestTimeoutError: nothing arrived within ``timeout`` seconds.
             ConnectionClosedError: the socket closed.
         """
         inbox = self._inbox
-        if not inbox.empty():  # fast path: no timer when a frame is already here
-            item = inbox.get_nowait()
-        else:
-            try:
-                async with asyncio.timeout(timeout):
-                    item = await inbox.get()
-            except TimeoutError:
-                raise RequestTimeoutError(f"no answer from {self.url} within {timeout} s") from None
-        if isinstance(item, str):
-            return item
-        inbox.put_nowait(_CLOSED)  # every later receive fails too
-        raise ConnectionClosedError(f"connection to {self.url} closed")
+        if not inbox and not self.closed:
+            await self._wait(timeout)
+        if inbox:
+            return inbox.popleft()
+        if self.closed:
+            raise ConnectionClosedError(f"connection to {self.url} closed")
+        raise RequestTimeoutError(f"no answer from {self.url} within {timeout} s")
+
+    async def _wait(self, timeout: float | None) -> None:
+        """Until the reader appends a frame or sees the close, or ``timeout`` passes (a bare timer: this is
+        the per-token path when the SDK is ahead of the node)."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def drain(self) -> list[str]:
-        """Take the frames already received (the closed marker stays)."""
-        frames: list[str] = []
-        inbox = self._inbox
-        while not inbox.empty():
-            item = inbox.get_nowait()
-            if not isinstance(item, str):
-                inbox.put_nowait(_CLOSED)
-                break
-            frames.append(item)
+        """Take the frames already received."""
+        frames = list(self._inbox)
+        self._inbox.clear()
         return frames
 
     async def aclose(self) -> None:
@@ -173,6 +180,12 @@ class HostConnection:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._reader
         self.closed = True
+        self._wake()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _describe(exc: BaseException) -> str:

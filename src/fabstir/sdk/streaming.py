@@ -33,13 +33,12 @@ from fabstir.errors import (
 )
 from fabstir.protocol import Feature, SessionState, StreamSnapshot
 from fabstir.protocol.e2e import E2EError
-from fabstir.protocol.events import ChunkReceived, ClientEvent, StreamEnded
+from fabstir.protocol.events import ChunkReceived, StreamEnded
 from fabstir.protocol.signing import Receipt, SignatureError, verify_receipt
 from fabstir.sdk import e2e as _e2e
 from fabstir.sdk.types import InferenceResult, PromptOptions
 
 if TYPE_CHECKING:
-    from fabstir.sdk.channel import Channel
     from fabstir.sdk.session import Session
 
 __all__ = ["InferenceStream", "new_request_id"]
@@ -149,31 +148,31 @@ class InferenceStream:
             session.state.move(SessionState.STREAMING)
             timeouts = session.sdk.timeouts
             timeout, between = timeouts.first_token, timeouts.between_frames
+            # the per-token path: one frame in, its events out (no per-frame lookups beyond these)
+            receive, feed, events = channel.transport.receive, protocol.receive_frame, protocol.events_received
+            clock, sealed = time.perf_counter, protocol.encrypted
             while True:
-                for event in await self._next_events(channel, timeout):
+                try:
+                    feed(await receive(timeout), now=clock())
+                except RequestTimeoutError:
+                    if not protocol.final_seen:
+                        raise
+                    protocol.end_after_final(clock())  # no stream_end after the final chunk: finish anyway
+                for event in events():
                     if type(event) is ChunkReceived:
                         yield event.text
                     elif type(event) is StreamEnded and event.request_id == request_id:
-                        snapshot = event.snapshot
-                        if snapshot.error is not None:
-                            raise snapshot.error
-                        self._finish(snapshot, request_id)
+                        self._end(event.snapshot, request_id)
                         return
-                timeout = _e2e.END_GRACE_S if protocol.final_seen else between
+                timeout = _e2e.END_GRACE_S if sealed and protocol.final_seen else between
         finally:
             if protocol.busy and protocol.awaiting == request_id:
                 protocol.abandon()
 
-    @staticmethod
-    async def _next_events(channel: Channel, timeout: float | None) -> list[ClientEvent]:
-        try:
-            return await channel.receive(timeout)
-        except RequestTimeoutError:
-            protocol = channel.protocol
-            if not protocol.final_seen:
-                raise
-            protocol.end_after_final(time.perf_counter())  # no stream_end after the final chunk: finish anyway
-            return protocol.events_received()
+    def _end(self, snapshot: StreamSnapshot, request_id: str) -> None:
+        if snapshot.error is not None:
+            raise snapshot.error
+        self._finish(snapshot, request_id)
 
     def _verified_receipt(self, snapshot: StreamSnapshot) -> Receipt | None:
         """Check the host's receipt against what was streamed.
