@@ -382,3 +382,15 @@ async def test_golden_stories(node_factory: NodeFactory, stories_model: Path) ->
     assert payloads[-1] == "[DONE]"
     assert "".join(json.loads(p)["content"] for p in payloads[:-2]) == answer["content"]
     assert json.loads(payloads[-2])["content"] == answer["content"]
+
+
+async def test_json_answers_carry_the_signed_receipt_in_a_header(node: NodeServer) -> None:
+    from fabstir.protocol.signing import Receipt, text_digest, verify_receipt
+
+    async with client_for(node) as client:
+        response = await client.post("/v1/inference", json=body("hello there", session_id="s-1"))
+    answer = response.json()
+    receipt = Receipt.from_wire(json.loads(response.headers["x-fabstir-receipt"]))
+    verify_receipt(receipt, text=answer["content"], tokens=answer["tokens_used"],
+                   expected_key=node.runtime.signing_public_key)
+    assert receipt.session_id == "s-1" and receipt.text_sha256 == text_digest(answer["content"])

@@ -29,7 +29,7 @@ from fabstir.errors import NodeError, ProtocolError
 from fabstir.node.admission import AdmittedJob, Caller
 from fabstir.node.guards import RequestLimitError, read_body
 from fabstir.node.runtime import NodeRuntime
-from fabstir.node.serving import Answer, as_coded_error, generate, open_billing
+from fabstir.node.serving import Answer, as_coded_error, check_rate, generate, open_billing, receipt_for
 from fabstir.protocol import ErrorCode, InferenceRequest, PromptMessage, Usage, parse_client_message
 from fabstir.protocol.auth import decode_token
 from fabstir.protocol.parse import check_json_depth
@@ -148,13 +148,10 @@ async def _parse(request: Request, runtime: NodeRuntime) -> tuple[InferenceReque
 
 async def inference(request: Request) -> Response:
     runtime = _runtime(request)
-    assert runtime.limiter is not None
-    wait = runtime.limiter.check(request.client.host if request.client else "unknown", None)
-    if wait > 0:
-        response = _error(429, "rate_limit_exceeded", f"too many requests; retry after {wait:.2f} s", None,
-                          {"code": "RATE_LIMITED", "retry_after": round(wait, 3)})
-        response.headers["Retry-After"] = str(math.ceil(wait))
-        return response
+    try:
+        check_rate(runtime, request.client.host if request.client else "unknown", None)
+    except NodeError as exc:
+        return _refusal(exc, None)
     try:
         req, stream, request_id = await _parse(request, runtime)
     except RequestLimitError as exc:
@@ -235,13 +232,21 @@ class _Run:
                 "tokens_used": finished.completion_tokens, "finish_reason": finished.finish_reason,
                 "request_id": self.request_id, "chain_id": self.req.chain_id, "usage": usage.to_wire()}
 
+    def receipt_header(self, answer: Answer) -> dict[str, str]:
+        """The signed receipt a WebSocket answer ends with, as ``X-Fabstir-Receipt`` (the body keeps the public
+        node's shape)."""
+        if not self.runtime.config.extensions:
+            return {}
+        receipt = receipt_for(self.runtime, self.req.session_id or self.request_id, 0, answer, self.admitted)
+        return {"x-fabstir-receipt": json.dumps(receipt, separators=(",", ":"))}
+
     async def complete(self, first: tuple[str, int] | Answer | BaseException) -> Response:
         async with contextlib.aclosing(self.events(first)) as events:
             async for event in events:
                 if isinstance(event, BaseException):
                     return _refusal(event, self.request_id)
                 if isinstance(event, Answer):
-                    return JSONResponse(self.final(event))
+                    return JSONResponse(self.final(event), headers=self.receipt_header(event))
         raise AssertionError("unreachable: events end with an answer or an error")  # pragma: no cover
 
     async def sse(self, first: tuple[str, int] | Answer | BaseException) -> AsyncIterator[str]:

@@ -1,5 +1,9 @@
 """Generating one admitted answer: the part every serving path shares (WebSocket, encrypted, HTTP, SSE).
 
+Every path runs the same pipeline: admit (:mod:`fabstir.node.admission`) -> limit
+(:func:`check_rate`) -> prepare -> stream -> account (:func:`generate`) -> receipt
+(:func:`receipt_for`).
+
 Theory of operation. After :mod:`fabstir.node.admission` admitted the caller, a path calls
 :func:`generate` with the request, the session's history and a callback that puts one piece
 on its wire. :func:`generate` then, in this order: clamps ``max_tokens`` to what the job's
@@ -26,8 +30,9 @@ from fabstir.node.engines.base import Finished, TokenPiece
 from fabstir.node.inference import PreparedPrompt
 from fabstir.node.runtime import NodeRuntime
 from fabstir.protocol import ChatTurn, ErrorCode, InferenceRequest
+from fabstir.protocol.signing import Receipt, sign_receipt, text_digest
 
-__all__ = ["Answer", "generate", "open_billing", "as_coded_error"]
+__all__ = ["Answer", "as_coded_error", "check_rate", "generate", "open_billing", "receipt_for"]
 
 log = logging.getLogger("fabstir.node.serving")
 
@@ -44,6 +49,19 @@ class Answer:
     prepared: PreparedPrompt
     tokens_sent: int
     """Tokens in the pieces handed to the wire (stop tokens, generated but never shown, excluded)."""
+
+
+def check_rate(runtime: NodeRuntime, client: str, session_id: str | None) -> None:
+    """The per-client and per-session request limits.
+
+    Raises:
+        NodeError: RATE_LIMITED, with ``retry_after`` (seconds) in its details.
+    """
+    assert runtime.limiter is not None
+    wait = runtime.limiter.check(client, session_id)
+    if wait > 0:
+        raise NodeError(f"too many requests; retry after {wait:.2f} s", code=ErrorCode.RATE_LIMITED,
+                        details={"retry_after": round(wait, 3)})
 
 
 def open_billing(runtime: NodeRuntime, admitted: AdmittedJob) -> None:
@@ -124,3 +142,20 @@ def as_coded_error(exc: BaseException, where: str) -> FabstirError:
     log.exception("unexpected failure while serving %s", where, exc_info=exc)
     return NodeError(f"the node failed while serving this request ({type(exc).__name__})",
                      code=ErrorCode.INTERNAL_ERROR)
+
+
+def receipt_for(runtime: NodeRuntime, session_id: str, index: int, answer: Answer,
+                admitted: AdmittedJob | None) -> dict[str, object]:
+    """The host's signed receipt for an answer: tokens sent, price, and the SHA-256 of the text."""
+    billing = runtime.billing
+    receipt = Receipt(
+        host=billing.host.address if billing is not None else "",
+        model=runtime.inference.model_id,
+        session_id=session_id,
+        message_index=index,
+        tokens=answer.tokens_sent,
+        price_per_token=admitted.price_per_token if admitted is not None else None,
+        text_sha256=text_digest(answer.text),
+        key="",
+    )
+    return sign_receipt(receipt, runtime.signing_key).to_wire()

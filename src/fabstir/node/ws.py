@@ -31,7 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from fabstir.errors import ChainError, NodeError
 from fabstir.node.admission import AdmittedJob, Caller, job_id_from_session
 from fabstir.node.runtime import NodeRuntime
-from fabstir.node.serving import Answer, as_coded_error, generate, open_billing
+from fabstir.node.serving import as_coded_error, check_rate, generate, open_billing, receipt_for
 from fabstir.node.sessions import SessionContext
 from fabstir.protocol import (
     AuthChallengeRequest,
@@ -55,7 +55,6 @@ from fabstir.protocol import (
 )
 from fabstir.protocol.auth import AuthError
 from fabstir.protocol.e2e import E2EError, E2EErrorCode
-from fabstir.protocol.signing import Receipt, sign_receipt, text_digest
 
 __all__ = ["WebSocketConnection"]
 
@@ -328,11 +327,7 @@ class WebSocketConnection:
         message = event.prompt
         caller = self.caller.with_proof(event.signers) if event.encrypted else self.caller
         session_id = self._session_id_for(message)
-        assert self.runtime.limiter is not None
-        wait = self.runtime.limiter.check(self.client_address, session_id)
-        if wait > 0:
-            raise NodeError(f"too many requests; retry after {wait:.2f} s", code=ErrorCode.RATE_LIMITED,
-                            details={"retry_after": round(wait, 3)})
+        check_rate(self.runtime, self.client_address, session_id)
         current = self.session if self.session is not None and self.session.session_id == session_id else None
         admitted = await self.admit(caller, message.job_id or (current.job_id if current else None), session_id)
         # the session this connection bound (init or resume) is its own; another id opens the caller's
@@ -358,24 +353,9 @@ class WebSocketConnection:
                            usage=Usage(answer.prepared.fitted.prompt_tokens, finished.completion_tokens,
                                        self.runtime.inference.context_window),
                            message_index=index if self.extensions else None,
-                           receipt=self._receipt(session, index, answer, admitted) if self.extensions else None,
+                           receipt=receipt_for(self.runtime, session.session_id, index, answer, admitted)
+                           if self.extensions else None,
                            session_id=session.session_id)
-
-    def _receipt(self, session: SessionContext, index: int, answer: Answer,
-                 admitted: AdmittedJob | None) -> dict[str, object]:
-        """The signed receipt for the answer just streamed."""
-        billing = self.runtime.billing
-        receipt = Receipt(
-            host=billing.host.address if billing is not None else "",
-            model=self.runtime.inference.model_id,
-            session_id=session.session_id,
-            message_index=index,
-            tokens=answer.tokens_sent,
-            price_per_token=admitted.price_per_token if admitted is not None else None,
-            text_sha256=text_digest(answer.text),
-            key="",
-        )
-        return sign_receipt(receipt, self.runtime.signing_key).to_wire()
 
     async def _stop_active(self) -> None:
         task = self._active
