@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 FACADE = "fabstir"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "_clock", "_version"}),
+    frozenset({"errors", "_clock", "_retry", "_version"}),
     frozenset({"_net", "keys", "protocol"}),
     frozenset({"chain"}),
     frozenset({"discovery"}),

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from fabstir._clock import wall_clock_ms
+from fabstir._retry import backoff_delays
 from fabstir.discovery.selection import HostCandidate, Requirements
 from fabstir.discovery.sources import candidate_from_announcement
 from fabstir.errors import ConnectError, FabstirError, NodeError, RemoteProtocolError, RequestTimeoutError
@@ -47,14 +48,6 @@ _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _PAGE_SIZE = 1000  # the service's largest page
 _QueryKey = tuple[str | None, int | None, tuple[str, ...], str | None, int | None]
 
-
-
-def backoff_delays(initial_s: float = 0.1, factor: float = 2.0, maximum_s: float = 2.0) -> Iterator[float]:
-    """Endless delays before each retry: ``initial_s``, then times ``factor``, capped at ``maximum_s``."""
-    delay = initial_s
-    while True:
-        yield min(delay, maximum_s)
-        delay *= factor
 
 
 class DiscoveryServiceError(NodeError):

@@ -6,6 +6,7 @@ import dataclasses
 import random
 from collections.abc import Iterator
 
+from fabstir._retry import backoff_delays
 from fabstir.errors import ConfigError
 
 __all__ = ["RetryPolicy", "Timeouts", "backoff"]
@@ -48,9 +49,5 @@ class RetryPolicy:
 
 def backoff(policy: RetryPolicy, rng: random.Random | None = None) -> Iterator[float]:
     """Delays before each reconnect attempt: ``policy.attempts`` values, growing, capped."""
-    rng = rng or random.Random()
-    delay = policy.initial_delay
-    for _ in range(policy.attempts):
-        capped = min(delay, policy.max_delay)
-        yield rng.uniform(capped / 2, capped) if policy.jitter else capped
-        delay *= policy.factor
+    return backoff_delays(policy.initial_delay, policy.factor, policy.max_delay, attempts=policy.attempts,
+                          jitter=policy.jitter, rng=rng)
