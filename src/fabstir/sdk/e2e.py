@@ -29,7 +29,8 @@ from fabstir.protocol import ChatTurn
 from fabstir.protocol.e2e import E2EError, decode_hex
 from fabstir.protocol.e2e_keys import random_private_key
 
-__all__ = ["END_GRACE_S", "ClientEncryption", "embed_context", "normalize_public_key"]
+__all__ = ["END_GRACE_S", "ClientEncryption", "check_announced_key", "choose_encryption", "embed_context",
+           "normalize_public_key"]
 
 END_GRACE_S = 3.0
 """Seconds to wait for ``stream_end`` after the ``final`` chunk or ``encrypted_response`` (as the TS SDK)."""
@@ -77,6 +78,43 @@ class ClientEncryption:
         """
         return cls(normalize_public_key(host_public_key),
                    bytes(client_key) if client_key is not None else random_private_key(), required, announced)
+
+
+def choose_encryption(host_public_key: str | None, encryption: bool | None, *, announced: str | None,
+                      client_key: bytes | None) -> ClientEncryption | None:
+    """The keys a new session encrypts with, or ``None`` for plaintext.
+
+    ``encryption``: ``None`` encrypts when ``host_public_key`` is given, ``True`` always (trusting the
+    key the node ``announced`` when none is given), ``False`` never.
+
+    Raises:
+        ConfigError: HOST_KEY_UNKNOWN (``encryption=True`` and no key), INVALID_HOST_KEY.
+        E2EError: HOST_KEY_MISMATCH (the node announces another key).
+    """
+    if encryption is False:
+        return None
+    key = host_public_key if host_public_key is not None or not encryption else announced
+    if key is None:
+        if encryption:
+            raise ConfigError("encryption=True, but the host's public key is unknown: pass host_public_key "
+                              "(its registry metadata publicKey)", code="HOST_KEY_UNKNOWN")
+        return None
+    chosen = ClientEncryption.create(key, client_key, required=bool(encryption), announced=host_public_key is None)
+    check_announced_key(chosen, announced)
+    return chosen
+
+
+def check_announced_key(encryption: ClientEncryption, announced: str | None) -> None:
+    """Raises E2EError HOST_KEY_MISMATCH when the node announces a key other than the one we encrypt to."""
+    if announced is None:
+        return
+    try:
+        same = normalize_public_key(announced) == encryption.host_public_key
+    except ConfigError:
+        same = False
+    if not same:
+        raise E2EError(f"the host announces public key {announced[:80]!r}, not the one given "
+                       f"({encryption.host_public_key}); is its registry metadata stale?", code="HOST_KEY_MISMATCH")
 
 
 def embed_context(history: Sequence[ChatTurn], prompt: str) -> str:

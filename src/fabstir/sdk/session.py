@@ -20,26 +20,24 @@ history never travels in plaintext.
 
 If the connection drops, :meth:`Session.reconnect` opens a new one with backoff and
 restores the node's context from the client's copy (``session_resume``, or
-``conversation_context`` on a node without it). Answers are streamed by
-:class:`~fabstir.sdk.streaming.InferenceStream`; JWT auth is in :mod:`fabstir.sdk.session_auth`.
+``conversation_context`` on a node without it); init, resume and reconnect are in
+:mod:`fabstir.sdk.handshake`, JWT auth in :mod:`fabstir.sdk.session_auth`. Answers are streamed
+by :class:`~fabstir.sdk.streaming.InferenceStream`.
 Use a session as ``async with`` (it closes its socket on exit).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import inspect
-import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
-from fabstir.errors import ConfigError, ConnectError, NodeError, SessionError
+from fabstir.errors import SessionError
 from fabstir.protocol import (
     AuthSuccess,
     ChatTurn,
-    ErrorCode,
     Feature,
     History,
     HistoryRequest,
@@ -50,14 +48,13 @@ from fabstir.protocol import (
     SessionStateMachine,
 )
 from fabstir.protocol.client_connection import ClientConnection, ControlRequest
-from fabstir.protocol.e2e import E2EError
 from fabstir.protocol.messages import JSONObject
 from fabstir.protocol.signing import sign_message
-from fabstir.sdk import session_auth
+from fabstir.sdk import handshake, session_auth
 from fabstir.sdk.channel import Channel
-from fabstir.sdk.config import backoff
 from fabstir.sdk.connection import Connector, Transport
-from fabstir.sdk.e2e import ClientEncryption, embed_context, normalize_public_key
+from fabstir.sdk.e2e import ClientEncryption, choose_encryption, embed_context, normalize_public_key
+from fabstir.sdk.handshake import turns_in
 from fabstir.sdk.streaming import InferenceStream, new_request_id
 from fabstir.sdk.types import InferenceResult, PromptOptions, TokenCallback
 
@@ -66,17 +63,10 @@ if TYPE_CHECKING:
 
 __all__ = ["PUBLIC_CONTEXT_MESSAGES", "Session", "turns_in"]
 
-log = logging.getLogger("fabstir.sdk")
-
 _R = TypeVar("_R")
 
 PUBLIC_CONTEXT_MESSAGES = 10
 """Messages re-sent as ``conversation_context`` to a node without server-side context."""
-
-
-def turns_in(history: Sequence[ChatTurn]) -> int:
-    """User turns in a conversation: the next ``message_index``."""
-    return sum(1 for turn in history if turn.role == "user")
 
 
 @dataclasses.dataclass(eq=False)
@@ -103,8 +93,8 @@ class Session:
     """The address the host recovered from our last encrypted init."""
     embed_context: bool = False
     """Encrypted, on a node that cannot resume encrypted: the next prompt carries the restored history."""
-    _channel: Channel | None = dataclasses.field(default=None, repr=False)
-    _learned: frozenset[str] = frozenset()
+    _channel: Channel | None = dataclasses.field(default=None, init=False, repr=False)
+    _learned: frozenset[str] = dataclasses.field(default=frozenset(), init=False, repr=False)
     """Features this connection showed without advertising them (a resume it accepted)."""
 
     # --- what the host offers ---------------------------------------------------
@@ -169,8 +159,10 @@ class Session:
         try:
             if self.state.state is SessionState.IDLE:
                 self.state.move(SessionState.CONNECTING)
-            await self._open_transport()
-            self.encryption = self._choose_encryption(host_public_key, encryption)
+            await self.open_channel()
+            account = self.sdk.account
+            self.encryption = choose_encryption(host_public_key, encryption, announced=self.announced_key(),
+                                                client_key=bytes(account.key) if account is not None else None)
             await self.authenticate_if_offered()
             if conversation_context:
                 await self.resume(conversation_context)
@@ -188,10 +180,23 @@ class Session:
 
     async def aclose(self) -> None:
         """Close the socket (the host settles) and wipe the session keys."""
-        if self._channel is not None:
-            await self._channel.aclose()
+        await self.close_channel()
         if self.state.can(SessionState.CLOSED):
             self.state.move(SessionState.CLOSED)
+
+    async def close_channel(self) -> None:
+        """Close the current connection (its keys are zeroed)."""
+        if self._channel is not None:
+            await self._channel.aclose()
+
+    def learn(self, feature: str) -> None:
+        """The node showed ``feature`` on this connection without advertising it."""
+        self._learned = self._learned | {feature}
+
+    def announced_key(self) -> str | None:
+        """The secp256k1 key the node announced in its greeting, if any."""
+        greeting = self._channel.protocol.greeting if self._channel is not None else None
+        return greeting.public_key if greeting is not None else None
 
     def _signer(self) -> Callable[[JSONObject], JSONObject] | None:
         key = self.sdk.signing_key
@@ -199,7 +204,8 @@ class Session:
             return None
         return lambda wire: sign_message(wire, key, int(time.time() * 1000))
 
-    async def _open_transport(self) -> None:
+    async def open_channel(self) -> None:
+        """Connect (through :attr:`connect`), wait for the greeting; the connection starts at our ``next_index``."""
         sdk = self.sdk
         transport = await self.connect(self.host_url, timeout=sdk.timeouts.connect, compression=sdk.compression)
         protocol = ClientConnection(self.session_id, job_id=self.job_id, chain_id=self.chain_id,
@@ -209,136 +215,20 @@ class Session:
         self.state.move(SessionState.CONNECTED)
 
     async def reconnect(self) -> None:
-        """Reconnect with backoff and restore the node's context from our history.
-
-        Raises:
-            ConnectError: the host stayed unreachable through every retry.
-        """
-        if self._channel is not None:
-            await self._channel.aclose()  # the keys lived on the old connection only
-        self.state.move(SessionState.RECONNECTING)
-        last_error: Exception | None = None
-        for delay in [0.0, *backoff(self.sdk.retry)]:
-            await asyncio.sleep(delay)
-            try:
-                await self._open_transport()
-            except ConnectError as exc:
-                last_error = exc
-                continue
-            if self.encryption is not None:
-                self._check_announced_key(self.encryption)
-            await self.authenticate_if_offered()
-            if self.history and self.can_resume and self.encryption is None:
-                await self.resume_on_node()
-                self.state.move(SessionState.READY)
-            else:  # encrypted: the init's ack tells whether the node still has our context
-                await self.initialize()
-            return
-        self.state.move(SessionState.CLOSED)
-        raise ConnectError(f"could not reconnect to {self.host_url}: {last_error}")
-
-    # --- encryption ---------------------------------------------------------------------
-
-    def _announced_key(self) -> str | None:
-        greeting = self._channel.protocol.greeting if self._channel is not None else None
-        return greeting.public_key if greeting is not None else None
-
-    def _choose_encryption(self, host_public_key: str | None, encryption: bool | None) -> ClientEncryption | None:
-        if encryption is False:
-            return None
-        key = host_public_key
-        if key is None and encryption:
-            key = self._announced_key()
-        if key is None:
-            if encryption:
-                raise ConfigError("encryption=True, but the host's public key is unknown: pass host_public_key "
-                                  "(its registry metadata publicKey)", code="HOST_KEY_UNKNOWN")
-            return None
-        account = self.sdk.account
-        client_key = bytes(account.key) if account is not None else None
-        chosen = ClientEncryption.create(key, client_key, required=bool(encryption), announced=host_public_key is None)
-        self._check_announced_key(chosen)
-        return chosen
-
-    def _check_announced_key(self, encryption: ClientEncryption) -> None:
-        announced = self._announced_key()
-        if announced is None:
-            return
-        try:
-            same = normalize_public_key(announced) == encryption.host_public_key
-        except ConfigError:
-            same = False
-        if not same:
-            raise E2EError(f"the host announces public key {announced[:80]!r}, not the one given "
-                           f"({encryption.host_public_key}); is its registry metadata stale?",
-                           code="HOST_KEY_MISMATCH")
-
-    # --- init and resume ------------------------------------------------------------------
+        """See :func:`fabstir.sdk.handshake.reconnect`."""
+        await handshake.reconnect(self)
 
     async def initialize(self, job_id: int | None = None) -> SessionInitAck:
-        """Send ``session_init`` (or the encrypted init) and wait for the acknowledgement."""
-        if job_id is not None:
-            self.job_id = job_id
-            self.channel().protocol.job_id = job_id
-        ack = await self._send_init()
-        if self.server_context and ack.message_index is not None and ack.message_index != self.next_index:
-            # the node remembers this session differently (e.g. it restarted): give it our copy
-            await self.resume_on_node()
-        self.state.move(SessionState.READY)
-        return ack
-
-    async def _send_init(self, model: str | None = None) -> SessionInitAck:
-        """``session_init``, or ``encrypted_session_init`` with a fresh session key; returns the ack."""
-        channel = self.channel()
-        protocol, timeout = channel.protocol, self.sdk.timeouts.handshake
-        encryption = self.encryption
-        if encryption is not None:
-            request_id = protocol.send_encrypted_init(
-                encryption.host_public_key, encryption.client_key, request_id=new_request_id(),
-                model=self.sdk.default_options.model if model is None else model)
-            try:
-                ack = await channel.request(SessionInitAck, request_id, timeout)
-            except NodeError as exc:
-                if exc.code != ErrorCode.ENCRYPTION_NOT_SUPPORTED or encryption.required:
-                    raise
-                log.warning("host %s does not support end-to-end encryption; session %s continues in plaintext",
-                            self.host_url, self.session_id)
-                self.encryption = None
-            else:
-                self.client_address = protocol.client_address
-                return ack
-        request_id = protocol.send_init(request_id=new_request_id())
-        return await channel.request(SessionInitAck, request_id, timeout)
+        """See :func:`fabstir.sdk.handshake.initialize`."""
+        return await handshake.initialize(self, job_id)
 
     async def resume(self, conversation_context: Sequence[ChatTurn]) -> SessionResumed | None:
-        """Load ``conversation_context`` as the history, on the client and the node.
-
-        Returns the node's ``session_resumed``, or ``None`` for a node without ``session-resume``
-        (the context then travels with each prompt).
-        """
-        self.history = list(conversation_context)
-        self.next_index = turns_in(self.history)
-        if self.encryption is not None and self.can_resume:
-            await self._send_init()  # the key the resume is sealed with (may fall back to plaintext)
-        if not self.can_resume:
-            if self.encryption is not None:
-                self.embed_context = bool(self.history)
-            await self.initialize()
-            return None
-        resumed = await self.resume_on_node()
-        if self.state.can(SessionState.READY):
-            self.state.move(SessionState.READY)
-        return resumed
+        """See :func:`fabstir.sdk.handshake.resume`."""
+        return await handshake.resume(self, conversation_context)
 
     async def resume_on_node(self) -> SessionResumed:
-        """Send our copy of the conversation (``session_resume``, sealed when encrypted)."""
-        channel = self.channel()
-        if self.encryption is not None and not channel.protocol.encrypted:
-            await self._send_init()
-        request_id = channel.protocol.send_resume(self.history, self.next_index - 1, request_id=new_request_id())
-        resumed = await channel.request(SessionResumed, request_id, self.sdk.timeouts.handshake)
-        self._learned = self._learned | {Feature.SESSION_RESUME}
-        return resumed
+        """See :func:`fabstir.sdk.handshake.resume_on_node`."""
+        return await handshake.resume_on_node(self)
 
     # --- JWT session auth (fabstir.sdk.session_auth) --------------------------------------
 
@@ -407,7 +297,7 @@ class Session:
         Encrypted on a node that could not resume: the restored history is embedded in the prompt.
         """
         if self.encryption is not None and not self.channel().protocol.key_fresh:
-            await self._send_init(options.model)
+            await handshake.send_init(self, options.model)
         if self.encryption is None:
             context = None if self.server_context else tuple(self.history[-PUBLIC_CONTEXT_MESSAGES:])
             return InferenceRequest(prompt=prompt, model=options.model, max_tokens=options.max_tokens,
