@@ -141,3 +141,13 @@ async def test_host_connection_is_a_text_pipe(host: str) -> None:
     with pytest.raises(ConnectionClosedError):
         await connection.receive(None)
     await connection.aclose()
+
+
+async def test_settle_gives_up_on_a_request_left_behind(channel: Channel) -> None:
+    """A stream dropped without aclose leaves its prompt awaited; the next request starts from a clean slate."""
+    channel.protocol.send_prompt(InferenceRequest(prompt="dropped"), request_id="p1")
+    pipe(channel).push(type="stream_chunk", content="late", tokens=1, id="p1")
+    channel.settle()
+    assert not channel.protocol.busy and channel.protocol.state is SessionState.CONNECTED
+    assert channel.protocol.events_received() == []
+    channel.protocol.send_prompt(InferenceRequest(prompt="next"), request_id="p2")

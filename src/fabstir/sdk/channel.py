@@ -63,11 +63,14 @@ class Channel:
             await self.receive(timeout)
 
     def settle(self) -> None:
-        """Feed the frames already received (leftovers of an abandoned request); bad ones are dropped."""
+        """Before a new request: feed the frames already received (leftovers of an abandoned request; bad
+        ones are dropped) and give up on a request still awaiting its answer."""
         protocol = self.protocol
         for text in self.transport.drain():
             with contextlib.suppress(FabstirError):
                 protocol.receive_frame(text, now=time.perf_counter())
+        if protocol.busy:
+            protocol.abandon()
         protocol.events_received()
 
     async def request(self, kind: type[_R], request_id: str, timeout: float | None) -> _R:

@@ -104,16 +104,17 @@ class InferenceStream:
                     session.state.move(SessionState.READY)  # a refused attempt is over
                 try:
                     await session.ensure_ready()
-                    async for piece in self._attempt(request_id):
-                        received_any = True
-                        yield piece
+                    async with contextlib.aclosing(self._attempt(request_id)) as attempt:
+                        async for piece in attempt:
+                            received_any = True
+                            yield piece
                     await session.sdk.billing.record(self.result)
                     return
                 except SignatureError:
                     raise  # a bad receipt is the host's fault, not the connection's: never retried
                 except E2EError:
                     # a frame that does not decrypt: never retried; drop the socket so the host stops
-                    await session.channel().aclose()
+                    await session.close_channel()
                     raise
                 except (ConnectionClosedError, RemoteProtocolError) as exc:
                     recovered += 1
@@ -135,7 +136,7 @@ class InferenceStream:
             if session.state.state in (SessionState.STREAMING, SessionState.CANCELLING):
                 session.state.move(SessionState.READY)
 
-    async def _attempt(self, request_id: str) -> AsyncIterator[str]:
+    async def _attempt(self, request_id: str) -> AsyncGenerator[str, None]:
         session = self._session
         channel = session.channel()
         channel.settle()
