@@ -15,12 +15,10 @@ from fabstir.node.context import FittedPrompt, fit_prompt
 from fabstir.node.engines.base import GenerationEvent, GenerationParams
 from fabstir.node.engines.pool import EnginePool
 from fabstir.node.engines.templates import PromptTemplate
-from fabstir.protocol import ChatTurn, InferenceRequest
+from fabstir.protocol import PUBLIC_CONTEXT_MESSAGES, ChatTurn, InferenceRequest
 
 __all__ = ["InferenceService", "PreparedPrompt", "PUBLIC_CONTEXT_MESSAGES"]
 
-PUBLIC_CONTEXT_MESSAGES = 10
-"""Client-sent ``conversation_context`` keeps its last 10 messages, as the public node does."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from fabstir.protocol.inner import (
 from fabstir.protocol.messages import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_TEMPERATURE,
+    PUBLIC_CONTEXT_MESSAGES,
     AuthChallenge,
     AuthChallengeRequest,
     AuthRequest,
@@ -97,6 +98,7 @@ __all__ = [
     "TokenRefresh",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_TOKENS",
+    "PUBLIC_CONTEXT_MESSAGES",
     "DEFAULT_TEMPERATURE",
     "EncryptedChunk",
     "EncryptedMessage",

@@ -39,6 +39,7 @@ __all__ = [
     "UnknownMessage",
     "Usage",
     "DEFAULT_MAX_TOKENS",
+    "PUBLIC_CONTEXT_MESSAGES",
     "DEFAULT_TEMPERATURE",
     "EncryptedChunk",
     "EncryptedMessage",
@@ -54,6 +55,8 @@ StreamEndReason = Literal["complete", "cancelled", "error"]
 DEFAULT_MAX_TOKENS = 4000
 """``max_tokens`` when a request gives none (the public node's default)."""
 DEFAULT_TEMPERATURE = 0.7
+PUBLIC_CONTEXT_MESSAGES = 10
+"""``conversation_context`` is the last 10 messages: what a public-subset client re-sends and a node keeps of it."""
 
 
 

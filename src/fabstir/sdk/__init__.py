@@ -4,6 +4,7 @@ from fabstir.sdk.client import FabstirSDK
 from fabstir.sdk.config import RetryPolicy, Timeouts, backoff
 from fabstir.sdk.connection import HostConnection, ws_url_for
 from fabstir.sdk.inference import InferenceManager, InferenceStream
+from fabstir.sdk.session import Session
 from fabstir.sdk.types import InferenceResult, PromptOptions, TokenCallback
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "InferenceStream",
     "PromptOptions",
     "RetryPolicy",
+    "Session",
     "Timeouts",
     "TokenCallback",
     "backoff",

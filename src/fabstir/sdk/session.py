@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from fabstir.errors import SessionError
 from fabstir.protocol import (
+    PUBLIC_CONTEXT_MESSAGES,
     AuthSuccess,
     ChatTurn,
     Feature,
@@ -64,9 +65,6 @@ if TYPE_CHECKING:
 __all__ = ["PUBLIC_CONTEXT_MESSAGES", "Session", "turns_in"]
 
 _R = TypeVar("_R")
-
-PUBLIC_CONTEXT_MESSAGES = 10
-"""Messages re-sent as ``conversation_context`` to a node without server-side context."""
 
 
 @dataclasses.dataclass(eq=False)
