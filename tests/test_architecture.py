@@ -26,7 +26,7 @@ FACADE = "fabstir"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "_clock", "_retry", "_version"}),
     frozenset({"_net", "keys", "protocol"}),
-    frozenset({"chain"}),
+    frozenset({"chain", "storage"}),
     frozenset({"discovery"}),
     frozenset({"sdk", "node"}),
     frozenset({FACADE}),
@@ -126,6 +126,7 @@ def test_cycle_finder_finds_a_cycle() -> None:
 @pytest.mark.parametrize(("module", "absent"), [
     ("fabstir.discovery.http_service", ("fabstir.node", "fabstir.sdk", "fabstir.cli")),
     ("fabstir.discovery", ("fabstir.node", "fabstir.sdk", "fabstir.cli")),
+    ("fabstir.storage", ("fabstir.chain", "fabstir.discovery", "fabstir.node", "fabstir.sdk", "fabstir.cli")),
     ("fabstir.chain", ("fabstir.discovery", "fabstir.node", "fabstir.sdk", "fabstir.cli")),
     ("fabstir.protocol", ("fabstir.chain", "fabstir.discovery", "fabstir.node", "fabstir.sdk", "fabstir.cli")),
 ])

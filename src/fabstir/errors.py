@@ -19,6 +19,8 @@
      │    ├── ChainConnectionError  the JSON-RPC endpoint is unreachable
      │    └── ContractError       a transaction or call reverted (``reason`` is the revert string)
      ├── ConfigError              invalid configuration
+     ├── StorageError             conversation storage failed: STORAGE_KEY_INVALID, STORAGE_TAMPERED,
+     │                            STORAGE_NOT_FOUND, STORAGE_STALE_POINTER, STORAGE_BAD_FORMAT
      └── EngineError              the inference engine failed
           └── ModelNotFoundError  (also a built-in ``FileNotFoundError``)
 
@@ -47,6 +49,7 @@ __all__ = [
     "RemoteProtocolError",
     "RequestTimeoutError",
     "SessionError",
+    "StorageError",
     "TokenLimitExceededError",
     "TransportError",
 ]
@@ -195,6 +198,12 @@ class ConfigError(FabstirError):
     """A configuration value is invalid."""
 
     default_code = "CONFIG_ERROR"
+
+
+class StorageError(FabstirError):
+    """Conversation storage failed; ``code`` says how (a wrong key, tampered data, a missing or stale record)."""
+
+    default_code = "STORAGE_ERROR"
 
 
 class EngineError(FabstirError):
