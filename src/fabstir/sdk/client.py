@@ -20,9 +20,11 @@ from fabstir.sdk.billing import BillingTracker
 from fabstir.sdk.config import RetryPolicy, Timeouts
 from fabstir.sdk.connection import Connector, connect_host
 from fabstir.sdk.inference import InferenceManager
+from fabstir.sdk.recording import ConversationRecorder
 from fabstir.sdk.registry import NodeRegistryClient
 from fabstir.sdk.sessions import SessionManager
 from fabstir.sdk.types import PromptOptions
+from fabstir.storage import Backend, ConversationStore, StorageKey
 
 __all__ = ["FabstirSDK"]
 
@@ -41,6 +43,13 @@ class FabstirSDK:
         async with FabstirSDK() as sdk:
             await sdk.inference.connect_to_session("139", "http://127.0.0.1:8080", job_id=139)
             result = await sdk.inference.send_prompt("Hello!")
+
+    With ``storage`` every exchange is stored as it happens, encrypted on the client (see
+    :mod:`fabstir.sdk.recording` and ``docs/storage.md``): a :class:`~fabstir.storage.ConversationStore`, or a
+    :class:`~fabstir.storage.Backend` opened with ``storage_key`` (default: derived from ``account``'s
+    private key)::
+
+        FabstirSDK(account=account, storage=SqliteBackend())
     """
 
     def __init__(
@@ -58,6 +67,8 @@ class FabstirSDK:
         discovery_sources: Iterable[DiscoverySource] = (),
         peers: PeerManager | None = None,
         connector: Connector | None = None,
+        storage: ConversationStore | Backend | None = None,
+        storage_key: StorageKey | None = None,
     ) -> None:
         self.chain = chain
         self.deployment = deployment
@@ -77,6 +88,10 @@ class FabstirSDK:
         """Opens each session's transport to a host (default: a WebSocket to its ``/v1/ws``)."""
         self._discovery_sources = list(discovery_sources)
         self._peers = peers
+        self.storage: ConversationStore | None = _open_storage(storage, storage_key, account)
+        """Where conversations are stored as they happen (``None``: in memory only, the default)."""
+        self.recorder: ConversationRecorder | None = ConversationRecorder(self.storage) if self.storage is not None else None
+        """The one writer to :attr:`storage` (``None`` without storage)."""
 
     @functools.cached_property
     def inference(self) -> InferenceManager:
@@ -135,6 +150,8 @@ class FabstirSDK:
         """Close every open session."""
         if "inference" in self.__dict__:
             await self.inference.aclose()
+        if self.recorder is not None:
+            await self.recorder.aclose()
 
     async def __aenter__(self) -> FabstirSDK:
         return self
@@ -143,3 +160,19 @@ class FabstirSDK:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+
+def _open_storage(storage: ConversationStore | Backend | None, key: StorageKey | None,
+                  account: LocalAccount | None) -> ConversationStore | None:
+    """The store ``FabstirSDK(storage=..., storage_key=...)`` describes."""
+    if storage is None or isinstance(storage, ConversationStore):
+        if key is not None and storage is None:
+            raise ConfigError("storage_key needs storage=: a backend such as SqliteBackend()",
+                              code="STORAGE_NOT_CONFIGURED")
+        return storage
+    if key is None:
+        if account is None:
+            raise ConfigError("storage needs a key: storage_key=StorageKey.from_secret(...) or account=...",
+                              code="STORAGE_KEY_REQUIRED")
+        key = StorageKey.from_wallet_key(bytes(account.key))
+    return ConversationStore.open(storage, key)

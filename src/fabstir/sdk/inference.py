@@ -14,15 +14,17 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from fabstir.errors import FabstirError, SessionError
+from fabstir.errors import ConfigError, FabstirError, SessionError
 from fabstir.protocol import AuthSuccess, ChatTurn, SessionInitAck, SessionResumed, SessionState
 from fabstir.protocol.auth import TokenClaims, decode_token
 from fabstir.sdk.session import PUBLIC_CONTEXT_MESSAGES, Session
 from fabstir.sdk.streaming import InferenceStream
 from fabstir.sdk.types import InferenceResult, PromptOptions, TokenCallback
+from fabstir.storage import Conversation, ConversationStore, ExportFormat, Message, export_conversation
 
 if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
+    from fabstir.sdk.recording import ConversationRecorder
 
 __all__ = ["InferenceManager", "InferenceStream", "PUBLIC_CONTEXT_MESSAGES"]
 
@@ -212,8 +214,88 @@ class InferenceManager:
         await self.session(session_id).cancel()
 
     def get_conversation(self, session_id: str | None = None) -> list[ChatTurn]:
-        """The client's copy of the session's conversation."""
-        return list(self.session(session_id).history)
+        """The client's copy of the session's conversation.
+
+        A live session: its in-memory copy. Otherwise, with ``FabstirSDK(storage=...)``, the stored
+        conversation (from any process with the key; an unfinished answer included as it was stored): a
+        blocking read, so prefer :meth:`load_conversation` in async code.
+
+        Raises:
+            SessionError: SESSION_NOT_FOUND (not live, no storage).
+            StorageError: STORAGE_NOT_FOUND and the codes of :mod:`fabstir.storage`.
+        """
+        key = session_id if session_id is not None else self._current
+        store = self._sdk.storage
+        if store is None or (key is not None and str(key) in self._sessions):
+            return list(self.session(session_id).history)
+        if key is None:
+            raise SessionError("no session; give a session id", code="SESSION_NOT_FOUND")
+        return [ChatTurn(m.role, m.content) for m in store.load(str(key)).messages]
+
+    async def load_conversation(self, session_id: str | None = None) -> Conversation:
+        """The conversation as stored, with each message's ``partial`` flag, model, host and the receipts.
+
+        With storage: read after every write this SDK queued. Without: the live session's in-memory copy.
+
+        Raises:
+            SessionError: SESSION_NOT_FOUND (no storage and not live).
+            StorageError: STORAGE_NOT_FOUND and the codes of :mod:`fabstir.storage`.
+        """
+        recorder = self._sdk.recorder
+        if recorder is None:
+            session = self.session(session_id)
+            return Conversation(session.session_id, tuple(
+                Message(t.role, t.content) for t in session.history if t.role != "system"))
+        key = self._id(session_id)
+        store = recorder.store
+        return await recorder.call(lambda: store.load(key))
+
+    async def export_conversation(self, session_id: str | None = None, format: ExportFormat = "json") -> str:
+        """The conversation as ``json``, ``markdown`` or OpenAI-style ``messages`` (see :meth:`load_conversation`)."""
+        return export_conversation(await self.load_conversation(session_id), format)
+
+    async def list_conversations(self) -> list[str]:
+        """The session ids of the stored conversations of this SDK's storage key.
+
+        Raises:
+            ConfigError: STORAGE_NOT_CONFIGURED.
+        """
+        recorder, store = self._storage()
+        return await recorder.call(store.list_conversations)
+
+    async def delete_conversation(self, session_id: str) -> None:
+        """Delete the stored conversation (a live session's in-memory copy stays).
+
+        Raises:
+            ConfigError: STORAGE_NOT_CONFIGURED.
+            StorageError: STORAGE_NOT_FOUND.
+        """
+        recorder, store = self._storage()
+        key = str(session_id)
+        await recorder.call(lambda: store.delete(key))
+
+    async def conversation_cid(self, session_id: str) -> str:
+        """The content address of the stored conversation as it is now (see ``docs/storage.md``).
+
+        Raises:
+            ConfigError: STORAGE_NOT_CONFIGURED.
+            StorageError: STORAGE_NOT_FOUND.
+        """
+        recorder, store = self._storage()
+        key = str(session_id)
+        return await recorder.call(lambda: store.snapshot(key))
+
+    def _id(self, session_id: str | None) -> str:
+        key = session_id if session_id is not None else self._current
+        if key is None:
+            raise SessionError("no session; give a session id", code="SESSION_NOT_FOUND")
+        return str(key)
+
+    def _storage(self) -> tuple[ConversationRecorder, ConversationStore]:
+        recorder = self._sdk.recorder
+        if recorder is None:
+            raise ConfigError("no conversation storage: FabstirSDK(storage=...)", code="STORAGE_NOT_CONFIGURED")
+        return recorder, recorder.store
 
     def session_state(self, session_id: str | None = None) -> SessionState:
         return self.session(session_id).state.state
@@ -230,6 +312,8 @@ class InferenceManager:
         if self._current == session.session_id:
             self._current = next(iter(self._sessions), None)
         await session.aclose()
+        if self._sdk.recorder is not None:
+            await self._sdk.recorder.drain()  # what it stored is there for any reader now
 
     async def aclose(self) -> None:
         """Close every session."""

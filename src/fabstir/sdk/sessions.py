@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from web3 import Web3
@@ -20,13 +21,15 @@ from fabstir.chain.jobs import (
 from fabstir.chain.money import Settlement, settle
 from fabstir.chain.records import SessionJob
 from fabstir.discovery.selection import Requirements, Strategy, Weights
-from fabstir.errors import SessionError
+from fabstir.errors import SessionError, StorageError
 
 if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
     from fabstir.sdk.opening import OpenedSession
 
 __all__ = ["SessionEvent", "SessionManager", "resolve_model_id"]
+
+log = logging.getLogger("fabstir.sdk.storage")
 
 
 class SessionManager:
@@ -103,10 +106,26 @@ class SessionManager:
             raise SessionError(f"session job {job_id} does not exist", code="JOB_NOT_FOUND")
         return job
 
-    async def complete_session(self, job_id: int, conversation_cid: str = "") -> SessionJob:
-        """Settle the session now (the depositor may do so at any time; the host after the dispute window)."""
+    async def complete_session(self, job_id: int, conversation_cid: str | None = None) -> SessionJob:
+        """Settle the session now (the depositor may do so at any time; the host after the dispute window).
+
+        ``conversation_cid=None``: with ``FabstirSDK(storage=...)``, the content address of the stored
+        conversation of session ``str(job_id)`` (:meth:`InferenceManager.conversation_cid`; see
+        ``docs/storage.md``), else empty. A storage failure is logged and completes with an empty one.
+        """
+        if conversation_cid is None:
+            conversation_cid = await self._conversation_cid(job_id)
         await complete_session_job(self._market, self._sdk.require_account(), job_id, conversation_cid)
         return await self.get_session(job_id)
+
+    async def _conversation_cid(self, job_id: int) -> str:
+        if self._sdk.recorder is None:
+            return ""
+        try:
+            return await self._sdk.inference.conversation_cid(str(job_id))
+        except StorageError as exc:
+            log.warning("no conversationCID for job %s (%s): %s", job_id, exc.code, exc.message)
+            return ""
 
     async def trigger_timeout(self, job_id: int) -> SessionJob:
         """Settle an expired or abandoned session (anyone may call it once it timed out)."""

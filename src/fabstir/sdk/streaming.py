@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -39,6 +40,7 @@ from fabstir.sdk import e2e as _e2e
 from fabstir.sdk.types import InferenceResult, PromptOptions
 
 if TYPE_CHECKING:
+    from fabstir.sdk.recording import AnswerRecorder
     from fabstir.sdk.session import Session
 
 __all__ = ["InferenceStream", "new_request_id"]
@@ -56,6 +58,9 @@ class InferenceStream:
         self._options = options
         self._result: InferenceResult | None = None
         self._iterator: AsyncGenerator[str, None] | None = None
+        self._answer: AnswerRecorder | None = None
+        self.tokens_received = 0
+        """Tokens of the answer received so far (as the host counted them in its chunks)."""
 
     @property
     def result(self) -> InferenceResult:
@@ -97,7 +102,11 @@ class InferenceStream:
         session = self._session
         session.active_request = request_id = new_request_id()
         recovered = rate_limited = 0
+        recorder = session.sdk.recorder
         try:
+            if recorder is not None:  # the prompt is stored before it is sent
+                self._answer = recorder.answer(session.session_id)
+                await self._answer.prompt(self._prompt, model=self._options.model, host=session.host_url)
             while True:
                 received_any = False
                 if session.state.state in (SessionState.STREAMING, SessionState.CANCELLING):
@@ -108,6 +117,8 @@ class InferenceStream:
                         async for piece in attempt:
                             received_any = True
                             yield piece
+                    if self._answer is not None:
+                        await self._store_end(self.result)
                     await session.sdk.billing.record(self.result)
                     return
                 except SignatureError:
@@ -132,9 +143,18 @@ class InferenceStream:
                         raise
                     await asyncio.sleep(_retry_after(exc, session.sdk.retry.max_delay))
         finally:
+            if self._answer is not None:
+                self._answer.abort()  # no-op after a finished answer; else stored as partial
             session.active_request = None
             if session.state.state in (SessionState.STREAMING, SessionState.CANCELLING):
                 session.state.move(SessionState.READY)
+
+    async def _store_end(self, result: InferenceResult) -> None:
+        assert self._answer is not None
+        receipt = result.receipt.to_wire() if result.receipt is not None else None
+        error = await self._answer.finish(result.text, receipt)
+        if error is not None:
+            self._result = dataclasses.replace(result, storage_error=error)
 
     async def _attempt(self, request_id: str) -> AsyncGenerator[str, None]:
         session = self._session
@@ -152,6 +172,7 @@ class InferenceStream:
             # the per-token path: one frame in, its events out (no per-frame lookups beyond these)
             receive, feed, events = channel.transport.receive, protocol.receive_frame, protocol.events_received
             clock, sealed = time.perf_counter, protocol.encrypted
+            answer = self._answer
             while True:
                 try:
                     feed(await receive(timeout), now=clock())
@@ -161,6 +182,9 @@ class InferenceStream:
                     protocol.end_after_final(clock())  # no stream_end after the final chunk: finish anyway
                 for event in events():
                     if type(event) is ChunkReceived:
+                        self.tokens_received += event.tokens
+                        if answer is not None:
+                            answer.add(event.text, event.tokens)
                         yield event.text
                     elif type(event) is StreamEnded and event.request_id == request_id:
                         self._end(event.snapshot, request_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable
 
-from fabstir.errors import ConfigError
+from fabstir.errors import ConfigError, StorageError
 from fabstir.protocol import Usage
 from fabstir.protocol.signing import Receipt
 
@@ -54,6 +54,8 @@ class InferenceResult:
     request_id: str
     receipt: Receipt | None = None
     """The host's Ed25519-signed receipt for this answer, already verified (None from nodes without it)."""
+    storage_error: StorageError | None = None
+    """With ``FabstirSDK(storage=...)``: the first failure storing this exchange (the answer itself is fine)."""
 
     @property
     def completion_tokens(self) -> int:

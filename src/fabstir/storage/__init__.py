@@ -1,6 +1,7 @@
 """Conversation storage: the user's conversations, encrypted on the client, in a backend that cannot read them.
 
-Not yet wired into :class:`fabstir.sdk.Session`. See ``docs/storage.md`` for the encryption scheme.
+Used by the SDK through ``FabstirSDK(storage=...)`` (``fabstir.sdk.recording``). See ``docs/storage.md`` for
+the encryption scheme.
 
     >>> store = ConversationStore.open(SqliteBackend(), StorageKey.from_secret(secret))
     >>> store.add_user_message("s1", "hi", model="m", host="h")
@@ -14,6 +15,7 @@ from fabstir.storage.conversations import ConversationStore
 from fabstir.storage.export import ExportFormat, export_conversation, openai_messages
 from fabstir.storage.keys import StorageKey
 from fabstir.storage.records import AssistantChunk, Conversation, Message, Receipt, Record, UserMessage
+from fabstir.storage.s3 import S3Backend
 from fabstir.storage.sqlite import SqliteBackend, default_path
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "Pointer",
     "Receipt",
     "Record",
+    "S3Backend",
     "SqliteBackend",
     "StorageKey",
     "UserMessage",

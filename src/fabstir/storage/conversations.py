@@ -115,6 +115,14 @@ class ConversationStore:
         """The conversation as ``json``, ``markdown`` or OpenAI-style ``messages`` (a JSON array)."""
         return export_conversation(self.load(session_id), format)
 
+    def snapshot(self, session_id: str) -> str:
+        """The conversation's content address now: its pointer's data (``0x01 || salt || sealed head``, the
+        head listing the record blobs) stored as an immutable blob; returns that blob's id (SHA-256 hex)."""
+        self._existing(session_id)
+        pointer = self.backend.get_pointer(self._key.name(session_id))
+        assert pointer is not None
+        return self.backend.put(pointer.data)
+
     def _owner(self, name: str) -> bytes:
         return bytes(self._key.pointer_key(name).verify_key)
 
