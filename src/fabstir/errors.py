@@ -20,7 +20,8 @@
      │    └── ContractError       a transaction or call reverted (``reason`` is the revert string)
      ├── ConfigError              invalid configuration
      ├── StorageError             conversation storage failed: STORAGE_KEY_INVALID, STORAGE_TAMPERED,
-     │                            STORAGE_NOT_FOUND, STORAGE_STALE_POINTER, STORAGE_BAD_FORMAT
+     │                            STORAGE_NOT_FOUND, STORAGE_STALE_POINTER, STORAGE_BAD_FORMAT,
+     │                            STORAGE_UNAVAILABLE, STORAGE_BUCKET_NOT_FOUND, STORAGE_ACCESS_DENIED
      └── EngineError              the inference engine failed
           └── ModelNotFoundError  (also a built-in ``FileNotFoundError``)
 

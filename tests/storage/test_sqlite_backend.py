@@ -5,10 +5,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from nacl.signing import SigningKey
 
 from fabstir.errors import StorageError
-from fabstir.storage import Pointer, SqliteBackend, blob_id, default_path, sign_pointer
+from fabstir.storage import SqliteBackend, default_path
 
 
 def _code(call: object, *args: object) -> str:
@@ -17,42 +16,11 @@ def _code(call: object, *args: object) -> str:
     return caught.value.code
 
 
-def test_blobs_put_get_list_delete(backend: SqliteBackend) -> None:
-    first, second = backend.put(b"one"), backend.put(b"two")
-    assert first == blob_id(b"one") and backend.put(b"one") == first
-    assert backend.get(first) == b"one"
-    assert backend.list_blobs() == sorted([first, second])
-    backend.delete(first)
-    backend.delete(first)
-    assert backend.list_blobs() == [second]
-    assert _code(backend.get, first) == "STORAGE_NOT_FOUND"
-
-
 def test_a_blob_changed_in_the_file_is_detected(backend: SqliteBackend) -> None:
     blob = backend.put(b"sealed bytes")
     with sqlite3.connect(backend.path) as raw:
         raw.execute("UPDATE blobs SET data = ? WHERE id = ?", (b"sealed bytez", blob))
     assert _code(backend.get, blob) == "STORAGE_TAMPERED"
-
-
-def test_pointer_sequence_only_moves_forward(backend: SqliteBackend) -> None:
-    key = SigningKey.generate()
-    backend.set_pointer(sign_pointer(key, "p", 2, b"new"))
-    assert _code(backend.set_pointer, sign_pointer(key, "p", 1, b"old")) == "STORAGE_STALE_POINTER"
-    assert _code(backend.set_pointer, sign_pointer(key, "p", 2, b"same seq")) == "STORAGE_STALE_POINTER"
-    backend.set_pointer(sign_pointer(key, "p", 3, b"newer"))
-    found = backend.get_pointer("p")
-    assert found is not None and (found.seq, found.data) == (3, b"newer")
-    assert backend.list_pointers() == ["p"] and backend.get_pointer("q") is None
-
-
-def test_pointer_of_another_key_or_forged_is_refused(backend: SqliteBackend) -> None:
-    backend.set_pointer(sign_pointer(SigningKey.generate(), "p", 1, b"mine"))
-    assert _code(backend.set_pointer, sign_pointer(SigningKey.generate(), "p", 9, b"theirs")) == "STORAGE_KEY_INVALID"
-    good = sign_pointer(SigningKey.generate(), "q", 1, b"data")
-    forged = Pointer(good.name, good.owner, good.seq, b"other data", good.signature)
-    assert _code(backend.set_pointer, forged) == "STORAGE_TAMPERED"
-    assert backend.get_pointer("q") is None
 
 
 def test_default_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
