@@ -11,7 +11,9 @@ from nacl.signing import SigningKey
 
 from fabstir.errors import StorageError
 from fabstir.storage import ConversationStore, Pointer, SqliteBackend, StorageKey, blob_id, sign_pointer
+from fabstir.storage.s5 import S5Backend
 from tests.storage.conftest import s3_backend
+from tests.storage.s5_fake import FakePortal, serve
 
 
 def _code(call: object, *args: object) -> str:
@@ -20,12 +22,16 @@ def _code(call: object, *args: object) -> str:
     return caught.value.code
 
 
-@pytest.fixture(params=["sqlite", "s3"])
+@pytest.fixture(params=["sqlite", "s3", "s5"])
 def any_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     if request.param == "sqlite":
         opened: Any = SqliteBackend(tmp_path / "c.sqlite")
-    else:
+    elif request.param == "s3":
         opened = s3_backend(request.getfixturevalue("seaweed"))
+    else:
+        with serve(FakePortal()) as url, S5Backend(url, bytes(range(32))) as s5:
+            yield s5
+        return
     try:
         yield opened
     finally:

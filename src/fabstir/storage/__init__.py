@@ -16,6 +16,7 @@ from fabstir.storage.export import ExportFormat, export_conversation, openai_mes
 from fabstir.storage.keys import StorageKey
 from fabstir.storage.records import AssistantChunk, Conversation, Message, Receipt, Record, UserMessage
 from fabstir.storage.s3 import S3Backend
+from fabstir.storage.s5 import S5Backend
 from fabstir.storage.sqlite import SqliteBackend, default_path
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Receipt",
     "Record",
     "S3Backend",
+    "S5Backend",
     "SqliteBackend",
     "StorageKey",
     "UserMessage",
