@@ -30,9 +30,9 @@ from fabstir.node.admission import AdmittedJob, Caller
 from fabstir.node.guards import RequestLimitError, read_body
 from fabstir.node.runtime import NodeRuntime
 from fabstir.node.serving import Answer, as_coded_error, check_rate, generate, open_billing, receipt_for
-from fabstir.protocol import ErrorCode, InferenceRequest, PromptMessage, Usage, parse_client_message
+from fabstir.protocol import ErrorCode, InferenceRequest, Usage
 from fabstir.protocol.auth import decode_token
-from fabstir.protocol.parse import check_json_depth
+from fabstir.protocol.parse import check_json_depth, parse_inference_request
 
 __all__ = ["health", "version", "models", "inference"]
 
@@ -136,14 +136,12 @@ async def _parse(request: Request, runtime: NodeRuntime) -> tuple[InferenceReque
         text = body.decode("utf-8")
         check_json_depth(text)
         payload = json.loads(text)
-        frame = json.dumps({"type": "inference", "request": payload})
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise ProtocolError("body is not valid JSON", code=ErrorCode.INVALID_JSON) from None
+    inference_request = parse_inference_request(payload)
     request_id = payload.get("request_id") if isinstance(payload, dict) else None
-    message = parse_client_message(frame, max_bytes=len(frame) + 1)
-    assert isinstance(message, PromptMessage)
     stream = isinstance(payload, dict) and payload.get("stream") is True
-    return message.request, stream, request_id if isinstance(request_id, str) else None
+    return inference_request, stream, request_id if isinstance(request_id, str) else None
 
 
 async def inference(request: Request) -> Response:

@@ -64,6 +64,7 @@ __all__ = [
     "check_json_depth",
     "encode_message",
     "parse_client_message",
+    "parse_inference_request",
     "parse_server_message",
 ]
 
@@ -336,6 +337,24 @@ def _parse_prompt(fields: _Fields) -> PromptMessage:
         message_index=fields.int_("message_index"),
         request_id=fields.request_id,
     )
+
+
+def parse_inference_request(payload: object) -> InferenceRequest:
+    """An ``inference`` request object (the body of HTTP ``POST /v1/inference``) as an :class:`InferenceRequest`.
+
+    Raises:
+        RemoteProtocolError: VALIDATION_ERROR (no object, an empty prompt, a field of the wrong type, bad values),
+            as for an ``inference`` message.
+    """
+    if payload is None:
+        raise RemoteProtocolError("inference needs a 'request' object", code=ErrorCode.VALIDATION_ERROR)
+    if not isinstance(payload, dict):
+        raise RemoteProtocolError("field 'request' must be an object", code=ErrorCode.VALIDATION_ERROR)
+    try:
+        return _parse_request(_Fields(payload, None), defaults=False)
+    except RemoteProtocolError as exc:
+        exc.code = ErrorCode.VALIDATION_ERROR
+        raise
 
 
 @_validation_errors
