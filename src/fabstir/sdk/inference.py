@@ -99,6 +99,41 @@ class InferenceManager:
             await self.close(session.session_id)
             raise
 
+    async def resume_session_with_history(
+        self,
+        session_id: str,
+        host_url: str,
+        job_id: int | None = None,
+        *,
+        chain_id: int | None = None,
+        host_signing_key: str | None = None,
+        host_public_key: str | None = None,
+        encryption: bool | None = None,
+    ) -> Conversation:
+        """Load ``session_id``'s conversation from storage and continue it on ``host_url``.
+
+        The stored history (written by any process with the storage key) becomes the session's
+        ``conversation_context`` (see :meth:`connect_to_session`): restored with ``session_resume`` where the
+        host supports it, otherwise re-sent with each prompt (the public subset). An unfinished answer is
+        restored as is: its partial text is the assistant's turn, and the next prompt follows it (nothing is
+        regenerated or marked on the host). A prompt stored without any answer stays in the history too.
+        New turns are stored under the same ``session_id``. The other arguments are
+        :meth:`connect_to_session`'s. Returns the conversation as it was loaded.
+
+        Raises:
+            ConfigError: STORAGE_NOT_CONFIGURED.
+            StorageError: STORAGE_NOT_FOUND (no such conversation) and the codes of :mod:`fabstir.storage`.
+            ConnectError, RequestTimeoutError, NodeError, E2EError: as :meth:`connect_to_session`.
+        """
+        recorder, store = self._storage()
+        key = str(session_id)
+        conversation = await recorder.call(lambda: store.load(key))
+        context = [ChatTurn(m.role, m.content) for m in conversation.messages if m.content or m.role == "user"]
+        await self.connect_to_session(key, host_url, job_id, context, chain_id=chain_id,
+                                      host_signing_key=host_signing_key, host_public_key=host_public_key,
+                                      encryption=encryption)
+        return conversation
+
     def session(self, session_id: str | None = None) -> Session:
         """The :class:`Session` object (the current one by default).
 
