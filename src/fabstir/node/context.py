@@ -39,15 +39,19 @@ def fit_prompt(
     context_window: int,
     max_tokens: int,
     min_completion: int = 1,
+    continuation: str = "",
 ) -> FittedPrompt:
     """Render ``history`` + ``prompt`` so that it fits ``context_window``.
+
+    ``continuation`` (the start of the answer, streamed before by another host) follows the rendered
+    prompt as the assistant's text so far; it counts against the window like the prompt.
 
     Raises:
         TokenLimitExceededError: the prompt alone leaves no room for ``min_completion`` tokens.
     """
     budget = context_window - min_completion
     user = ChatTurn("user", prompt)
-    alone = template.render([user])
+    alone = template.render([user]) + continuation
     alone_tokens = count_tokens(alone)
     if alone_tokens > budget:
         raise TokenLimitExceededError(
@@ -55,11 +59,11 @@ def fit_prompt(
             f"by {alone_tokens + min_completion - context_window} tokens",
             details={"prompt_tokens": alone_tokens, "context_window_size": context_window},
         )
-    start = _first_fitting(history, user, template, count_tokens, budget)
+    start = _first_fitting(history, user, template, count_tokens, budget, continuation)
     if start == len(history):
         text, tokens = alone, alone_tokens
     else:
-        text = template.render([*history[start:], user])
+        text = template.render([*history[start:], user]) + continuation
         tokens = count_tokens(text)
     return FittedPrompt(
         text=text,
@@ -76,10 +80,11 @@ def _first_fitting(
     template: PromptTemplate,
     count_tokens: Callable[[str], int],
     budget: int,
+    continuation: str,
 ) -> int:
-    """Smallest index ``i`` such that ``history[i:] + [user]`` fits ``budget`` (binary search)."""
+    """Smallest index ``i`` such that ``history[i:] + [user]`` (and ``continuation``) fits ``budget`` (binary search)."""
     def fits(i: int) -> bool:
-        return count_tokens(template.render([*history[i:], user])) <= budget
+        return count_tokens(template.render([*history[i:], user]) + continuation) <= budget
 
     low, high = 0, len(history)
     while low < high:

@@ -50,6 +50,8 @@ class InferenceService:
     def prepare(self, request: InferenceRequest, history: Sequence[ChatTurn]) -> PreparedPrompt:
         """Fit ``history`` (or the request's own context) and the prompt into the window.
 
+        A request's ``continue_from`` follows the prompt as the answer so far, so generation goes on from it.
+
         Raises:
             TokenLimitExceededError: the prompt cannot fit.
         """
@@ -62,6 +64,7 @@ class InferenceService:
             count_tokens=self.pool.primary.count_tokens,
             context_window=self.context_window,
             max_tokens=request.max_tokens,
+            continuation=request.continue_from or "",
         )
         params = GenerationParams(
             max_tokens=fitted.max_tokens,
@@ -69,6 +72,7 @@ class InferenceService:
             repeat_penalty=self.repeat_penalty,
             stop=self.template.stop,
             seed=self.seed,
+            answer_prefix=request.continue_from or "",
         )
         return PreparedPrompt(fitted, params)
 

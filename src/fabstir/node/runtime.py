@@ -109,7 +109,7 @@ class NodeRuntime:
             return ()
         features = [Feature.SERVER_CONTEXT, Feature.MESSAGE_INDEX, Feature.SESSION_RESUME,
                     Feature.STREAM_CANCEL, Feature.HTTP_SSE, Feature.SIGNED_RECEIPTS, Feature.RATE_LIMITS,
-                    Feature.SIGNED_MESSAGES]
+                    Feature.SIGNED_MESSAGES, Feature.CONTINUE_FROM]
         if self.billing is not None:
             features.append(Feature.JWT_AUTH)
         if self.config.ws_compression:

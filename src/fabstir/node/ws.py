@@ -347,7 +347,7 @@ class WebSocketConnection:
         request = message.request
         if request.conversation_context is not None:
             session.history = list(request.conversation_context)
-        session.record_turn(request.prompt, answer.text)
+        session.record_turn(request.prompt, (request.continue_from or "") + answer.text)
         finished = answer.finished
         self.conn.send_end(finished.finish_reason, tokens_used=answer.tokens_sent,
                            usage=Usage(answer.prepared.fitted.prompt_tokens, finished.completion_tokens,

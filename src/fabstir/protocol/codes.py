@@ -58,6 +58,8 @@ class Feature(enum.StrEnum):
     E2E = "e2e-v1"
     E2E_COMPRESSION = "e2e-compression"
     SIGNED_MESSAGES = "signed-messages"
+    CONTINUE_FROM = "continue-from"
+    """A request's ``continue_from`` (the start of an answer another host streamed) is continued, not restarted."""
 
 
 PROTOCOL_FEATURES: tuple[str, ...] = tuple(f.value for f in Feature)

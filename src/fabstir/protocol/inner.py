@@ -95,6 +95,7 @@ def encrypted_request_body(request: InferenceRequest, *, message_index: int | No
         "stream": True,
         "thinking": request.thinking,
         "message_index": message_index,
+        "continue_from": request.continue_from,
     })
 
 

@@ -114,6 +114,9 @@ class InferenceRequest:
     job_id: int | None = None
     session_id: str | None = None
     chain_id: int | None = None
+    continue_from: str | None = None
+    """Our ``continue-from`` extension: the start of the assistant's answer, already streamed (by a host that
+    failed); the node generates what follows it, so the two parts read as one answer."""
 
     def to_wire(self) -> JSONObject:
         return _drop_none(
@@ -128,6 +131,7 @@ class InferenceRequest:
                 "job_id": self.job_id,
                 "session_id": self.session_id,
                 "chain_id": self.chain_id,
+                "continue_from": self.continue_from,
             }
         )
 

@@ -313,6 +313,7 @@ def _parse_request(fields: _Fields, *, defaults: bool) -> InferenceRequest:
         job_id=_job_id(fields),
         session_id=_session_id(fields),
         chain_id=_chain_id(fields),
+        continue_from=fields.str_("continue_from") or None,
     )
 
 

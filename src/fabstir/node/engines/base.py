@@ -27,6 +27,9 @@ class GenerationParams:
     repeat_penalty: float = 1.1
     stop: tuple[str, ...] = ()
     seed: int = 0
+    answer_prefix: str = ""
+    """The prompt ends with this start of the answer (a continuation): its tokens count as already
+    generated for the repeat penalty, exactly as if this engine had generated them."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ class LlamaCppEngine:
     ) -> Iterator[GenerationEvent]:
         prompt_tokens = self._tokenize(prompt)
         self._llama.set_seed(params.seed)
+        primed = self._answer_tokens(prompt, prompt_tokens, params.answer_prefix)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopMatcher(params.stop)
         is_end, piece_of = self._eog, self._piece
@@ -74,6 +75,8 @@ class LlamaCppEngine:
             repeat_penalty=params.repeat_penalty,
             reset=True,
         )
+        if primed:
+            self._prime_sampler(primed)
         try:
             for token in tokens:
                 if is_end(token):
@@ -95,10 +98,38 @@ class LlamaCppEngine:
                     break
         finally:
             tokens.close()
+            self._llama.__dict__.pop("_init_sampler", None)
         tail = "" if stops.stopped else stops.feed(decoder.decode(b"", final=True)) + stops.flush()
         if tail:
             yield TokenPiece(tail, held_tokens)
         yield Finished(reason, generated)  # type: ignore[arg-type]
+
+    def _answer_tokens(self, prompt: str, prompt_tokens: list[int], answer_prefix: str) -> list[int]:
+        """The tokens of ``answer_prefix``, the end of ``prompt`` (a continued answer); ``[]`` for none."""
+        if not answer_prefix or not prompt.endswith(answer_prefix):
+            return []
+        before = len(self._tokenize(prompt[: len(prompt) - len(answer_prefix)]))
+        return prompt_tokens[before:]
+
+    def _prime_sampler(self, answer_tokens: list[int]) -> None:
+        """Make the next generation's sampler start as if it had just generated ``answer_tokens``.
+
+        llama-cpp-python builds a fresh sampler chain when a generation starts, and its repeat penalty
+        only looks at tokens that chain accepted (the ones it sampled, never the prompt's). A continued
+        answer must see the same penalty window as the answer it continues, so for this one generation
+        the chain is built and then fed the answer's tokens so far (the instance attribute shadows the
+        method; :meth:`generate` removes it when the generation ends).
+        """
+        llama = self._llama
+        build = type(llama)._init_sampler
+
+        def primed_sampler(*args: Any, **kwargs: Any) -> Any:
+            sampler = build(llama, *args, **kwargs)
+            for token in answer_tokens:
+                sampler.accept(token)
+            return sampler
+
+        llama._init_sampler = primed_sampler
 
     def _piece(self, token: int) -> bytes:
         """The bytes of one generated token, looked up in llama.cpp once per token id.
