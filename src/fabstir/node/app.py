@@ -110,6 +110,7 @@ def build_app(runtime: NodeRuntime) -> Starlette:
         Route("/health", http.health),
         Route("/v1/version", http.version),
         Route("/v1/models", http.models),
+        Route("/v1/checkpoints/{session_id}", http.checkpoints),
         Route("/v1/inference", http.inference, methods=["POST"]),
         WebSocketRoute("/v1/ws", websocket_endpoint),
     ], middleware=[Middleware(ConnectionGuard, tracker=connections, ws_idle_timeout=runtime.config.ws_idle_timeout)])

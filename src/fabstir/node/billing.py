@@ -23,7 +23,9 @@ for every job in turn:
    is written to the ledger as *pending*. If the receipt is lost or the node
    restarts, the pending checkpoint is first looked up on chain (the ProofSystem
    records every hash): found means done, not found means send it again. So a
-   checkpoint is never submitted twice.
+   checkpoint is never submitted twice. Once it has landed, the same ledger
+   transaction that counts it as submitted records it (index, proof hash, token
+   range, time) for the checkpoint index (:mod:`fabstir.node.checkpoint_index`).
 3. Once the client has gone and nothing billable is left, the job is completed
    when chain time passes the last checkpoint plus the dispute window. A job the
    depositor already settled is simply marked done.
@@ -47,10 +49,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from fabstir.chain.money import MIN_PROVEN_TOKENS, first_claim_minimum, smallest_claim
 from fabstir.chain.records import JobStatus
 from fabstir.errors import ContractError, FabstirError
+from fabstir.node.checkpoint_index import CheckpointRecord
 from fabstir.node.host_chain import HostChain
 
 __all__ = ["BillingService", "FLUSH_SECONDS", "FLUSH_TOKENS", "JobLedgerEntry", "MIN_PROVEN_TOKENS"]
@@ -91,8 +95,25 @@ class JobLedgerEntry:
         return self.closed and self.generated > 0 and self.submitted == 0 and self.pending_tokens == 0
 
 
+class _Landed(NamedTuple):
+    """A checkpoint that just landed on chain, to record with its job's row."""
+
+    job_id: int
+    proof_hash: str
+    token_start: int
+    token_end: int
+    timestamp_ms: int
+
+
+_MAX_SQLITE_INTEGER = 2**63 - 1
+
+
 class _Ledger:
-    """SQLite persistence of :class:`JobLedgerEntry` rows."""
+    """SQLite persistence of :class:`JobLedgerEntry` rows, and of the checkpoints that landed.
+
+    Both tables are created when missing, so a ledger written before the ``checkpoints`` table existed opens
+    as is (its earlier checkpoints are simply not listed).
+    """
 
     _COLUMNS = [f.name for f in dataclasses.fields(JobLedgerEntry)]
 
@@ -103,15 +124,24 @@ class _Ledger:
         self._synchronous = ""
         columns = ", ".join(f"{c} {'INTEGER PRIMARY KEY' if c == 'job_id' else ''}" for c in self._COLUMNS)
         self._db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({columns})")
+        self._db.execute("CREATE TABLE IF NOT EXISTS checkpoints (job_id INTEGER NOT NULL, idx INTEGER NOT NULL, "
+                         "proof_hash TEXT NOT NULL UNIQUE, token_start INTEGER NOT NULL, "
+                         "token_end INTEGER NOT NULL, timestamp_ms INTEGER NOT NULL, PRIMARY KEY (job_id, idx))")
         marks = ", ".join("?" for _ in self._COLUMNS)
         self._insert = f"INSERT OR REPLACE INTO jobs ({', '.join(self._COLUMNS)}) VALUES ({marks})"
 
-    def save(self, entries: Iterable[JobLedgerEntry], *, fsync: bool = True) -> None:
-        """Write ``entries`` in one transaction; without ``fsync`` it survives a killed process, not a power cut."""
+    def save(self, entries: Iterable[JobLedgerEntry], *, fsync: bool = True, landed: _Landed | None = None) -> None:
+        """Write ``entries`` (and record ``landed``, numbered after the job's earlier checkpoints) in one
+        transaction; without ``fsync`` it survives a killed process, not a power cut."""
         self._set_synchronous("FULL" if fsync else "NORMAL")
         self._db.execute("BEGIN")
         try:
             self._db.executemany(self._insert, [dataclasses.astuple(entry) for entry in entries])
+            if landed is not None:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO checkpoints (job_id, idx, proof_hash, token_start, token_end, timestamp_ms) "
+                    "VALUES (?, (SELECT COUNT(*) FROM checkpoints WHERE job_id = ?), ?, ?, ?, ?)",
+                    (landed.job_id, landed.job_id, *landed[1:]))
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -131,6 +161,14 @@ class _Ledger:
                 setattr(entry, name, bool(getattr(entry, name)))
             entries.append(entry)
         return entries
+
+    def checkpoints(self, job_id: int) -> list[CheckpointRecord]:
+        """The checkpoints recorded for ``job_id``, in chain order."""
+        if not 0 <= job_id <= _MAX_SQLITE_INTEGER:  # no such job could have been stored
+            return []
+        rows = self._db.execute("SELECT idx, proof_hash, token_start, token_end, timestamp_ms FROM checkpoints "
+                                "WHERE job_id = ? ORDER BY idx", (job_id,)).fetchall()
+        return [CheckpointRecord(index, bytes.fromhex(proof), start, end, ms) for index, proof, start, end, ms in rows]
 
     def close(self) -> None:
         self._db.close()
@@ -274,13 +312,17 @@ class BillingService:
     def entry(self, job_id: int) -> JobLedgerEntry | None:
         return self._jobs.get(job_id)
 
-    def _save(self, entry: JobLedgerEntry, *, fsync: bool = True) -> None:
-        """Write ``entry`` (its served tokens included) now."""
+    def checkpoints(self, job_id: int) -> list[CheckpointRecord]:
+        """Every checkpoint of ``job_id`` this node saw land on chain, in chain order (finished jobs too)."""
+        return self._ledger.checkpoints(job_id)
+
+    def _save(self, entry: JobLedgerEntry, *, fsync: bool = True, landed: _Landed | None = None) -> None:
+        """Write ``entry`` (its served tokens included, and the checkpoint that just ``landed``) now."""
         self._unsaved.pop(entry.job_id, None)
         if not self._unsaved and self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        self._ledger.save([entry], fsync=fsync)
+        self._ledger.save([entry], fsync=fsync, landed=landed)
 
     def _poke(self) -> None:
         self._idle.clear()
@@ -404,9 +446,11 @@ class BillingService:
         proof = bytes.fromhex(entry.pending_hash)
         if not await self.host.is_proof_recorded(proof):
             await self.host.submit_checkpoint(entry.job_id, entry.pending_tokens, proof)
+        landed = _Landed(entry.job_id, entry.pending_hash, entry.submitted, entry.submitted + entry.pending_tokens,
+                         int(time.time() * 1000))
         entry.submitted += entry.pending_tokens
         entry.pending_tokens, entry.pending_hash = 0, ""
-        self._save(entry)
+        self._save(entry, landed=landed)
 
     async def _checkpoint(self, entry: JobLedgerEntry) -> None:
         tokens = self._claim(entry)

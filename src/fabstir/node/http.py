@@ -1,4 +1,4 @@
-"""The node's HTTP API: health, version, models and ``/v1/inference`` (JSON or SSE).
+"""The node's HTTP API: health, version, models, the checkpoint index and ``/v1/inference`` (JSON or SSE).
 
 ``/v1/inference`` goes through the same admission step and the same generation as a
 WebSocket prompt (:mod:`fabstir.node.admission`, :mod:`fabstir.node.serving`). On a paid
@@ -8,6 +8,11 @@ per token exactly like a WebSocket answer, as one short connection. Refusals are
 401 ``AUTH_REQUIRED``/``SESSION_EXPIRED``, 402 ``JOB_REQUIRED``/``DEPOSIT_EXHAUSTED``/``JOB_NOT_ACTIVE``,
 403 ``AUTH_FAILED``/``WRONG_HOST``, 429 ``RATE_LIMITED``/``TOO_MANY_REQUESTS``. An SSE answer
 starts only once its first piece exists, so a refusal is always a plain status, never a 200.
+
+``GET /v1/checkpoints/{session_id}`` serves the public node's signed checkpoint index of a job (see
+:mod:`fabstir.node.checkpoint_index`). It is public data (the proofs are on chain), so it needs no token; its
+errors are the public node's: 404 ``{"error":"No checkpoints found for session X"}`` (also for a non-numeric
+id), 503 ``{"error":"Checkpoint service unavailable"}`` on a free node, 500 on an internal failure.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import threading
 import time
@@ -27,14 +33,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from fabstir.errors import NodeError, ProtocolError
 from fabstir.node.admission import AdmittedJob, Caller
+from fabstir.node.checkpoint_index import build_index
 from fabstir.node.guards import RequestLimitError, read_body
 from fabstir.node.runtime import NodeRuntime
 from fabstir.node.serving import Answer, as_coded_error, check_rate, generate, open_billing, receipt_for
 from fabstir.protocol import ErrorCode, InferenceRequest, Usage
 from fabstir.protocol.auth import decode_token
-from fabstir.protocol.parse import check_json_depth, parse_inference_request
+from fabstir.protocol.parse import check_json_depth, job_id_from_text, parse_inference_request
 
-__all__ = ["health", "version", "models", "inference"]
+__all__ = ["health", "version", "models", "checkpoints", "inference"]
+
+log = logging.getLogger("fabstir.node.http")
 
 BUILD_DATE = "2026-11-26"
 
@@ -72,6 +81,23 @@ async def models(request: Request) -> Response:
         "context_window": service.context_window,
         "template": service.template.name,
     }]})
+
+
+async def checkpoints(request: Request) -> Response:
+    session_id = request.path_params["session_id"]
+    billing = _runtime(request).billing
+    if billing is None:  # a free node submits no checkpoints
+        return JSONResponse({"error": "Checkpoint service unavailable"}, status_code=503)
+    job_id = job_id_from_text(session_id)
+    try:
+        records = [] if job_id is None else billing.checkpoints(job_id)
+        index = build_index(str(job_id), billing.host.account, records) if records else None
+    except Exception:
+        log.exception("checkpoint index of session %r", session_id)
+        return JSONResponse({"error": f"Failed to load checkpoints for session {session_id}"}, status_code=500)
+    if index is None:
+        return JSONResponse({"error": f"No checkpoints found for session {session_id}"}, status_code=404)
+    return JSONResponse(index)
 
 
 _STATUS = {
