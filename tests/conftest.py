@@ -18,6 +18,7 @@ settings.load_profile("fabstir")
 from fabstir.node.config import NodeConfig
 from fabstir.node.server import NodeServer, serve_node
 from fabstir.testing.tiny_gguf import write_tiny_gguf
+from tests.processes import node_processes  # noqa: F401 (a fixture for every test)
 
 SHARED_MODELS = Path(os.environ.get("FABSTIR_SHARED_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))
 STORIES = SHARED_MODELS / "stories260K.gguf"

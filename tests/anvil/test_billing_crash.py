@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,8 +26,8 @@ from fabstir.protocol import ServerMessage, StreamAccumulator, StreamChunk, Text
 from fabstir.sdk import FabstirSDK, PromptOptions
 from fabstir.testing.tiny_gguf import write_tiny_gguf
 from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, build_world, register
+from tests.processes import NodeProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 TEST_BOUND_S = 420
 """The whole test, start to settlement, on a loaded machine."""
 FIRST_ANSWER = 60
@@ -41,62 +35,7 @@ LONG_ANSWER = 3000
 """Tokens asked for in the answer that is cut: far more than stream before the kill lands."""
 KILL_AFTER = 200
 """Tokens of the long answer the client has received when it kills the node."""
-_SERVING = re.compile(r"serving \S+ on (http://127\.0\.0\.1:\d+)")
-
-
-class NodeProcess:
-    """``fabstir node serve`` in a subprocess, its output in a log file; stopped by its PID."""
-
-    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.process = process
-        self.log = log
-
-    @classmethod
-    def start(cls, model: Path, network: Path, data: Path, host_key: str, name: str) -> NodeProcess:
-        log = data / f"{name}.log"
-        argv = [sys.executable, "-m", "fabstir.cli", "node", "serve", "--model", str(model), "--port", "0",
-                "--network", str(network), "--ledger", str(data / "ledger.db"), "--context-window", "4096",
-                "--parallel", "1", "--threads", "1", "--signing-key-file", str(data / "receipts.key")]
-        env = {**os.environ, "FABSTIR_NODE_HOST_KEY": host_key, "XDG_DATA_HOME": str(data),
-               "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-        with log.open("wb") as out:
-            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=env, cwd=ROOT)
-        return cls(process, log)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def url(self, timeout: float = 180) -> str:
-        """The URL it serves on, once it says so."""
-        async with asyncio.timeout(timeout):
-            while True:
-                found = _SERVING.search(self.log.read_text(encoding="utf-8", errors="replace"))
-                if found:
-                    return found.group(1)
-                if self.process.poll() is not None:
-                    pytest.fail(f"the node exited ({self.process.returncode}):\n{self.log.read_text()}")
-                await asyncio.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL, now: no shutdown code runs."""
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGKILL)
-
-    async def stop(self, timeout: float = 30) -> None:
-        """SIGTERM, then SIGKILL if it lingers; always reaps it."""
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                await self._reap(timeout)
-        self.kill()
-        await self._reap(timeout)
-
-    async def _reap(self, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while self.process.poll() is None:
-                await asyncio.sleep(0.05)
+_PAID = ("--context-window", "4096")
 
 
 class PieceCounter:
@@ -133,20 +72,9 @@ def counter(monkeypatch: pytest.MonkeyPatch) -> PieceCounter:
     return spy
 
 
-@pytest.fixture
-async def nodes() -> AsyncIterator[list[NodeProcess]]:
-    """Every node process the test starts; all stopped (by PID) at the end, whatever happened."""
-    started: list[NodeProcess] = []
-    try:
-        yield started
-    finally:
-        for node in started:
-            await node.stop()
-
-
 async def test_host_killed_mid_answer_bills_what_it_served_once(anvil: AnvilProcess, anvil_chain: Chain,
                                                                  tmp_path: Path, counter: PieceCounter,
-                                                                 nodes: list[NodeProcess]) -> None:
+                                                                 node_processes: list[NodeProcess]) -> None:
     async with asyncio.timeout(TEST_BOUND_S):
         model = write_tiny_gguf(tmp_path / "long.gguf", seed=0, context_length=4096)
         world = await build_world(anvil_chain, model.name)
@@ -156,14 +84,14 @@ async def test_host_killed_mid_answer_bills_what_it_served_once(anvil: AnvilProc
         data.mkdir()
         host_key = world.host.key.hex()
 
-        first = NodeProcess.start(model, network, data, host_key, "first")
-        nodes.append(first)
+        first = NodeProcess.start(model, data, "first", network=network, host_key=host_key, extra=_PAID)
+        node_processes.append(first)
         url = await first.url()
         await register(world, url)
         received, job_id = await _serve_until_killed(world, url, first, counter)
 
-        restarted = NodeProcess.start(model, network, data, host_key, "restarted")
-        nodes.append(restarted)
+        restarted = NodeProcess.start(model, data, "restarted", network=network, host_key=host_key, extra=_PAID)
+        node_processes.append(restarted)
         await restarted.url()
         settled = await _wait_completed(world, job_id)
         await restarted.stop()

@@ -5,17 +5,21 @@ from fabstir.sdk.config import RetryPolicy, Timeouts, backoff
 from fabstir.sdk.connection import HostConnection, ws_url_for
 from fabstir.sdk.inference import InferenceManager, InferenceStream
 from fabstir.sdk.session import Session
-from fabstir.sdk.types import InferenceResult, PromptOptions, TokenCallback
+from fabstir.sdk.switching import SessionRoute
+from fabstir.sdk.types import AnswerPart, HostSwitch, InferenceResult, PromptOptions, TokenCallback
 
 __all__ = [
+    "AnswerPart",
     "FabstirSDK",
     "HostConnection",
+    "HostSwitch",
     "InferenceManager",
     "InferenceResult",
     "InferenceStream",
     "PromptOptions",
     "RetryPolicy",
     "Session",
+    "SessionRoute",
     "Timeouts",
     "TokenCallback",
     "backoff",

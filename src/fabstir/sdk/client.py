@@ -69,6 +69,7 @@ class FabstirSDK:
         connector: Connector | None = None,
         storage: ConversationStore | Backend | None = None,
         storage_key: StorageKey | None = None,
+        failover: bool = True,
     ) -> None:
         self.chain = chain
         self.deployment = deployment
@@ -86,6 +87,9 @@ class FabstirSDK:
         self.default_options = default_options or PromptOptions()
         self.connector: Connector = connector or connect_host
         """Opens each session's transport to a host (default: a WebSocket to its ``/v1/ws``)."""
+        self.failover = failover
+        """Move an answer whose host dies or stalls to another host, which continues it (see
+        :mod:`fabstir.sdk.switching`); on by default, where a chain or discovery sources can name another host."""
         self._discovery_sources = list(discovery_sources)
         self._peers = peers
         self.storage: ConversationStore | None = _open_storage(storage, storage_key, account)

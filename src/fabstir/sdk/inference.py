@@ -14,12 +14,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from fabstir.discovery.selection import HostCandidate
 from fabstir.errors import ConfigError, FabstirError, SessionError
 from fabstir.protocol import AuthSuccess, ChatTurn, SessionInitAck, SessionResumed, SessionState
 from fabstir.protocol.auth import TokenClaims, decode_token
 from fabstir.sdk.session import PUBLIC_CONTEXT_MESSAGES, Session
 from fabstir.sdk.streaming import InferenceStream
-from fabstir.sdk.types import InferenceResult, PromptOptions, TokenCallback
+from fabstir.sdk.types import HostSwitch, InferenceResult, PromptOptions, TokenCallback
 from fabstir.storage import Conversation, ConversationStore, ExportFormat, Message, export_conversation
 
 if TYPE_CHECKING:
@@ -133,6 +134,26 @@ class InferenceManager:
                                       host_signing_key=host_signing_key, host_public_key=host_public_key,
                                       encryption=encryption)
         return conversation
+
+    async def switch_host(self, session_id: str | None = None, new_host: str | HostCandidate | None = None) -> HostSwitch:
+        """Move the session to another host and go on: the same session object, id and stored conversation.
+
+        ``new_host``: a URL, an address or a discovered candidate; ``None`` picks the next host through unified
+        discovery by the session's strategy (never the current one). On a paid session the old job is left to
+        settle (the host settles when the socket closes) and a new job is opened with the budget left; the
+        session is encrypted with the new host's published key, authenticated, and its history restored there.
+        See :mod:`fabstir.sdk.switching`.
+
+        Raises:
+            SessionError: SESSION_NOT_FOUND, REQUEST_IN_PROGRESS (an answer is streaming), BUDGET_EXHAUSTED.
+            SelectionError: NO_HOST_AVAILABLE.
+            ConnectError, NodeError, E2EError, ContractError: the new host could not take the session over.
+        """
+        session = self.session(session_id)
+        if session.active_request is not None:
+            raise SessionError("an answer is streaming on this session; switch when it ends",
+                               code="REQUEST_IN_PROGRESS")
+        return await session.switch_host(new_host)
 
     def session(self, session_id: str | None = None) -> Session:
         """The :class:`Session` object (the current one by default).

@@ -20,6 +20,7 @@ from fabstir.chain.hosts import resolve_model_id
 from fabstir.chain.records import SessionJob
 from fabstir.discovery.selection import HostCandidate, Requirements, SelectionError, Strategy, Weights
 from fabstir.errors import ConfigError, FabstirError
+from fabstir.sdk.switching import SessionRoute
 from fabstir.sdk.types import InferenceResult
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ class OpenedSession:
     job: SessionJob
     host: HostCandidate
     opened_at: float = dataclasses.field(default_factory=time.monotonic)
+    route: SessionRoute | None = None
+    """How the session moves to another host (the model, this job's deposit as the budget, the strategy)."""
 
     @property
     def session_id(self) -> str:
@@ -50,6 +53,9 @@ class OpenedSession:
         except FabstirError:
             self.sdk.discovery.peers.record_failure(self.host.address, time.monotonic())
             raise
+        session = self.sdk.inference.session(self.session_id)
+        session.route = self.route or SessionRoute.from_job(self.job)
+        session.job_deposit = self.job.deposit
 
     async def send_prompt(self, prompt: str, **kwargs: Any) -> InferenceResult:
         """``sdk.inference.send_prompt`` on this session; records the answer's TTFT and speed for the host."""
@@ -59,9 +65,12 @@ class OpenedSession:
         return result
 
     async def close(self) -> None:
-        """Close the socket (the host checkpoints and settles) and count a completed session for the host."""
+        """Close the socket (the host checkpoints and settles) and count a completed session for the host
+        (the one serving it now, after a switch)."""
+        route = self.route
         await self.sdk.inference.close(self.session_id)
-        self.sdk.discovery.peers.record_completed(self.host.address, time.monotonic() - self.opened_at)
+        address = route.host_address if route is not None and route.host_address else self.host.address
+        self.sdk.discovery.peers.record_completed(address, time.monotonic() - self.opened_at)
 
 
 async def open_session(sdk: FabstirSDK, model: str | bytes, deposit: int, *,
@@ -91,4 +100,5 @@ async def open_session(sdk: FabstirSDK, model: str | bytes, deposit: int, *,
     discovery.peers.record_attempt(chosen.address)
     job = await sdk.sessions.create_session(chosen.address, model_key, deposit, price, max_duration=max_duration,
                                             proof_interval=proof_interval, token=token)
-    return OpenedSession(sdk, job, dataclasses.replace(chosen, price_per_token=price))
+    route = SessionRoute.from_job(job, strategy=strategy, requirements=requirements, weights=weights)
+    return OpenedSession(sdk, job, dataclasses.replace(chosen, price_per_token=price), route=route)

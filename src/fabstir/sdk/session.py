@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
+from fabstir.discovery.selection import HostCandidate
 from fabstir.errors import SessionError
 from fabstir.protocol import (
     PUBLIC_CONTEXT_MESSAGES,
@@ -51,13 +52,14 @@ from fabstir.protocol import (
 from fabstir.protocol.client_connection import ClientConnection, ControlRequest
 from fabstir.protocol.messages import JSONObject
 from fabstir.protocol.signing import sign_message
-from fabstir.sdk import handshake, session_auth
+from fabstir.sdk import handshake, session_auth, switching
 from fabstir.sdk.channel import Channel
 from fabstir.sdk.connection import Connector, Transport
 from fabstir.sdk.e2e import ClientEncryption, choose_encryption, embed_context, normalize_public_key
 from fabstir.sdk.handshake import turns_in
 from fabstir.sdk.streaming import InferenceStream, new_request_id
-from fabstir.sdk.types import InferenceResult, PromptOptions, TokenCallback
+from fabstir.sdk.switching import SessionRoute
+from fabstir.sdk.types import HostSwitch, InferenceResult, PromptOptions, TokenCallback
 
 if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
@@ -91,11 +93,26 @@ class Session:
     """The address the host recovered from our last encrypted init."""
     embed_context: bool = False
     """Encrypted, on a node that cannot resume encrypted: the next prompt carries the restored history."""
+    route: SessionRoute | None = None
+    """How to move to another host (model, budget, strategy); see :mod:`fabstir.sdk.switching`."""
+    switches: list[HostSwitch] = dataclasses.field(default_factory=list)
+    """Every move to another host so far, oldest first."""
+    job_deposit: int = 0
+    """The current job's deposit (base units; 0 when unknown or free)."""
+    job_tokens: int = 0
+    """Tokens streamed to us on the current job."""
+    wire_id: str | None = None
+    """The id the current host knows the session by, once it moved (its new job's id); else :attr:`session_id`."""
     _channel: Channel | None = dataclasses.field(default=None, init=False, repr=False)
     _learned: frozenset[str] = dataclasses.field(default=frozenset(), init=False, repr=False)
     """Features this connection showed without advertising them (a resume it accepted)."""
 
     # --- what the host offers ---------------------------------------------------
+
+    @property
+    def wire_session_id(self) -> str:
+        """The session id sent to the current host."""
+        return self.wire_id if self.wire_id is not None else self.session_id
 
     @property
     def connection(self) -> Transport | None:
@@ -187,6 +204,24 @@ class Session:
         if self._channel is not None:
             await self._channel.aclose()
 
+    def move_to(self, host_url: str, job_id: int | None, *, deposit: int, signing_key: str | None) -> None:
+        """Point the session at another host (and job); the next :meth:`open_channel` connects there."""
+        if job_id != self.job_id:
+            self.wire_id = str(job_id) if job_id is not None else None
+            self.job_deposit, self.job_tokens = deposit, 0
+        self.host_url, self.job_id, self.host_signing_key = host_url, job_id, signing_key
+        self.encryption = None
+
+    async def switch_host(self, new_host: str | HostCandidate | None = None, *, failed: bool = False) -> HostSwitch:
+        """See :func:`fabstir.sdk.switching.switch_host`."""
+        return await switching.switch_host(self, new_host, failed=failed)
+
+    @property
+    def can_fail_over(self) -> bool:
+        """Whether a broken answer may move to another host: failover on, and a chain or discovery to find one."""
+        sdk = self.sdk
+        return sdk.failover and (self.route is not None or sdk.chain is not None or bool(sdk.discovery.source_names))
+
     def learn(self, feature: str) -> None:
         """The node showed ``feature`` on this connection without advertising it."""
         self._learned = self._learned | {feature}
@@ -206,7 +241,7 @@ class Session:
         """Connect (through :attr:`connect`), wait for the greeting; the connection starts at our ``next_index``."""
         sdk = self.sdk
         transport = await self.connect(self.host_url, timeout=sdk.timeouts.connect, compression=sdk.compression)
-        protocol = ClientConnection(self.session_id, job_id=self.job_id, chain_id=self.chain_id,
+        protocol = ClientConnection(self.wire_session_id, job_id=self.job_id, chain_id=self.chain_id,
                                     message_index=self.next_index, sign=self._signer())
         self._channel, self._learned = Channel(transport, protocol), frozenset()
         await self._channel.greet()

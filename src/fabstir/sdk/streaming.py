@@ -24,6 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING
 
 from fabstir.errors import (
+    ConnectError,
     ConnectionClosedError,
     FabstirError,
     InvalidMessageIndexError,
@@ -37,13 +38,16 @@ from fabstir.protocol.e2e import E2EError
 from fabstir.protocol.events import ChunkReceived, StreamEnded
 from fabstir.protocol.signing import Receipt, SignatureError, verify_receipt
 from fabstir.sdk import e2e as _e2e
-from fabstir.sdk.types import InferenceResult, PromptOptions
+from fabstir.sdk.types import AnswerPart, InferenceResult, PromptOptions
 
 if TYPE_CHECKING:
     from fabstir.sdk.recording import AnswerRecorder
     from fabstir.sdk.session import Session
 
 __all__ = ["InferenceStream", "new_request_id"]
+
+MAX_FAILOVERS = 3
+"""Hosts one answer may move to after the one it started on."""
 
 _RETRY_LATER = ("RATE_LIMITED", "TOO_MANY_REQUESTS")
 """Refusals that mean "nothing was generated, try again after ``retry_after``"."""
@@ -60,7 +64,17 @@ class InferenceStream:
         self._iterator: AsyncGenerator[str, None] | None = None
         self._answer: AnswerRecorder | None = None
         self.tokens_received = 0
-        """Tokens of the answer received so far (as the host counted them in its chunks)."""
+        """Tokens of the answer received so far (as the host counted them in its chunks), across hosts."""
+        self._text: list[str] = []
+        """Every piece of the answer received so far, across hosts."""
+        self._parts: list[AnswerPart] = []
+        """The parts of hosts that failed mid-answer."""
+        self._part_start = 0
+        """Offset of the current host's first token in the answer."""
+        self._part_text: list[str] = []
+        """The pieces the current host streamed."""
+        self._prefix = ""
+        """The answer as it stood when it last moved to another host (what the next host continues)."""
 
     @property
     def result(self) -> InferenceResult:
@@ -101,7 +115,7 @@ class InferenceStream:
     async def _run(self) -> AsyncGenerator[str, None]:
         session = self._session
         session.active_request = request_id = new_request_id()
-        recovered = rate_limited = 0
+        recovered = rate_limited = failovers = 0
         recorder = session.sdk.recorder
         try:
             if recorder is not None:  # the prompt is stored before it is sent
@@ -113,10 +127,13 @@ class InferenceStream:
                     session.state.move(SessionState.READY)  # a refused attempt is over
                 try:
                     await session.ensure_ready()
-                    async with contextlib.aclosing(self._attempt(request_id)) as attempt:
-                        async for piece in attempt:
-                            received_any = True
-                            yield piece
+                    if self._options.max_tokens - self.tokens_received <= 0:  # the host died after the last token
+                        self._finish_without_end(request_id)
+                    else:
+                        async with contextlib.aclosing(self._attempt(request_id)) as attempt:
+                            async for piece in attempt:
+                                received_any = True
+                                yield piece
                     if self._answer is not None:
                         await self._store_end(self.result)
                     await session.sdk.billing.record(self.result)
@@ -127,11 +144,27 @@ class InferenceStream:
                     # a frame that does not decrypt: never retried; drop the socket so the host stops
                     await session.close_channel()
                     raise
-                except (ConnectionClosedError, RemoteProtocolError) as exc:
+                except (ConnectionClosedError, RemoteProtocolError, RequestTimeoutError) as exc:
+                    # a host that died or stalls mid-answer: another host continues the answer (failover)
+                    mid_answer = received_any or bool(self._parts)
+                    stalled = isinstance(exc, RequestTimeoutError)
+                    if (mid_answer or stalled or recovered >= 1) and session.can_fail_over \
+                            and failovers < MAX_FAILOVERS:
+                        failovers += 1
+                        await self._fail_over(exc)
+                        continue
+                    if stalled:
+                        raise
                     recovered += 1
-                    if received_any or recovered > 1:
+                    if mid_answer or recovered > 1:
                         raise ConnectionClosedError(f"lost the host mid-answer: {exc.message}") from None
-                    await session.reconnect()
+                    try:
+                        await session.reconnect()
+                    except ConnectError as lost:
+                        if not session.can_fail_over or failovers >= MAX_FAILOVERS:
+                            raise
+                        failovers += 1
+                        await self._fail_over(lost)
                 except InvalidMessageIndexError:
                     recovered += 1
                     if received_any or recovered > 1:
@@ -149,6 +182,28 @@ class InferenceStream:
             if session.state.state in (SessionState.STREAMING, SessionState.CANCELLING):
                 session.state.move(SessionState.READY)
 
+    async def _fail_over(self, cause: FabstirError) -> None:
+        """Move the session to another host after ``cause``; the next attempt continues the answer there.
+
+        Raises:
+            ConnectionClosedError: no host could take over (the reason in its message).
+        """
+        session = self._session
+        streamed = self.tokens_received - self._part_start
+        if streamed > 0 or self._part_text:
+            self._parts.append(AnswerPart(session.host_url, self._part_start, streamed, "".join(self._part_text),
+                                          job_id=session.job_id))
+        self._part_start, self._part_text[:] = self.tokens_received, []
+        self._prefix = "".join(self._text)
+        try:
+            await session.switch_host(failed=True)
+        except FabstirError as exc:
+            raise ConnectionClosedError(f"lost the host mid-answer ({cause.message}) and no other host took over: "
+                                        f"{exc.message}") from None
+        if self._prefix and Feature.CONTINUE_FROM not in session.features:
+            raise ConnectionClosedError(f"lost the host mid-answer ({cause.message}); the next host, "
+                                        f"{session.host_url}, cannot continue an answer (no continue-from)")
+
     async def _store_end(self, result: InferenceResult) -> None:
         assert self._answer is not None
         receipt = result.receipt.to_wire() if result.receipt is not None else None
@@ -161,6 +216,9 @@ class InferenceStream:
         channel = session.channel()
         channel.settle()
         request = await session.prompt_request(self._prompt, self._options)
+        if self._prefix:  # another host streamed the start of this answer: continue it
+            request = dataclasses.replace(request, continue_from=self._prefix,
+                                          max_tokens=self._options.max_tokens - self.tokens_received)
         protocol = channel.protocol
         protocol.set_message_index(session.next_index)
         protocol.send_prompt(request, request_id=request_id, now=time.perf_counter())
@@ -173,6 +231,7 @@ class InferenceStream:
             receive, feed, events = channel.transport.receive, protocol.receive_frame, protocol.events_received
             clock, sealed = time.perf_counter, protocol.encrypted
             answer = self._answer
+            text_append, part_append = self._text.append, self._part_text.append
             while True:
                 try:
                     feed(await receive(timeout), now=clock())
@@ -183,6 +242,9 @@ class InferenceStream:
                 for event in events():
                     if type(event) is ChunkReceived:
                         self.tokens_received += event.tokens
+                        session.job_tokens += event.tokens
+                        text_append(event.text)
+                        part_append(event.text)
                         if answer is not None:
                             answer.add(event.text, event.tokens)
                         yield event.text
@@ -215,26 +277,44 @@ class InferenceStream:
         announced = greeting.signing_key if greeting is not None else None
         verify_receipt(receipt, text=snapshot.text, tokens=snapshot.tokens_used,
                        expected_key=session.host_signing_key or announced)
-        if receipt.session_id != session.session_id:
+        if receipt.session_id != session.wire_session_id:
             raise SignatureError("receipt names another session", code="RECEIPT_INVALID")
         return receipt
 
     def _finish(self, snapshot: StreamSnapshot, request_id: str) -> None:
         receipt = self._verified_receipt(snapshot)
         session = self._session
-        session.record_turn(self._prompt, snapshot.text, snapshot.message_index)
+        earlier = self._parts
+        text = self._prefix + snapshot.text
+        parts = (*earlier, AnswerPart(session.host_url, self._part_start, snapshot.tokens_used, snapshot.text,
+                                      receipt, session.job_id))
+        usage = snapshot.usage
+        if earlier and usage is not None:  # the answer's tokens, all hosts together
+            usage = dataclasses.replace(usage, completion_tokens=self._part_start + usage.completion_tokens)
+        session.record_turn(self._prompt, text, snapshot.message_index)
         self._result = InferenceResult(
-            text=snapshot.text,
+            text=text,
             finish_reason=snapshot.finish_reason,
-            usage=snapshot.usage,
-            tokens_used=snapshot.tokens_used,
+            usage=usage,
+            tokens_used=self._part_start + snapshot.tokens_used,
             message_index=snapshot.message_index,
             ttft_ms=None if snapshot.ttft_s is None else snapshot.ttft_s * 1000.0,
             tokens_per_s=snapshot.tokens_per_s,
             session_id=session.session_id,
             request_id=request_id,
             receipt=receipt,
+            parts=parts,
         )
+
+    def _finish_without_end(self, request_id: str) -> None:
+        """Every token asked for arrived before the host died: the answer is whole without another host."""
+        session = self._session
+        text = "".join(self._text)
+        session.record_turn(self._prompt, text, None)
+        self._result = InferenceResult(
+            text=text, finish_reason="length", usage=None, tokens_used=self.tokens_received, message_index=None,
+            ttft_ms=None, tokens_per_s=0.0, session_id=session.session_id, request_id=request_id,
+            parts=tuple(self._parts))
 
 
 def _retry_after(error: NodeError, cap: float) -> float:

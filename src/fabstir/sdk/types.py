@@ -9,7 +9,7 @@ from fabstir.errors import ConfigError, StorageError
 from fabstir.protocol import Usage
 from fabstir.protocol.signing import Receipt
 
-__all__ = ["InferenceResult", "PromptOptions", "TokenCallback"]
+__all__ = ["AnswerPart", "HostSwitch", "InferenceResult", "PromptOptions", "TokenCallback"]
 
 TokenCallback = Callable[[str], "None | Awaitable[None]"]
 """Called with each piece of text as it arrives (plain function or coroutine)."""
@@ -56,6 +56,23 @@ class InferenceResult:
     """The host's Ed25519-signed receipt for this answer, already verified (None from nodes without it)."""
     storage_error: StorageError | None = None
     """With ``FabstirSDK(storage=...)``: the first failure storing this exchange (the answer itself is fine)."""
+    parts: tuple[AnswerPart, ...] = ()
+    """Which host served which tokens of the answer, in order: one part, or one per host after a failover."""
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The URLs of the hosts that served the answer, in order."""
+        return tuple(part.host for part in self.parts)
+
+    @property
+    def switch_offsets(self) -> tuple[int, ...]:
+        """The token offsets at which the answer moved to another host (empty when it never did)."""
+        return tuple(part.first_token for part in self.parts[1:])
+
+    @property
+    def receipts(self) -> tuple[Receipt, ...]:
+        """Every signed receipt of the answer, one per host that finished its part (a host that died sent none)."""
+        return tuple(part.receipt for part in self.parts if part.receipt is not None)
 
     @property
     def completion_tokens(self) -> int:
@@ -64,3 +81,34 @@ class InferenceResult:
     @property
     def cancelled(self) -> bool:
         return self.finish_reason == "cancelled"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AnswerPart:
+    """The tokens of one answer that one host served."""
+
+    host: str
+    """The host's URL."""
+    first_token: int
+    """Offset of its first token in the answer."""
+    tokens: int
+    """Tokens it streamed (as it counted them in its chunks)."""
+    text: str
+    receipt: Receipt | None = None
+    """Its verified receipt for the part; ``None`` when it failed before sending one (or never signs)."""
+    job_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostSwitch:
+    """A session's move to another host (``switch_host``, or a failover mid-answer)."""
+
+    from_host: str
+    to_host: str
+    reason: str
+    """``requested`` (``switch_host``) or ``failed`` (the old host died or stalled)."""
+    from_job: int | None = None
+    to_job: int | None = None
+    """The new session job (``None`` on a free host)."""
+    deposit: int = 0
+    """Base units put in escrow for the new job (the budget left)."""
