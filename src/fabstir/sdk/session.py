@@ -210,7 +210,7 @@ class Session:
             self.wire_id = str(job_id) if job_id is not None else None
             self.job_deposit, self.job_tokens = deposit, 0
         self.host_url, self.job_id, self.host_signing_key = host_url, job_id, signing_key
-        self.encryption = None
+        self.encryption, self.token, self.token_expires_at = None, None, 0  # the old host's keys and token
 
     async def switch_host(self, new_host: str | HostCandidate | None = None, *, failed: bool = False) -> HostSwitch:
         """See :func:`fabstir.sdk.switching.switch_host`."""
@@ -278,7 +278,7 @@ class Session:
 
     async def get_history(self) -> list[ChatTurn]:
         """The host's copy of the conversation (needs ``read_history`` on hosts that require auth)."""
-        history = await self.request(HistoryRequest(self.session_id, new_request_id()), History)
+        history = await self.request(HistoryRequest(self.wire_session_id, new_request_id()), History)
         return list(history.conversation_context)
 
     # --- prompts --------------------------------------------------------------------------------

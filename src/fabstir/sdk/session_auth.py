@@ -39,10 +39,10 @@ async def authenticate(session: Session, permissions: Sequence[str] = ("prompt",
     job_id = session.job_id
     if job_id is None:
         raise SessionError("authentication needs the session's job id", code="JOB_REQUIRED")
-    challenge = await session.request(AuthChallengeRequest(job_id, session.session_id, new_request_id()),
+    challenge = await session.request(AuthChallengeRequest(job_id, session.wire_session_id, new_request_id()),
                                       AuthChallenge)
     signature = sign_challenge(challenge.challenge, account.key)
-    return await _store_token(session, AuthRequest(job_id=job_id, session_id=session.session_id,
+    return await _store_token(session, AuthRequest(job_id=job_id, session_id=session.wire_session_id,
                                                    challenge=challenge.challenge, signature=signature,
                                                    permissions=tuple(permissions), request_id=new_request_id()))
 
@@ -70,7 +70,7 @@ async def authenticate_if_offered(session: Session) -> None:
     if Feature.JWT_AUTH not in session.features or job_id is None or session.sdk.account is None:
         return
     if session.token is not None and session.token_expires_at > time.time() + 5:
-        await _store_token(session, AuthRequest(job_id=job_id, session_id=session.session_id, token=session.token,
+        await _store_token(session, AuthRequest(job_id=job_id, session_id=session.wire_session_id, token=session.token,
                                                 request_id=new_request_id()))
         return
     await authenticate(session)

@@ -1,0 +1,99 @@
+"""Chaos, paid: the serving host is killed with SIGKILL mid-answer; the SDK moves the session to the other
+registered host, which continues the answer; both hosts are paid for what each served, once.
+
+Two hosts staked and registered on anvil, each ``fabstir node serve`` in its own process with its own key,
+ledger and data folder. The client opens the session through ``sdk.sessions.open_session`` (unified discovery
+over the chain's registry), streams a long greedy answer and kills the host serving it. The killed host is
+then restarted over its ledger and settles its job from it; the second host settles when the client closes.
+Every process is stopped by PID; every wait has a generous deadline and the test a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from fabstir.chain.anvil import AnvilProcess
+from fabstir.chain.backend import Chain, dev_account
+from fabstir.chain.money import token_cost
+from fabstir.chain.network import NetworkConfig
+from fabstir.chain.records import JobStatus, SessionJob
+from fabstir.node.billing import FLUSH_TOKENS
+from fabstir.sdk import FabstirSDK, PromptOptions
+from fabstir.testing.tiny_gguf import write_tiny_gguf
+from tests.paid.conftest import HOST_PRICE_NATIVE, add_host, build_world, register
+from tests.processes import NodeProcess
+
+TEST_BOUND_S = 480
+ANSWER = PromptOptions(max_tokens=1500, temperature=0.0)
+KILL_AFTER = 150
+DEPOSIT = 10**15
+
+
+async def test_paid_failover_continues_the_answer_and_pays_each_host_for_its_part(
+        anvil: AnvilProcess, anvil_chain: Chain, tmp_path: Path, node_processes: list[NodeProcess]) -> None:
+    async with asyncio.timeout(TEST_BOUND_S):
+        model = write_tiny_gguf(tmp_path / "long.gguf", seed=0, context_length=4096)
+        world = await build_world(anvil_chain, model.name)
+        network = tmp_path / "network.json"
+        NetworkConfig(name="anvil", rpc_url=anvil.rpc_url, deployment=world.market.deployment).save(network)
+        second_host = dev_account(5)
+        paid = ("--context-window", "4096")
+
+        def start(name: str, key: str, folder: str) -> NodeProcess:
+            node = NodeProcess.start(model, tmp_path / folder, name, network=network, host_key=key, extra=paid)
+            node_processes.append(node)
+            return node
+
+        first = start("first", world.host.key.hex(), "first")
+        second = start("second", second_host.key.hex(), "second")
+        first_url, second_url = await first.url(), await second.url()
+        await register(world, first_url)
+        await add_host(world, second_host, second_url, HOST_PRICE_NATIVE)
+
+        async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client,
+                              default_options=ANSWER) as sdk:
+            opened = await sdk.sessions.open_session(world.model, DEPOSIT, host=world.host.address)
+            await opened.connect()
+            async with sdk.inference.stream("a long story") as stream:
+                async for _ in stream:
+                    if stream.tokens_received >= KILL_AFTER and first.process.poll() is None:
+                        first.kill()
+            result = stream.result
+            session = sdk.inference.session()
+            switch = session.switches[0]
+            await opened.close()  # the second host settles its job when the socket closes
+
+        assert result.hosts == (first_url, second_url), "the answer moved to the other registered host"
+        assert sum(p.tokens for p in result.parts) == result.tokens_used == ANSWER.max_tokens, "no token lost"
+        assert switch.reason == "failed" and switch.from_job == opened.job.job_id and switch.to_job is not None
+        served_first, served_second = (p.tokens for p in result.parts)
+        assert served_first >= KILL_AFTER
+        assert switch.deposit == DEPOSIT - token_cost(served_first, HOST_PRICE_NATIVE), "the new job gets the rest"
+
+        restarted = start("first-again", world.host.key.hex(), "first")  # its ledger settles the first job
+        await restarted.url()
+        first_job = await wait_completed(world.chain, sdk, opened.job.job_id)
+        second_job = await wait_completed(world.chain, sdk, switch.to_job)
+
+    print(f"\nfailover: first host served {served_first} tokens (billed {first_job.tokens_used}), "
+          f"second {served_second} (billed {second_job.tokens_used})")
+    assert abs(first_job.tokens_used - served_first) <= FLUSH_TOKENS, "the dead host is paid from its ledger"
+    assert second_job.tokens_used == served_second, "the second host is paid for the rest, exactly"
+    assert first_job.host == world.host.address and second_job.host == second_host.address
+    assert second_job.deposit == switch.deposit
+
+
+async def wait_completed(chain: Chain, sdk: FabstirSDK, job_id: int, timeout: float = 240) -> SessionJob:
+    """The job once its host settled it (chain time passes the last checkpoint and the dispute window)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = await sdk.sessions.get_session(job_id)
+        if job.status is not JobStatus.ACTIVE:
+            assert job.status is JobStatus.COMPLETED
+            return job
+        await asyncio.sleep(0.25)
+    pytest.fail(f"job {job_id} was not settled within {timeout:.0f} s")
