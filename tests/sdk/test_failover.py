@@ -61,7 +61,8 @@ async def stream_and_stop(sdk: FabstirSDK, victim: NodeProcess, stop: str) -> tu
 
 
 async def run_failover(stop: str, node_factory: NodeFactory, stories_model: Path, tmp_path: Path,
-                       node_processes: list[NodeProcess], timeouts: Timeouts | None = None) -> None:
+                       node_processes: list[NodeProcess], timeouts: Timeouts | None = None,
+                       encryption: bool | None = None) -> None:
     async with asyncio.timeout(TEST_BOUND_S):
         survivor = await node_factory(model_path=str(stories_model), template="raw", parallel=1)
         victim = NodeProcess.start(stories_model, tmp_path / "a", "a", extra=("--template", "raw"))
@@ -69,8 +70,10 @@ async def run_failover(stop: str, node_factory: NodeFactory, stories_model: Path
         first = await victim.url()
         expected = await uninterrupted(survivor.url)
 
-        async with hosts_sdk(first, survivor.url, tmp_path, timeouts=timeouts or Timeouts()) as sdk:
+        async with hosts_sdk(first, survivor.url, tmp_path, timeouts=timeouts or Timeouts(),
+                             encryption=encryption) as sdk:
             await sdk.inference.connect_to_session("story", first)
+            assert sdk.inference.is_encrypted() is bool(encryption)
             pieces, stopped_at, result = await stream_and_stop(sdk, victim, stop)
             answer = await sdk.inference.load_conversation("story")
             session = sdk.inference.session()
@@ -78,7 +81,9 @@ async def run_failover(stop: str, node_factory: NodeFactory, stories_model: Path
             turns = list(session.history)
             blocked = sdk.discovery.peers.is_blocked("host-a", time.monotonic())
             follow_up = await sdk.inference.send_prompt("Then", PromptOptions(max_tokens=8, temperature=0.0))
-            host_history = await sdk.inference.get_history()
+            assert sdk.inference.is_encrypted() is bool(encryption), "the new host is encrypted to as well"
+            # an encrypted session's history is its signer's; a free node answers plaintext get_history per connection
+            host_history = turns if encryption else await sdk.inference.get_history()
     assert stopped_at >= CUT_AFTER, "the host was stopped mid-answer"
     assert "".join(pieces) == expected, "the user saw one uninterrupted answer, identical to the reference"
     assert result.text == expected and result.finish_reason == "length"
@@ -101,6 +106,11 @@ async def run_failover(stop: str, node_factory: NodeFactory, stories_model: Path
 async def test_host_killed_mid_answer_the_next_host_continues_it_identically(
         node_factory: NodeFactory, stories_model: Path, tmp_path: Path, node_processes: list[NodeProcess]) -> None:
     await run_failover("kill", node_factory, stories_model, tmp_path, node_processes)
+
+
+async def test_encrypted_session_fails_over_encrypted(
+        node_factory: NodeFactory, stories_model: Path, tmp_path: Path, node_processes: list[NodeProcess]) -> None:
+    await run_failover("kill", node_factory, stories_model, tmp_path, node_processes, encryption=True)
 
 
 async def test_host_frozen_mid_answer_the_next_host_continues_it_identically(
