@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from fabstir.sdk import FabstirSDK, PromptOptions
+from fabstir.testing.tiny_gguf import write_tiny_gguf
+from tests.conftest import NodeFactory
+from tests.processes import NodeProcess
 
 FABSTIR = [sys.executable, "-m", "fabstir.cli"]
 
@@ -161,3 +165,35 @@ def test_host_command_refuses_a_bad_key_before_connecting(tmp_path: Path) -> Non
     network.write_text(json.dumps({"rpc_url": f"http://127.0.0.1:{closed}", "chain_id": 31337,
                                    "deployment": deployment}), encoding="utf-8")
     assert_one_line_error(run("node", "earnings", "--network", str(network), "--key", "0xzz"), "INVALID_HOST_KEY")
+
+
+async def test_chat_survives_killing_its_host(tmp_path: Path, node_factory: NodeFactory,
+                                              node_processes: list[NodeProcess]) -> None:
+    """``fabstir chat --fallback-host``: its host (a real process) is SIGKILLed mid-answer; the answer goes on."""
+    model = write_tiny_gguf(tmp_path / "long.gguf", seed=0, context_length=2048)
+    fallback = await node_factory(model_path=str(model), context_window=2048, parallel=1)
+    victim = NodeProcess.start(model, tmp_path / "a", "a", extra=("--context-window", "2048"))
+    node_processes.append(victim)
+    url = await victim.url()
+    chat = await asyncio.create_subprocess_exec(
+        *FABSTIR, "chat", "--host", url, "--fallback-host", fallback.url, "--max-tokens", "1200",
+        "--temperature", "0", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(180):
+            assert chat.stdin is not None and chat.stdout is not None
+            chat.stdin.write(b"tell me everything\n")
+            await chat.stdin.drain()
+            shown = await chat.stdout.readexactly(len("you> ") + 200)  # the answer is streaming
+            victim.kill()
+            chat.stdin.close()
+            rest, errors = await chat.communicate()
+    finally:
+        if chat.returncode is None:
+            chat.kill()
+            await chat.wait()
+    assert chat.returncode == 0, errors.decode()
+    report = errors.decode()
+    assert f"{url} stopped answering after token" in report and f"{fallback.url} continued" in report
+    assert "[1200 tokens, length" in report, report
+    assert len(shown + rest) > 200

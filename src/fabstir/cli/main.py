@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser("chat", help="interactive streaming chat with a host")
     chat.add_argument("--host", required=True, help="host URL, e.g. http://127.0.0.1:8080")
+    chat.add_argument("--fallback-host", action="append", default=[], metavar="URL",
+                      help="another host to continue on if the current one dies or stalls mid-answer (repeatable)")
     chat.add_argument("--session", default=None, help="session id (default: a new random id)")
     chat.add_argument("--job-id", type=int, default=None)
     chat.add_argument("--max-tokens", type=int, default=256)
