@@ -275,27 +275,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def start_node(settings: Settings, *, parallel: int, threads: int,
-                     env: dict[str, str] | None = None) -> tuple[ManagedProcess, str]:
-    """Start ``fabstir node serve`` on a free loopback port; returns the process and its http URL.
+async def start_node(settings: Settings, *, parallel: int, threads: int, env: dict[str, str] | None = None,
+                     extra: Sequence[str] = (), name: str = "fabstir-node",
+                     port: int = 0) -> tuple[ManagedProcess, str]:
+    """Start ``fabstir node serve`` on a free loopback port (or ``port``); returns the process and its http URL.
 
-    ``env`` adds node settings (``FABSTIR_NODE_<FIELD>``) to the defaults (repeat penalty 1.0).
+    ``env`` adds node settings (``FABSTIR_NODE_<FIELD>``) to the defaults (repeat penalty 1.0); ``extra``
+    adds command-line flags (e.g. ``--network FILE --ledger PATH`` for a paid node).
     """
     argv = [sys.executable, "-m", "fabstir.cli", "node", "serve", "--model", str(settings.model),
-            "--host", LOOPBACK, "--port", "0", "--template", settings.template,
+            "--host", LOOPBACK, "--port", str(port), "--template", settings.template,
             "--context-window", str(settings.context_window), "--parallel", str(parallel),
-            "--threads", str(threads)]
-    process = ManagedProcess("fabstir-node", argv, env={"FABSTIR_NODE_REPEAT_PENALTY": "1.0", **(env or {})})
+            "--threads", str(threads), *extra]
+    process = ManagedProcess(name, argv, env={"FABSTIR_NODE_REPEAT_PENALTY": "1.0", **(env or {})})
     try:
         def served_url() -> str | None:
             match = _SERVING.search(process.log_text())
             return match.group(1) if match else None
 
-        url = await wait_until(served_url, process, settings.startup_timeout, "fabstir node")
+        url = await wait_until(served_url, process, settings.startup_timeout, name)
     except BaseException:
         process.close()
         raise
-    log(f"fabstir node ready at {url} (parallel {parallel}, threads {threads})")
+    log(f"{name} ready at {url} (parallel {parallel}, threads {threads})")
     return process, url
 
 

@@ -1,7 +1,7 @@
 """Benchmarks of the fabstir SDK and node: ``python benchmarks/run.py NAME [--json] [options]``.
 
 NAME is ``overhead``, ``peer``, ``concurrency``, ``billing``, ``session_open``, ``compression``, ``security``,
-``encryption``, ``selection``, ``discovery``, ``fairness``, ``limits`` or ``all``. Progress goes to
+``encryption``, ``selection``, ``discovery``, ``fairness``, ``limits``, ``failover`` or ``all``. Progress goes to
 stderr; with ``--json`` the last line of stdout is one JSON object. See
 ``benchmarks/README.md`` for what each number means. Every result carries the machine's load average
 (``os.getloadavg``) before and after it ran. Without ``../shared/models/stories260K.gguf`` (or ``--model``)
@@ -30,6 +30,7 @@ from compression import run_compression  # noqa: E402
 from concurrency import ConcurrencyOptions, run_concurrency  # noqa: E402
 from discovery import run_discovery  # noqa: E402
 from encryption import run_encryption  # noqa: E402
+from failover import run_failover  # noqa: E402
 from fairness import run_fairness  # noqa: E402
 from limits import run_limits  # noqa: E402
 from overhead import run_overhead  # noqa: E402
@@ -39,7 +40,7 @@ from selection import run_selection  # noqa: E402
 from session_open import run_session_open  # noqa: E402
 
 BENCHMARKS = ("overhead", "peer", "concurrency", "billing", "session_open", "compression", "security",
-              "encryption", "selection", "discovery", "fairness", "limits")
+              "encryption", "selection", "discovery", "fairness", "limits", "failover")
 NAMES = (*BENCHMARKS, "all")
 
 
@@ -111,6 +112,8 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
             results[name] = await run_discovery(args.discovery_hosts)
         elif name == "limits":
             results[name] = await run_limits(settings, args.body_mib)
+        elif name == "failover":
+            results[name] = await run_failover(settings)
         else:
             results[name] = await run_concurrency(settings, concurrency)
         results[name]["load_average"] = {"before": load_before, "after": load_average()}
