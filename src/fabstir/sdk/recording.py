@@ -11,7 +11,12 @@ host dies, the client stops) is flushed without ``done``: storage keeps it and m
 the client loses at most the pending window.
 
 A storage failure never fails the answer: it is logged (``fabstir.sdk.storage``) and put on the result as
-``InferenceResult.storage_error`` (a :class:`~fabstir.errors.StorageError` with its code).
+``InferenceResult.storage_error`` (a :class:`~fabstir.errors.StorageError` with its code). A write that fails
+because the storage is unreachable (``STORAGE_UNAVAILABLE``: a server restarting, a network cut) is not lost:
+it goes to a backlog with every write queued after it, in order, and the backlog is retried with backoff
+(:data:`RETRY_DELAYS_S`) until the storage is back; a read first tries the backlog, so it sees what was
+written before it once the storage answers. :meth:`ConversationRecorder.aclose` tries the backlog for up to
+``close_timeout`` seconds and logs what it could not store.
 """
 
 from __future__ import annotations
@@ -22,23 +27,28 @@ import contextlib
 import functools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fabstir.errors import StorageError
 from fabstir.storage import ConversationStore
 
-__all__ = ["FLUSH_INTERVAL_S", "FLUSH_TOKENS", "AnswerRecorder", "ConversationRecorder"]
+__all__ = ["FLUSH_INTERVAL_S", "FLUSH_TOKENS", "RETRY_DELAYS_S", "AnswerRecorder", "ConversationRecorder"]
 
 FLUSH_TOKENS = 64
 """An answer's pending text is stored once this many tokens are pending..."""
 FLUSH_INTERVAL_S = 1.0
 """...or this long after the previous flush, whichever comes first."""
 
+RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0)
+"""Waits between tries of the backlog of writes the storage could not take (the last one repeats)."""
+
 log = logging.getLogger("fabstir.sdk.storage")
 
 _T = TypeVar("_T")
-_Job = tuple[Callable[[], Any], "asyncio.Future[Any] | None", "AnswerRecorder | None"]
+_Job = tuple[Callable[[], Any], "asyncio.Future[Any] | None", "AnswerRecorder | None", bool]
+"""A storage call, who waits for it, the answer it belongs to, and whether it is a recorded write."""
 
 
 def _as_storage_error(exc: BaseException) -> StorageError:
@@ -51,10 +61,15 @@ class ConversationRecorder:
     """The SDK's one writer to its conversation store; see the module docstring."""
 
     def __init__(self, store: ConversationStore, *, flush_tokens: int = FLUSH_TOKENS,
-                 flush_interval: float = FLUSH_INTERVAL_S) -> None:
+                 flush_interval: float = FLUSH_INTERVAL_S, close_timeout: float = 10.0) -> None:
         self.store = store
         self.flush_tokens = flush_tokens
         self.flush_interval = flush_interval
+        self.close_timeout = close_timeout
+        self.backlog: deque[_Job] = deque()
+        """Writes the storage could not take yet, oldest first; retried in this order."""
+        self._retry_at = 0.0
+        self._failures = 0
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fabstir-storage")
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -71,13 +86,17 @@ class ConversationRecorder:
         return self._queue
 
     def submit(self, fn: Callable[[], Any], owner: AnswerRecorder | None = None) -> None:
-        """Queue ``fn`` (a blocking store call) without waiting; a failure is logged and kept on ``owner``."""
-        self._ensure_worker().put_nowait((fn, None, owner))
+        """Queue the write ``fn`` (a blocking store call) without waiting; a failure is logged and kept on
+        ``owner`` (and retried when the storage was unreachable)."""
+        self._ensure_worker().put_nowait((fn, None, owner, True))
 
-    async def call(self, fn: Callable[[], _T]) -> _T:
-        """Run ``fn`` after everything queued before it and return its result (or raise its error)."""
+    async def call(self, fn: Callable[[], _T], *, write: bool = False) -> _T:
+        """Run ``fn`` after everything queued before it and return its result (or raise its error).
+
+        ``write``: a recorded write, kept and retried after an unreachable storage (its error is still raised).
+        """
         future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
-        self._ensure_worker().put_nowait((fn, future, None))
+        self._ensure_worker().put_nowait((fn, future, None, write))
         return await future
 
     async def drain(self) -> None:
@@ -85,28 +104,74 @@ class ConversationRecorder:
         await self.call(lambda: None)
 
     async def _work(self, queue: asyncio.Queue[_Job]) -> None:
-        loop = asyncio.get_running_loop()
         while True:
+            wait = self.flush_interval / 4
+            if self.backlog:
+                wait = min(wait, max(0.0, self._retry_at - time.monotonic()))
             try:
-                fn, future, owner = await asyncio.wait_for(queue.get(), timeout=self.flush_interval / 4)
+                job: _Job | None = await asyncio.wait_for(queue.get(), timeout=wait)
             except TimeoutError:
-                self._flush_stalled()
-                continue
-            try:
-                value = await loop.run_in_executor(self._executor, fn)
-            except Exception as exc:  # noqa: BLE001 - storage must never take the answer down
-                error = _as_storage_error(exc)
-                if future is not None:
-                    if not future.done():
-                        future.set_exception(error)
-                else:
-                    log.warning("conversation storage failed (%s): %s", error.code, error.message)
-                    if owner is not None and owner.error is None:
-                        owner.error = error
-            else:
-                if future is not None and not future.done():
-                    future.set_result(value)
+                job = None
+            if self.backlog and (time.monotonic() >= self._retry_at or (job is not None and not job[3])):
+                await self._retry_backlog()  # due, or a read must see what was written before it
+            if job is not None:
+                await self._run(job)
             self._flush_stalled()
+
+    async def _run(self, job: _Job) -> None:
+        fn, future, owner, write = job
+        if write and self.backlog:  # behind the writes still waiting, so the conversation keeps its order
+            self.backlog.append(job)
+            self._report(job, StorageError("conversation storage is unreachable; the write is kept and retried",
+                                           code="STORAGE_UNAVAILABLE"))
+            return
+        try:
+            value = await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except Exception as exc:  # noqa: BLE001 - storage must never take the answer down
+            error = _as_storage_error(exc)
+            if write and error.code == "STORAGE_UNAVAILABLE":
+                self.backlog.append(job)
+                self._back_off()
+            self._report(job, error)
+        else:
+            if future is not None and not future.done():
+                future.set_result(value)
+
+    async def _retry_backlog(self) -> None:
+        """Store the backlog's writes in order, up to the first that still fails."""
+        loop = asyncio.get_running_loop()
+        while self.backlog:
+            fn = self.backlog[0][0]
+            try:
+                await loop.run_in_executor(self._executor, fn)
+            except Exception as exc:  # noqa: BLE001
+                error = _as_storage_error(exc)
+                if error.code != "STORAGE_UNAVAILABLE":
+                    log.warning("a kept conversation write failed for good (%s): %s", error.code, error.message)
+                    self.backlog.popleft()
+                    continue
+                self._back_off()
+                return
+            self.backlog.popleft()
+            if not self.backlog:
+                log.info("conversation storage is back: every kept write is stored")
+        self._failures = 0
+
+    def _back_off(self) -> None:
+        delay = RETRY_DELAYS_S[min(self._failures, len(RETRY_DELAYS_S) - 1)]
+        self._failures += 1
+        self._retry_at = time.monotonic() + delay
+
+    @staticmethod
+    def _report(job: _Job, error: StorageError) -> None:
+        _, future, owner, _ = job
+        if future is not None:
+            if not future.done():
+                future.set_exception(error)
+            return
+        log.warning("conversation storage failed (%s): %s", error.code, error.message)
+        if owner is not None and owner.error is None:
+            owner.error = error
 
     def _flush_stalled(self) -> None:
         now = time.monotonic()
@@ -132,6 +197,11 @@ class ConversationRecorder:
         task = self._task
         if task is not None and not task.done() and self._loop is asyncio.get_running_loop():
             await self.drain()
+            deadline = time.monotonic() + self.close_timeout
+            while self.backlog and time.monotonic() < deadline:
+                await asyncio.sleep(min(0.1, self.flush_interval / 4))
+            if self.backlog:
+                log.error("conversation storage stayed unreachable: %d writes were not stored", len(self.backlog))
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -162,7 +232,7 @@ class AnswerRecorder:
         """Store the user's prompt, and wait for it: it is stored before it is sent."""
         try:
             await self._recorder.call(functools.partial(self._store.add_user_message, self.session_id, text,
-                                                        model=model, host=host))
+                                                        model=model, host=host), write=True)
         except StorageError as exc:
             log.warning("could not store the prompt of %s (%s): %s", self.session_id, exc.code, exc.message)
             self.error = self.error or exc
