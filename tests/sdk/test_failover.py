@@ -177,5 +177,7 @@ async def test_no_failover_without_another_host_or_when_turned_off(
                         if stream.tokens_received >= 5:
                             victim.kill()
             assert "mid-answer" in lost.value.message
+            turns = sdk.inference.session().history  # what the user saw stays in the conversation
+            assert [t.role for t in turns] == ["user", "assistant"] and turns[1].content
             if failover:
                 assert "no other host took over" in lost.value.message

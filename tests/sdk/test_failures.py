@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from fabstir.errors import ConnectionClosedError, NodeError, RemoteProtocolError, RequestTimeoutError
+from fabstir.protocol import ChatTurn
 from fabstir.sdk import FabstirSDK, PromptOptions, RetryPolicy, Timeouts, backoff
 
 Script = Callable[[ServerConnection], Awaitable[None]]
@@ -67,7 +68,8 @@ async def test_host_dies_mid_answer(scripted_host: Callable[[Script], Awaitable[
         with pytest.raises(ConnectionClosedError):
             await sdk.inference.send_prompt("hi", on_token=pieces.append)
         assert pieces == ["half an"]
-        assert sdk.inference.get_conversation() == [], "an unfinished turn is not recorded"
+        assert sdk.inference.get_conversation() == [ChatTurn("user", "hi"), ChatTurn("assistant", "half an")], \
+            "what the user saw of the unfinished answer stays in the conversation"
 
 
 async def test_host_stalls_mid_answer(scripted_host: Callable[[Script], Awaitable[str]]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -50,6 +51,9 @@ MAX_FAILOVERS = 3
 """Hosts one answer may move to after the one it started on."""
 
 _RETRY_LATER = ("RATE_LIMITED", "TOO_MANY_REQUESTS")
+
+_HOST_LOST = (ConnectionClosedError, RemoteProtocolError, RequestTimeoutError)
+"""How an answer ends when its host died or stalled (not when it sent something we refuse)."""
 """Refusals that mean "nothing was generated, try again after ``retry_after``"."""
 
 
@@ -178,6 +182,11 @@ class InferenceStream:
         finally:
             if self._answer is not None:
                 self._answer.abort()  # no-op after a finished answer; else stored as partial
+            ended_by = sys.exc_info()[1]
+            if self._result is None and self._text and isinstance(ended_by, _HOST_LOST) \
+                    and not isinstance(ended_by, E2EError | SignatureError):
+                # the host died or stalled and no other took over: what the user saw stays in the history
+                session.record_turn(self._prompt, "".join(self._text), None)
             session.active_request = None
             if session.state.state in (SessionState.STREAMING, SessionState.CANCELLING):
                 session.state.move(SessionState.READY)
