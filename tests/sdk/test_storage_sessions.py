@@ -24,6 +24,7 @@ from fabstir.node.server import NodeServer
 from fabstir.sdk import FabstirSDK, PromptOptions
 from fabstir.sdk.recording import FLUSH_TOKENS
 from fabstir.storage import Conversation, ConversationStore, SqliteBackend, StorageKey
+from tests.storage.conftest import seaweed  # noqa: F401 (a fixture: one SeaweedFS for this module)
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = bytes(range(32))
@@ -37,8 +38,21 @@ from fabstir.storage import ConversationStore, SqliteBackend, StorageKey
 
 mode, db, secret, sid = sys.argv[1:5]
 
+def backend():
+    """``db``: a SQLite file, or s3:<endpoint>|<prefix>, or s5:<portal url>|<token>."""
+    if db.startswith("s3:"):
+        from fabstir.storage.s3 import S3Backend
+        endpoint, prefix = db[3:].split("|")
+        return S3Backend(endpoint, "fabstir-test", access_key="test", secret_key="test", create_bucket=True,
+                         prefix=prefix)
+    if db.startswith("s5:"):
+        from fabstir.storage.s5 import S5Backend
+        url, token = db[3:].split("|")
+        return S5Backend(url, bytes.fromhex(secret), token=token)
+    return SqliteBackend(db)
+
 def sdk():
-    store = ConversationStore.open(SqliteBackend(db), StorageKey.from_secret(bytes.fromhex(secret)))
+    store = ConversationStore.open(backend(), StorageKey.from_secret(bytes.fromhex(secret)))
     return FabstirSDK(storage=store)
 
 async def stream(url, progress):
@@ -214,11 +228,29 @@ def _progress(path: Path) -> list[dict[str, object]]:
     return entries
 
 
-async def test_a_client_killed_mid_answer_loses_at_most_one_flush_window(node: NodeServer, tmp_path: Path) -> None:
-    db, progress, script = tmp_path / "conversations.sqlite", tmp_path / "progress.jsonl", tmp_path / "client.py"
+@pytest.fixture
+def s5_portal() -> Iterator[str]:
+    """The in-repo fake of the S5 portal API (no S5 node runs here), on 127.0.0.1."""
+    from tests.storage.s5_fake import FakePortal, serve
+
+    with serve(FakePortal(token="t0ken")) as url:
+        yield url
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "s3", "s5"])
+async def test_a_client_killed_mid_answer_loses_at_most_one_flush_window(
+        kind: str, node: NodeServer, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """On each backend: SQLite, S3 (a real SeaweedFS), S5 (the fake of its portal API)."""
+    progress, script = tmp_path / "progress.jsonl", tmp_path / "client.py"
     script.write_text(CLIENT)
-    _store(db).backend.close()
-    argv = [sys.executable, str(script), "stream", str(db), SECRET.hex(), "crash", node.url, str(progress)]
+    if kind == "s3":
+        db = f"s3:{request.getfixturevalue('seaweed').endpoint}|crash-{tmp_path.name}/"
+    elif kind == "s5":
+        db = f"s5:{request.getfixturevalue('s5_portal')}|t0ken"
+    else:
+        db = str(tmp_path / "conversations.sqlite")
+        _store(Path(db)).backend.close()
+    argv = [sys.executable, str(script), "stream", db, SECRET.hex(), "crash", node.url, str(progress)]
     kill_at = 2 * FLUSH_TOKENS + 20
     with _process(argv, tmp_path / "client.log", _env(tmp_path)) as client:
         def far_enough() -> bool:
@@ -235,7 +267,7 @@ async def test_a_client_killed_mid_answer_loses_at_most_one_flush_window(node: N
 
     # the restarted client (a new process with the same key) loads it, the partial answer marked partial
     output = await asyncio.to_thread(
-        subprocess.run, [sys.executable, str(script), "load", str(db), SECRET.hex(), "crash", "json"],
+        subprocess.run, [sys.executable, str(script), "load", db, SECRET.hex(), "crash", "json"],
         capture_output=True, env=_env(tmp_path), cwd=ROOT, timeout=DEADLINE_S, check=True)
     body = json.loads(output.stdout)
     assert body["partial"] is True
@@ -251,7 +283,7 @@ async def test_a_client_killed_mid_answer_loses_at_most_one_flush_window(node: N
         at = [int(str(e["tokens"])) for e in received if e["text"] == stored]
         assert at, "the stored text does not end on a piece boundary"
         lost = last_tokens - at[0]
-    print(f"client crash: received {last_tokens} tokens, stored {last_tokens - lost}, lost {lost}")
+    print(f"client crash ({kind}): received {last_tokens} tokens, stored {last_tokens - lost}, lost {lost}")
     assert lost <= FLUSH_TOKENS
 
 
