@@ -11,6 +11,8 @@ Every process is stopped by PID; every wait has a generous deadline and the test
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from fabstir.chain.money import token_cost
 from fabstir.chain.network import NetworkConfig
 from fabstir.chain.records import JobStatus, SessionJob
 from fabstir.node.billing import FLUSH_TOKENS
-from fabstir.sdk import FabstirSDK, PromptOptions
+from fabstir.sdk import FabstirSDK, PromptOptions, Timeouts
 from fabstir.testing.tiny_gguf import write_tiny_gguf
 from tests.paid.conftest import HOST_PRICE_NATIVE, add_host, build_world, register
 from tests.processes import NodeProcess
@@ -33,8 +35,11 @@ KILL_AFTER = 150
 DEPOSIT = 10**15
 
 
+@pytest.mark.parametrize("stop", ["kill", "freeze"])
 async def test_paid_failover_continues_the_answer_and_pays_each_host_for_its_part(
-        anvil: AnvilProcess, anvil_chain: Chain, tmp_path: Path, node_processes: list[NodeProcess]) -> None:
+        stop: str, anvil: AnvilProcess, anvil_chain: Chain, tmp_path: Path, node_processes: list[NodeProcess]) -> None:
+    """``kill``: SIGKILL, then the host is restarted over its ledger. ``freeze``: SIGSTOP (a stall the client
+    detects after ``between_frames``), then SIGCONT: the host finds the client gone and settles by itself."""
     async with asyncio.timeout(TEST_BOUND_S):
         model = write_tiny_gguf(tmp_path / "long.gguf", seed=0, context_length=4096)
         world = await build_world(anvil_chain, model.name)
@@ -55,13 +60,15 @@ async def test_paid_failover_continues_the_answer_and_pays_each_host_for_its_par
         await add_host(world, second_host, second_url, HOST_PRICE_NATIVE)
 
         async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client,
-                              default_options=ANSWER) as sdk:
+                              default_options=ANSWER, timeouts=Timeouts(between_frames=3.0)) as sdk:
             opened = await sdk.sessions.open_session(world.model, DEPOSIT, host=world.host.address)
             await opened.connect()
+            stopped = False
             async with sdk.inference.stream("a long story") as stream:
                 async for _ in stream:
-                    if stream.tokens_received >= KILL_AFTER and first.process.poll() is None:
-                        first.kill()
+                    if stream.tokens_received >= KILL_AFTER and not session_moved(sdk) and not stopped:
+                        stopped = True
+                        getattr(first, stop)()
             result = stream.result
             session = sdk.inference.session()
             switch = session.switches[0]
@@ -74,17 +81,24 @@ async def test_paid_failover_continues_the_answer_and_pays_each_host_for_its_par
         assert served_first >= KILL_AFTER
         assert switch.deposit == DEPOSIT - token_cost(served_first, HOST_PRICE_NATIVE), "the new job gets the rest"
 
-        restarted = start("first-again", world.host.key.hex(), "first")  # its ledger settles the first job
-        await restarted.url()
+        if stop == "kill":
+            restarted = start("first-again", world.host.key.hex(), "first")  # its ledger settles the first job
+            await restarted.url()
+        else:
+            os.kill(first.pid, signal.SIGCONT)
         first_job = await wait_completed(world.chain, sdk, opened.job.job_id)
         second_job = await wait_completed(world.chain, sdk, switch.to_job)
 
-    print(f"\nfailover: first host served {served_first} tokens (billed {first_job.tokens_used}), "
+    print(f"\nfailover ({stop}): first host served {served_first} tokens (billed {first_job.tokens_used}), "
           f"second {served_second} (billed {second_job.tokens_used})")
     assert abs(first_job.tokens_used - served_first) <= FLUSH_TOKENS, "the dead host is paid from its ledger"
     assert second_job.tokens_used == served_second, "the second host is paid for the rest, exactly"
     assert first_job.host == world.host.address and second_job.host == second_host.address
     assert second_job.deposit == switch.deposit
+
+
+def session_moved(sdk: FabstirSDK) -> bool:
+    return bool(sdk.inference.session().switches)
 
 
 async def wait_completed(chain: Chain, sdk: FabstirSDK, job_id: int, timeout: float = 240) -> SessionJob:
