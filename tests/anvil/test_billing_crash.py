@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,12 @@ import pytest
 from fabstir.chain.anvil import AnvilProcess
 from fabstir.chain.backend import Chain
 from fabstir.chain.network import NetworkConfig
-from fabstir.chain.records import JobStatus, SessionJob
 from fabstir.errors import ConnectionClosedError
 from fabstir.node.billing import FLUSH_TOKENS
 from fabstir.protocol import ServerMessage, StreamAccumulator, StreamChunk, TextDelta
 from fabstir.sdk import FabstirSDK, PromptOptions
 from fabstir.testing.tiny_gguf import write_tiny_gguf
+from tests.anvil.conftest import wait_completed
 from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, build_world, register
 from tests.processes import NodeProcess
 
@@ -93,7 +92,7 @@ async def test_host_killed_mid_answer_bills_what_it_served_once(anvil: AnvilProc
         restarted = NodeProcess.start(model, data, "restarted", network=network, host_key=host_key, extra=_PAID)
         node_processes.append(restarted)
         await restarted.url()
-        settled = await _wait_completed(world, job_id)
+        settled = await wait_completed(world, job_id)
         await restarted.stop()
 
     billed = settled.tokens_used
@@ -122,16 +121,3 @@ async def _serve_until_killed(world: PaidWorld, url: str, node: NodeProcess,
         assert counter.killed_at is not None and counter.tokens < FIRST_ANSWER + LONG_ANSWER, "killed mid-answer"
         await sdk.inference.close()
     return counter.tokens, job.job_id
-
-
-async def _wait_completed(world: PaidWorld, job_id: int, timeout: float = 240) -> SessionJob:
-    """The job once the restarted node has settled it (chain time passes its checkpoint + dispute window)."""
-    deadline = time.monotonic() + timeout
-    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment) as sdk:
-        while time.monotonic() < deadline:
-            job = await sdk.sessions.get_session(job_id)
-            if job.status is not JobStatus.ACTIVE:
-                assert job.status is JobStatus.COMPLETED
-                return job
-            await asyncio.sleep(0.25)
-    pytest.fail(f"job {job_id} was not settled within {timeout:.0f} s")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +21,10 @@ from fabstir.chain.anvil import AnvilProcess
 from fabstir.chain.backend import Chain, dev_account
 from fabstir.chain.money import token_cost
 from fabstir.chain.network import NetworkConfig
-from fabstir.chain.records import JobStatus, SessionJob
 from fabstir.node.billing import FLUSH_TOKENS
 from fabstir.sdk import FabstirSDK, PromptOptions, Timeouts
 from fabstir.testing.tiny_gguf import write_tiny_gguf
+from tests.anvil.conftest import wait_completed
 from tests.paid.conftest import HOST_PRICE_NATIVE, add_host, build_world, register
 from tests.processes import NodeProcess
 
@@ -86,8 +85,8 @@ async def test_paid_failover_continues_the_answer_and_pays_each_host_for_its_par
             await restarted.url()
         else:
             os.kill(first.pid, signal.SIGCONT)
-        first_job = await wait_completed(world.chain, sdk, opened.job.job_id)
-        second_job = await wait_completed(world.chain, sdk, switch.to_job)
+        first_job = await wait_completed(world, opened.job.job_id)
+        second_job = await wait_completed(world, switch.to_job)
 
     print(f"\nfailover ({stop}): first host served {served_first} tokens (billed {first_job.tokens_used}), "
           f"second {served_second} (billed {second_job.tokens_used})")
@@ -99,15 +98,3 @@ async def test_paid_failover_continues_the_answer_and_pays_each_host_for_its_par
 
 def session_moved(sdk: FabstirSDK) -> bool:
     return bool(sdk.inference.session().switches)
-
-
-async def wait_completed(chain: Chain, sdk: FabstirSDK, job_id: int, timeout: float = 240) -> SessionJob:
-    """The job once its host settled it (chain time passes the last checkpoint and the dispute window)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = await sdk.sessions.get_session(job_id)
-        if job.status is not JobStatus.ACTIVE:
-            assert job.status is JobStatus.COMPLETED
-            return job
-        await asyncio.sleep(0.25)
-    pytest.fail(f"job {job_id} was not settled within {timeout:.0f} s")

@@ -231,7 +231,7 @@ def _progress(path: Path) -> list[dict[str, object]]:
 @pytest.fixture
 def s5_portal() -> Iterator[str]:
     """The in-repo fake of the S5 portal API (no S5 node runs here), on 127.0.0.1."""
-    from tests.storage.s5_fake import FakePortal, serve
+    from fabstir.testing.s5_fake import FakePortal, serve
 
     with serve(FakePortal(token="t0ken")) as url:
         yield url

@@ -12,8 +12,8 @@ from nacl.signing import SigningKey
 from fabstir.errors import StorageError
 from fabstir.storage import ConversationStore, Pointer, SqliteBackend, StorageKey, blob_id, sign_pointer
 from fabstir.storage.s5 import S5Backend
+from fabstir.testing.s5_fake import FakePortal, serve
 from tests.storage.conftest import s3_backend
-from tests.storage.s5_fake import FakePortal, serve
 
 
 def _code(call: object, *args: object) -> str:

@@ -10,7 +10,7 @@ from nacl.signing import SigningKey
 from fabstir.errors import StorageError
 from fabstir.storage import ConversationStore, StorageKey, sign_pointer
 from fabstir.storage.s5 import S5Backend, base58_encode, blob_cid
-from tests.storage.s5_fake import FakePortal, serve
+from fabstir.testing.s5_fake import FakePortal, serve
 
 
 @pytest.fixture
