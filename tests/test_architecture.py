@@ -29,7 +29,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"chain", "storage"}),
     frozenset({"discovery"}),
     frozenset({"sdk", "node"}),
-    frozenset({FACADE}),
+    frozenset({FACADE, "gateway"}),
     frozenset({"cli", "testing"}),
 )
 """Bottom to top. A package may import only packages of lower layers (never one beside it: ``sdk`` and ``node``

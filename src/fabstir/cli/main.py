@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fabstir import __version__
+from fabstir.cli.gateway import add_gateway_parser
 from fabstir.cli.hosts import add_hosts_parser
 from fabstir.errors import FabstirError
 
@@ -116,6 +117,7 @@ def _add_chain_commands(node_commands: Any, commands: Any) -> None:
             sub.add_argument("--token", default=None, help="ERC20 address (default: ETH)")
 
     add_hosts_parser(commands)
+    add_gateway_parser(commands)
 
     devnet = commands.add_parser("devnet", help="a local anvil chain with the contracts deployed")
     devnet_commands = devnet.add_subparsers(dest="devnet_command", required=True)
@@ -149,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fabstir.cli.hosts import run_hosts
 
             return asyncio.run(run_hosts(args))
+        if args.command == "gateway":
+            from fabstir.cli.gateway import run_gateway
+
+            return asyncio.run(run_gateway(args))
         if args.command == "discovery":
             from fabstir.cli.discovery import run_discovery_serve
 
