@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 
+from fabstir.chain.money import token_cost
 from fabstir.chain.records import JobStatus
 from fabstir.gateway import Gateway, serve_gateway
+from fabstir.gateway.keys import KeyStore
 from fabstir.sdk import FabstirSDK
 from tests.conftest import NodeFactory
 from tests.paid.conftest import PaidWorld, world  # noqa: F401 (a fixture)
@@ -54,3 +57,30 @@ async def test_paid_conversations_through_the_openai_client(world: PaidWorld, no
     assert job.host == world.stranger.address and job.status is JobStatus.COMPLETED
     served = 40  # two answers of 20 tokens, each receipted
     assert served <= job.tokens_used <= max(served, 100), "billed what was served (or the session's minimum charge)"
+
+
+async def test_a_key_spends_up_to_its_cap(world: PaidWorld, node_factory: NodeFactory,  # noqa: F811
+                                          tmp_path: Path) -> None:
+    """A capped key: its session holds at most what it has left, each answer's cost is counted, and at the cap
+    the gateway answers 402 before opening anything."""
+    price = 2_000_000
+    await start_host(world, node_factory, tmp_path, world.host, price)
+    store = KeyStore(tmp_path / "keys.json")
+    cap = DEPOSIT // 2
+    key = store.create("capped", cap)
+    sdk = FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client)
+    async with serve_gateway(Gateway(sdk, deposit=DEPOSIT), api_keys=store) as server:
+        async with openai.AsyncOpenAI(base_url=server.base_url, api_key=key, max_retries=0, timeout=120) as client:
+            answer = await client.chat.completions.create(
+                model=f"local/{world.model_file}", messages=[{"role": "user", "content": "hi"}], max_tokens=10,
+                temperature=0)
+            fabstir = answer.model_extra["x_fabstir"] if answer.model_extra else {}
+            (record,) = store.records()
+            assert record.spent == token_cost(10, price), "the answer's cost, in base units"
+            job = await sdk.sessions.get_session(fabstir["job_id"])
+            assert job.deposit == cap, "the session held what the key had left, not the gateway's deposit"
+            store.set_cap("capped", record.spent)
+            with pytest.raises(openai.APIStatusError) as refused:
+                await client.chat.completions.create(
+                    model=f"local/{world.model_file}", messages=[{"role": "user", "content": "more"}], max_tokens=5)
+    assert refused.value.status_code == 402 and refused.value.code == "insufficient_quota"

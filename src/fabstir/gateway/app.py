@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from fabstir.discovery.selection import Requirements
 from fabstir.gateway import wire
+from fabstir.gateway.keys import ApiKey, KeyStore
 from fabstir.gateway.service import Gateway, Reply
 from fabstir.gateway.wire import GatewayError
 from fabstir.sdk import InferenceResult, Session
@@ -36,23 +37,33 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def build_gateway_app(gateway: Gateway, *, api_keys: Collection[str] = ()) -> Starlette:
-    """The ASGI app; ``api_keys`` (when given) are the bearer tokens ``/v1`` accepts."""
-    keys = frozenset(api_keys)
+def build_gateway_app(gateway: Gateway, *, api_keys: Collection[str] | KeyStore = ()) -> Starlette:
+    """The ASGI app; ``api_keys`` (when given: fixed tokens, or a :class:`KeyStore` with spending caps) are the
+    bearer tokens ``/v1`` accepts."""
+    store = api_keys if isinstance(api_keys, KeyStore) else None
+    keys: frozenset[str] = frozenset() if isinstance(api_keys, KeyStore) else frozenset(api_keys)
 
     def guarded(handler: Handler) -> Handler:
         async def check(request: Request) -> Response:
-            if keys:
-                scheme, _, token = request.headers.get("authorization", "").partition(" ")
-                if scheme.lower() != "bearer" or token not in keys:
-                    return _error(GatewayError("invalid or missing API key", status=401,
-                                               type="authentication_error", code="invalid_api_key"))
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            token = token if scheme.lower() == "bearer" else ""
             try:
+                if store is not None:
+                    request.state.api_key = store.admit(token)
+                elif keys and token not in keys:
+                    raise GatewayError("invalid or missing API key", status=401, type="authentication_error",
+                                       code="invalid_api_key")
                 return await handler(request)
             except GatewayError as exc:
                 return _error(exc)
 
         return check
+
+    def charge(request: Request, reply: Reply) -> None:
+        """Add the answer's cost to what the caller's key spent."""
+        record: ApiKey | None = getattr(request.state, "api_key", None)
+        if store is not None and record is not None and reply.result is not None:
+            store.charge(record, Gateway.cost(reply.session, reply.result))
 
     async def chat(request: Request) -> Response:
         body = await request.body()
@@ -65,13 +76,17 @@ def build_gateway_app(gateway: Gateway, *, api_keys: Collection[str] = ()) -> St
         chat_request = wire.parse_chat_request(payload)
         if strategy := request.headers.get("x-fabstir-strategy"):
             chat_request = wire.ChatRequest(**{**_fields(chat_request), "strategy": strategy})
-        session = await gateway.session_for(chat_request)
+        record: ApiKey | None = getattr(request.state, "api_key", None)
+        session = await gateway.session_for(chat_request, budget=record.left if record is not None else None)
         reply = gateway.reply(session, chat_request)
         headers = {"X-Fabstir-Host": session.host_url, "X-Fabstir-Session": session.session_id}
         if chat_request.stream:
-            return StreamingResponse(_events(gateway, reply, chat_request), media_type="text/event-stream",
-                                     headers={**headers, "Cache-Control": "no-cache"})
-        text = "".join([piece async for piece in gateway.pieces(reply)])
+            return StreamingResponse(_events(gateway, reply, chat_request, lambda: charge(request, reply)),
+                                     media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
+        try:
+            text = "".join([piece async for piece in gateway.pieces(reply)])
+        finally:
+            charge(request, reply)
         result = reply.result
         assert result is not None
         body_out = wire.completion(wire.new_completion_id(), chat_request.model or _served_model(result), text,
@@ -99,7 +114,8 @@ def build_gateway_app(gateway: Gateway, *, api_keys: Collection[str] = ()) -> St
     ])
 
 
-async def _events(gateway: Gateway, reply: Reply, request: wire.ChatRequest) -> AsyncIterator[str]:
+async def _events(gateway: Gateway, reply: Reply, request: wire.ChatRequest,
+                  charge: Callable[[], None]) -> AsyncIterator[str]:
     """The answer as ``chat.completion.chunk`` events, then ``[DONE]``; a failure mid-way is an ``error`` event."""
     completion_id, created, model = wire.new_completion_id(), int(time.time()), request.model
     yield _sse(wire.chunk(completion_id, created, model, role=True, content=""))
@@ -109,6 +125,8 @@ async def _events(gateway: Gateway, reply: Reply, request: wire.ChatRequest) -> 
     except GatewayError as exc:
         yield _sse(wire.error_body(exc))
         return
+    finally:
+        charge()
     result = reply.result
     assert result is not None
     yield _sse(wire.chunk(completion_id, created, model, finish_reason=wire.finish_reason(result.finish_reason),

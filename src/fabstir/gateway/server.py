@@ -10,6 +10,7 @@ import uvicorn
 
 from fabstir._net import bind_socket
 from fabstir.gateway.app import build_gateway_app
+from fabstir.gateway.keys import KeyStore
 from fabstir.gateway.service import Gateway
 
 __all__ = ["GatewayServer", "serve_gateway"]
@@ -41,7 +42,7 @@ class GatewayServer:
 
 @contextlib.asynccontextmanager
 async def serve_gateway(gateway: Gateway, *, host: str = "127.0.0.1", port: int = 0,
-                        api_keys: Collection[str] = ()) -> AsyncIterator[GatewayServer]:
+                        api_keys: Collection[str] | KeyStore = ()) -> AsyncIterator[GatewayServer]:
     """Serve ``gateway`` until the block exits; its sessions are closed then.
 
     Raises:

@@ -18,6 +18,7 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
+from fabstir.chain.money import token_cost
 from fabstir.discovery.selection import Requirements, SelectionError
 from fabstir.errors import (
     ConfigError,
@@ -59,8 +60,10 @@ class Gateway:
     def paid(self) -> bool:
         return self.sdk.chain is not None and self.sdk.deployment is not None
 
-    async def session_for(self, request: ChatRequest) -> Session:
+    async def session_for(self, request: ChatRequest, *, budget: int | None = None) -> Session:
         """The session that continues ``request``'s conversation, or a new one on a chosen host.
+
+        ``budget``: the most a new paid session may hold in escrow (what the caller's API key has left).
 
         Raises:
             GatewayError: no host (503), the host refused or could not be reached (502), bad settings (500).
@@ -75,17 +78,18 @@ class Gateway:
             if session is not None and session.active_request is None:
                 return session
         try:
-            return await self._open(request)
+            return await self._open(request, budget)
         except FabstirError as exc:
             raise as_gateway_error(exc) from None
 
-    async def _open(self, request: ChatRequest) -> Session:
+    async def _open(self, request: ChatRequest, budget: int | None) -> Session:
         strategy = request.strategy or self.strategy
         inference = self.sdk.inference
         if self.paid:
             if self.deposit <= 0:
                 raise ConfigError("a paid gateway needs a deposit per session (--deposit)")
-            opened = await self.sdk.sessions.open_session(request.model, self.deposit, strategy=strategy)
+            deposit = self.deposit if budget is None else min(self.deposit, budget)
+            opened = await self.sdk.sessions.open_session(request.model, deposit, strategy=strategy)
             await opened.connect()
             session = inference.session(opened.session_id)
             if request.history:
@@ -129,6 +133,14 @@ class Gateway:
             evicted = self.conversations.put(conversation_key(session.history), session.session_id)
         for old in evicted:
             await self.sdk.inference.close(old)
+
+    @staticmethod
+    def cost(session: Session, result: InferenceResult) -> int:
+        """What ``result`` costs at the session's price: its tokens x price / 1000, in base units (0 when free)."""
+        route = session.route
+        if route is None or route.model is None:
+            return 0
+        return token_cost(result.tokens_used, route.price_per_token)
 
     async def aclose(self) -> None:
         await self.sdk.inference.aclose()
