@@ -145,3 +145,20 @@ async def test_no_host_is_a_503_and_models_lists_what_hosts_serve(node_factory: 
             with pytest.raises(openai.APIStatusError) as failed:
                 await client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}])
     assert failed.value.status_code in (502, 503)
+
+
+async def test_completions_one_prompt_each_on_a_reused_session(gateway: GatewayServer) -> None:
+    async with async_client(gateway) as client:
+        first = await client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0)
+        second = await client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6,
+                                                 temperature=0)
+        stream = await client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6,
+                                                 temperature=0, stream=True)
+        events = [event async for event in stream]
+    assert first.object == "text_completion" and first.choices[0].text and first.choices[0].finish_reason == "length"
+    assert first.usage is not None and second.usage is not None and first.usage.completion_tokens == 6
+    assert extra(second)["session_id"] == extra(first)["session_id"], "the idle session serves the next prompt"
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens, "with no history carried over"
+    assert second.choices[0].text == first.choices[0].text
+    assert "".join(e.choices[0].text for e in events) == first.choices[0].text
+    assert events[-1].choices[0].finish_reason == "length"

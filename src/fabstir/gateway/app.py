@@ -1,6 +1,7 @@
 """The gateway's HTTP face: the OpenAI API routes over a :class:`~fabstir.gateway.service.Gateway`.
 
-Routes: ``POST /v1/chat/completions`` (JSON, or Server-Sent Events with ``"stream": true``), ``GET /v1/models``
+Routes: ``POST /v1/chat/completions`` (JSON, or Server-Sent Events with ``"stream": true``), ``POST
+/v1/completions`` (one prompt, same forms), ``GET /v1/models``
 (the models discovery finds, with their hosts and prices), ``GET /openapi.json`` and ``GET /health``. With API
 keys configured, every ``/v1`` route needs ``Authorization: Bearer <key>`` (401 otherwise). Each answer names
 its host, model, tokens, price and receipt: in the ``x_fabstir`` field of the body (the final chunk when
@@ -66,14 +67,12 @@ def build_gateway_app(gateway: Gateway, *, api_keys: Collection[str] | KeyStore 
             store.charge(record, Gateway.cost(reply.session, reply.result))
 
     async def chat(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise GatewayError(f"the body is over {MAX_BODY_BYTES} bytes", status=413)
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise GatewayError("the body is not valid JSON") from None
-        chat_request = wire.parse_chat_request(payload)
+        return await answer(request, wire.parse_chat_request(await _json(request)))
+
+    async def completions(request: Request) -> Response:
+        return await answer(request, wire.parse_completion_request(await _json(request)))
+
+    async def answer(request: Request, chat_request: wire.ChatRequest) -> Response:
         if strategy := request.headers.get("x-fabstir-strategy"):
             chat_request = wire.ChatRequest(**{**_fields(chat_request), "strategy": strategy})
         record: ApiKey | None = getattr(request.state, "api_key", None)
@@ -81,7 +80,8 @@ def build_gateway_app(gateway: Gateway, *, api_keys: Collection[str] | KeyStore 
         reply = gateway.reply(session, chat_request)
         headers = {"X-Fabstir-Host": session.host_url, "X-Fabstir-Session": session.session_id}
         if chat_request.stream:
-            return StreamingResponse(_events(gateway, reply, chat_request, lambda: charge(request, reply)),
+            events = _text_events if chat_request.stateless else _events
+            return StreamingResponse(events(gateway, reply, chat_request, lambda: charge(request, reply)),
                                      media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
         try:
             text = "".join([piece async for piece in gateway.pieces(reply)])
@@ -89,9 +89,9 @@ def build_gateway_app(gateway: Gateway, *, api_keys: Collection[str] | KeyStore 
             charge(request, reply)
         result = reply.result
         assert result is not None
-        body_out = wire.completion(wire.new_completion_id(), chat_request.model or _served_model(result), text,
-                                   wire.finish_reason(result.finish_reason), _usage(result),
-                                   _fabstir(session, result))
+        render = wire.text_completion if chat_request.stateless else wire.completion
+        body_out = render(wire.new_completion_id(), chat_request.model or _served_model(result), text,
+                          wire.finish_reason(result.finish_reason), _usage(result), _fabstir(session, result))
         if result.receipt is not None:
             headers["X-Fabstir-Receipt"] = json.dumps(result.receipt.to_wire(), separators=(",", ":"))
         headers["X-Fabstir-Tokens"] = str(result.tokens_used)
@@ -108,6 +108,7 @@ def build_gateway_app(gateway: Gateway, *, api_keys: Collection[str] | KeyStore 
 
     return Starlette(routes=[
         Route("/v1/chat/completions", guarded(chat), methods=["POST"]),
+        Route("/v1/completions", guarded(completions), methods=["POST"]),
         Route("/v1/models", guarded(models), methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -134,6 +135,42 @@ async def _events(gateway: Gateway, reply: Reply, request: wire.ChatRequest,
     if request.include_usage:
         yield _sse(wire.usage_chunk(completion_id, created, model, _usage(result)))
     yield "data: [DONE]\n\n"
+
+
+async def _text_events(gateway: Gateway, reply: Reply, request: wire.ChatRequest,
+                       charge: Callable[[], None]) -> AsyncIterator[str]:
+    """A completion as streamed ``text_completion`` events, then ``[DONE]``."""
+    completion_id, created, model = wire.new_completion_id(), int(time.time()), request.model
+    try:
+        async for piece in gateway.pieces(reply):
+            yield _sse(wire.text_chunk(completion_id, created, model, piece))
+    except GatewayError as exc:
+        yield _sse(wire.error_body(exc))
+        return
+    finally:
+        charge()
+    result = reply.result
+    assert result is not None
+    yield _sse(wire.text_chunk(completion_id, created, model, "", wire.finish_reason(result.finish_reason),
+                               _fabstir(reply.session, result)))
+    if request.include_usage:
+        yield _sse({**wire.usage_chunk(completion_id, created, model, _usage(result)), "object": "text_completion"})
+    yield "data: [DONE]\n\n"
+
+
+async def _json(request: Request) -> object:
+    """The request's JSON body.
+
+    Raises:
+        GatewayError: 413 over :data:`MAX_BODY_BYTES`, 400 not JSON.
+    """
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise GatewayError(f"the body is over {MAX_BODY_BYTES} bytes", status=413)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise GatewayError("the body is not valid JSON") from None
 
 
 def _sse(body: dict[str, Any]) -> str:
@@ -233,6 +270,16 @@ OPENAPI: dict[str, Any] = {
                           "400": {"description": "invalid request"}, "401": {"description": "bad API key"},
                           "402": {"description": "budget used up"}, "429": {"description": "rate limited"},
                           "502": {"description": "the host failed"}, "503": {"description": "no host available"}},
+        }},
+        "/v1/completions": {"post": {
+            "summary": "Complete one prompt (a single user turn; JSON, or Server-Sent Events with stream=true)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["model", "prompt"],
+                "properties": {"model": {"type": "string"}, "prompt": {"type": ["string", "array"]},
+                               "max_tokens": {"type": "integer", "minimum": 1},
+                               "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                               "stream": {"type": "boolean"}}}}}},
+            "responses": {"200": {"description": "a text_completion, or text_completion events"}},
         }},
         "/v1/models": {"get": {"summary": "The models discovered hosts serve",
                                "responses": {"200": {"description": "a list of models"}}}},

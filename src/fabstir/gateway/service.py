@@ -8,7 +8,10 @@ earlier messages as its history: on a chain, a paid session job with ``deposit``
 (``sdk.sessions.open_session``); otherwise a free session on the chosen host. Sessions are end-to-end
 encrypted when the host publishes its key, stored when the SDK has storage, and fail over mid-answer like
 any SDK session. When an answer ends the session is indexed under its new conversation (the old turns, the
-prompt and the answer), so the client's next request finds it.
+prompt and the answer), so the client's next request finds it. A ``/v1/completions`` request is a
+conversation of one turn: after it the session's history is cleared on the host (``session_resume`` with
+none), and the session waits for the next new conversation or completion, so a paid gateway does not open a
+job per completion.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class Reply:
     session: Session
     stream: InferenceStream
     result: InferenceResult | None = None
+    stateless: bool = False
+    """A completion: the session's history is cleared after it (see :meth:`Gateway.done`)."""
 
 
 class Gateway:
@@ -105,7 +110,7 @@ class Gateway:
         """Start the answer to ``request``'s last message on ``session``."""
         options = PromptOptions(model=request.model if self.paid else "", max_tokens=request.max_tokens,
                                 temperature=request.temperature)
-        return Reply(session, session.stream(request.prompt, options))
+        return Reply(session, session.stream(request.prompt, options), stateless=request.stateless)
 
     async def pieces(self, reply: Reply) -> AsyncIterator[str]:
         """The answer's text pieces; its result is kept on ``reply``, and the session re-indexed at the end.
@@ -129,6 +134,12 @@ class Gateway:
         if reply.result is None:
             await self.sdk.inference.close(session.session_id)
             return
+        if reply.stateless:  # a completion: forget its turn, so the session can serve any new conversation
+            try:
+                await session.resume(())
+            except FabstirError:
+                await self.sdk.inference.close(session.session_id)
+                return
         async with self._lock:
             evicted = self.conversations.put(conversation_key(session.history), session.session_id)
         for old in evicted:

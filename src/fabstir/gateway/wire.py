@@ -20,6 +20,9 @@ from fabstir.protocol.messages import Role
 
 __all__ = [
     "ChatRequest",
+    "parse_completion_request",
+    "text_chunk",
+    "text_completion",
     "GatewayError",
     "chunk",
     "completion",
@@ -60,6 +63,8 @@ class ChatRequest:
     temperature: float
     stream: bool
     include_usage: bool
+    stateless: bool = False
+    """A ``/v1/completions`` request: one prompt, no conversation to continue."""
 
 
 def parse_chat_request(body: object, *, default_max_tokens: int = 256) -> ChatRequest:
@@ -105,6 +110,48 @@ def parse_chat_request(body: object, *, default_max_tokens: int = 256) -> ChatRe
     return ChatRequest(model=name, strategy=strategy or None, history=tuple(turns[:-1]), prompt=last.content,
                        max_tokens=max_tokens, temperature=float(temperature), stream=bool(stream),
                        include_usage=bool(options.get("include_usage", False)))
+
+
+def parse_completion_request(body: object) -> ChatRequest:
+    """Validate a ``/v1/completions`` body (one prompt, answered as a single user turn).
+
+    Raises:
+        GatewayError: 400 ``invalid_request_error`` naming the bad ``param``.
+    """
+    if not isinstance(body, dict):
+        raise GatewayError("the body must be a JSON object")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise GatewayError("'prompt' must be one non-empty string", param="prompt")
+    for unsupported in ("suffix", "logprobs", "best_of"):
+        if body.get(unsupported) not in (None, 1, 0, False):
+            raise GatewayError(f"'{unsupported}' is not supported", param=unsupported)
+    if body.get("echo"):
+        raise GatewayError("'echo' is not supported", param="echo")
+    chat = parse_chat_request({**body, "messages": [{"role": "user", "content": prompt}]}, default_max_tokens=16)
+    return dataclasses.replace(chat, stateless=True)
+
+
+def text_completion(completion_id: str, model: str, text: str, finish_reason: str, usage: dict[str, int],
+                    fabstir: dict[str, Any]) -> dict[str, Any]:
+    """A non-streaming ``text_completion``."""
+    return {"id": completion_id, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+            "usage": usage, "system_fingerprint": None, "x_fabstir": fabstir}
+
+
+def text_chunk(completion_id: str, created: int, model: str, text: str, finish_reason: str | None = None,
+               fabstir: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One streamed ``text_completion`` event."""
+    body: dict[str, Any] = {
+        "id": completion_id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+        "system_fingerprint": None}
+    if fabstir is not None:
+        body["x_fabstir"] = fabstir
+    return body
 
 
 def _turn(message: object, index: int) -> ChatTurn:
