@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fabstir.protocol import ChatTurn
 
@@ -36,13 +36,24 @@ class ConversationIndex:
         return self._sessions.pop(key, None)
 
     def put(self, key: str, session_id: str) -> list[str]:
-        """Index ``session_id`` under ``key``; returns the session ids evicted to stay within capacity."""
+        """Index ``session_id`` under ``key``; returns the session ids no longer indexed, for the caller to close.
+
+        Those are the least recently used beyond capacity, and the session that held the same conversation
+        before (two clients asked the same questions and got the same answers): only one can be found again, and
+        one dropped from the index without being closed would keep its connection to the host for good.
+        """
+        displaced = self._sessions.get(key)
+        evicted = [displaced] if displaced is not None and displaced != session_id else []
         self._sessions[key] = session_id
         self._sessions.move_to_end(key)
-        evicted = []
         while len(self._sessions) > self.capacity:
             evicted.append(self._sessions.popitem(last=False)[1])
         return evicted
+
+    def drop_oldest(self, count: int, where: Callable[[str], bool]) -> list[str]:
+        """Remove and return up to ``count`` session ids for which ``where`` holds, least recently used first."""
+        chosen = [key for key, session_id in self._sessions.items() if where(session_id)][:count]
+        return [self._sessions.pop(key) for key in chosen]
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fabstir.chain.money import token_cost
 from fabstir.discovery.selection import Requirements, SelectionError
@@ -36,6 +36,13 @@ from fabstir.gateway.wire import ChatRequest, GatewayError
 from fabstir.sdk import FabstirSDK, InferenceResult, InferenceStream, PromptOptions, Session
 
 __all__ = ["Gateway", "Reply"]
+
+CONNECT_TRIES = 4
+"""Tries to connect a new session when the host refuses while idle sessions of this gateway are open there."""
+RELEASE_BATCH = 4
+"""Idle sessions closed on that host before each new try."""
+RETRY_PAUSE_S = 0.05
+"""Pause (times the try's number) before trying again after other requests closed idle sessions."""
 
 
 @dataclasses.dataclass
@@ -60,6 +67,8 @@ class Gateway:
         self.strategy = strategy
         self.conversations = ConversationIndex(max_conversations)
         self._lock = asyncio.Lock()
+        self._released = 0
+        """Idle sessions closed so far to make room for new ones (see :meth:`_connect`)."""
 
     @property
     def paid(self) -> bool:
@@ -95,16 +104,64 @@ class Gateway:
                 raise ConfigError("a paid gateway needs a deposit per session (--deposit)")
             deposit = self.deposit if budget is None else min(self.deposit, budget)
             opened = await self.sdk.sessions.open_session(request.model, deposit, strategy=strategy)
-            await opened.connect()
+            await self._connect(opened.host.api_url, opened.connect)
             session = inference.session(opened.session_id)
             if request.history:
                 await session.resume(request.history)
             return session
         host = await self.sdk.discovery.select_host(strategy, Requirements(), registered_only=False)
         session_id = "gw-" + uuid.uuid4().hex[:16]
-        await inference.connect_to_session(session_id, host.api_url, conversation_context=request.history or None,
-                                           host_public_key=host.encryption_key, host_signing_key=host.signing_key)
+        await self._connect(host.api_url, lambda: inference.connect_to_session(
+            session_id, host.api_url, conversation_context=request.history or None,
+            host_public_key=host.encryption_key, host_signing_key=host.signing_key))
         return inference.session(session_id)
+
+    async def _connect(self, host_url: str, connect: Callable[[], Awaitable[None]]) -> None:
+        """``connect`` to ``host_url``; when the host closes or refuses it while this gateway holds idle sessions
+        there, close the least recently used of those and try again.
+
+        Every session here holds its own connection, and all come from this gateway's one address, which a node
+        caps (``max_connections_per_address``, 64 by default: fewer than the conversations kept here). Without
+        this, once the idle conversations filled that cap every new conversation on the host failed until the
+        node's idle timeout closed some.
+
+        Requests that fail at once share the idle sessions: one that finds none left tries again (after a short
+        pause) when others closed some since its try began.
+
+        Raises:
+            ConnectError, ConnectionClosedError: refused with no idle session there closed meanwhile, or after
+                :data:`CONNECT_TRIES` tries.
+        """
+        for attempt in range(1, CONNECT_TRIES + 1):
+            released_before = self._released
+            try:
+                await connect()
+                return
+            except (ConnectError, ConnectionClosedError):
+                if attempt == CONNECT_TRIES:
+                    raise
+                if await self._release_idle(host_url):
+                    continue
+                if self._released == released_before:
+                    raise
+                # another request freed connections there meanwhile: give its closes a moment to land
+                await asyncio.sleep(RETRY_PAUSE_S * attempt)
+
+    async def _release_idle(self, host_url: str) -> bool:
+        """Close up to :data:`RELEASE_BATCH` of the least recently used idle sessions on ``host_url``;
+        whether there were any."""
+        def on_host(session_id: str) -> bool:
+            try:
+                return self.sdk.inference.session(session_id).host_url == host_url
+            except FabstirError:  # already gone: its entry goes too
+                return True
+
+        async with self._lock:
+            released = self.conversations.drop_oldest(RELEASE_BATCH, on_host)
+            self._released += len(released)
+        for session_id in released:
+            await self.sdk.inference.close(session_id)
+        return bool(released)
 
     def reply(self, session: Session, request: ChatRequest) -> Reply:
         """Start the answer to ``request``'s last message on ``session``."""
