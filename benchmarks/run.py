@@ -1,7 +1,7 @@
 """Benchmarks of the fabstir SDK and node: ``python benchmarks/run.py NAME [--json] [options]``.
 
 NAME is ``overhead``, ``peer``, ``concurrency``, ``billing``, ``session_open``, ``compression``, ``security``,
-``encryption``, ``selection``, ``discovery``, ``fairness``, ``limits``, ``failover`` or ``all``. Progress goes to
+``encryption``, ``selection``, ``discovery``, ``fairness``, ``limits``, ``failover``, ``gateway`` or ``all``. Progress goes to
 stderr; with ``--json`` the last line of stdout is one JSON object. See
 ``benchmarks/README.md`` for what each number means. Every result carries the machine's load average
 (``os.getloadavg``) before and after it ran. Without ``../shared/models/stories260K.gguf`` (or ``--model``)
@@ -32,6 +32,7 @@ from discovery import run_discovery  # noqa: E402
 from encryption import run_encryption  # noqa: E402
 from failover import run_failover  # noqa: E402
 from fairness import run_fairness  # noqa: E402
+from gateway import GatewayOptions, run_gateway  # noqa: E402
 from limits import run_limits  # noqa: E402
 from overhead import run_overhead  # noqa: E402
 from peer import run_peer  # noqa: E402
@@ -40,7 +41,7 @@ from selection import run_selection  # noqa: E402
 from session_open import run_session_open  # noqa: E402
 
 BENCHMARKS = ("overhead", "peer", "concurrency", "billing", "session_open", "compression", "security",
-              "encryption", "selection", "discovery", "fairness", "limits", "failover")
+              "encryption", "selection", "discovery", "fairness", "limits", "failover", "gateway")
 NAMES = (*BENCHMARKS, "all")
 
 
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hosts registered on the embedded chain for discovery (default 1000)")
     parser.add_argument("--body-mib", type=int, default=300, help="chunked body sent to the node in limits "
                                                                    "(default 300)")
+    parser.add_argument("--gateway-streams", type=int, default=50,
+                        help="concurrent openai clients streaming through the gateway (default 50)")
+    parser.add_argument("--gateway-rounds", type=int, default=10,
+                        help="measured rounds of those streams (default 10, after one warm-up round)")
+    parser.add_argument("--gateway-max-tokens", type=int, default=16, help="tokens per concurrent stream (default 16)")
+    parser.add_argument("--gateway-parallel", type=int, default=2, help="node engines for gateway (default 2)")
     parser.add_argument("--timeout", type=float, default=120.0, help="limit in seconds for one run or burst")
     return parser
 
@@ -114,6 +121,10 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
             results[name] = await run_limits(settings, args.body_mib)
         elif name == "failover":
             results[name] = await run_failover(settings)
+        elif name == "gateway":
+            results[name] = await run_gateway(settings, GatewayOptions(
+                streams=args.gateway_streams, rounds=args.gateway_rounds, max_tokens=args.gateway_max_tokens,
+                parallel=args.gateway_parallel, timeout=args.timeout))
         else:
             results[name] = await run_concurrency(settings, concurrency)
         results[name]["load_average"] = {"before": load_before, "after": load_average()}
@@ -136,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
     for number in (args.max_tokens, args.runs, args.sessions, args.parallel, args.threads,
-                   args.concurrency_threads, args.concurrency_max_tokens, args.billing_prompts):
+                   args.concurrency_threads, args.concurrency_max_tokens, args.billing_prompts, args.gateway_streams,
+                   args.gateway_rounds, args.gateway_max_tokens, args.gateway_parallel):
         if number < 1:
             print("error: counts must be at least 1", file=sys.stderr)
             return 2
