@@ -7,6 +7,7 @@ from fabstir.sdk.inference import InferenceManager, InferenceStream
 from fabstir.sdk.node_client import LLMNodeClient, NodeAnswer
 from fabstir.sdk.session import Session
 from fabstir.sdk.switching import SessionRoute
+from fabstir.sdk.sync import SyncSDK
 from fabstir.sdk.types import AnswerPart, HostSwitch, InferenceResult, PromptOptions, TokenCallback
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "RetryPolicy",
     "Session",
     "SessionRoute",
+    "SyncSDK",
     "Timeouts",
     "TokenCallback",
     "backoff",

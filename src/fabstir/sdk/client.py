@@ -6,6 +6,7 @@ import functools
 import os
 from collections.abc import Iterable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from eth_account.signers.local import LocalAccount
 from nacl.signing import SigningKey
@@ -25,6 +26,9 @@ from fabstir.sdk.registry import NodeRegistryClient
 from fabstir.sdk.sessions import SessionManager
 from fabstir.sdk.types import PromptOptions
 from fabstir.storage import Backend, ConversationStore, StorageKey
+
+if TYPE_CHECKING:
+    from fabstir.sdk.sync import SyncSDK
 
 __all__ = ["FabstirSDK"]
 
@@ -149,6 +153,13 @@ class FabstirSDK:
         if self.account is None:
             raise ConfigError("this operation sends a transaction: FabstirSDK(account=...)")
         return self.account
+
+    def sync(self) -> SyncSDK:
+        """This SDK with blocking methods (same names and arguments), for code without an event loop; see
+        :mod:`fabstir.sdk.sync`. Use it as ``with sdk.sync() as client:``."""
+        from fabstir.sdk.sync import SyncSDK
+
+        return SyncSDK(self)
 
     async def aclose(self) -> None:
         """Close every open session."""
