@@ -36,8 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dispute-window", type=int, default=2,
                       help="seconds the host waits after its last checkpoint before settling (default 2)")
 
-    chat = commands.add_parser("chat", help="interactive streaming chat with a host")
-    chat.add_argument("--host", required=True, help="host URL, e.g. http://127.0.0.1:8080")
+    chat = commands.add_parser("chat", help="interactive streaming chat: a paid session through discovery "
+                                           "(--network), or a given host (--host)")
+    chat.add_argument("--host", default=None, help="host URL, e.g. http://127.0.0.1:8080 (a free host)")
+    chat.add_argument("--network", default=None, help="network file: open a paid session on a host chosen by "
+                                                      "discovery (client key in $FABSTIR_CLIENT_KEY)")
+    chat.add_argument("--model", default=None, help="with --network: the model, repo/file")
+    chat.add_argument("--deposit", type=int, default=10**15, help="with --network: escrow in wei (default 1e15)")
+    chat.add_argument("--strategy", default="composite",
+                      help="with --network: cheapest, fastest, reputable, composite, round_robin")
     chat.add_argument("--fallback-host", action="append", default=[], metavar="URL",
                       help="another host to continue on if the current one dies or stalls mid-answer (repeatable)")
     chat.add_argument("--session", default=None, help="session id (default: a new random id)")
