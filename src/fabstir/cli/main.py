@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     node_commands = node.add_subparsers(dest="node_command", required=True)
     serve = node_commands.add_parser("serve", help="serve a model over HTTP and /v1/ws")
     serve.add_argument("--config", help="TOML settings ([node] table), or a network file from fabstir devnet up")
-    serve.add_argument("--model", dest="model_path", help="GGUF file (default: Gemma 3 270M)")
+    serve.add_argument("--model", dest="model_path", help="GGUF file (default: Gemma 3 270M); with --engine openai "
+                                                         "the upstream's model name")
+    serve.add_argument("--engine", help="llama (llama.cpp in this process, the default) or openai (forward to an "
+                                        "OpenAI-compatible server: vLLM, llama-server, Ollama, SGLang)")
+    serve.add_argument("--upstream", help="with --engine openai: the upstream server's base URL")
     serve.add_argument("--model-id", help="name clients use for the model")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")

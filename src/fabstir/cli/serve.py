@@ -11,7 +11,7 @@ from fabstir.node.server import serve_node
 
 __all__ = ["run_serve"]
 
-_FLAGS = ("model_path", "model_id", "host", "port", "template", "context_window", "parallel", "threads",
+_FLAGS = ("model_path", "engine", "upstream", "model_id", "host", "port", "template", "context_window", "parallel", "threads",
           "max_frame_bytes", "network", "model_repo", "checkpoint_tokens", "ledger_path", "signing_key_file",
           "require_auth", "insecure_serve_without_depositor_auth", "discovery_url", "announce_mdns", "dht_bootstrap", "dht_port", "announce_price",
           "announce_region", "announce_ttl", "public_url")

@@ -42,9 +42,11 @@ def load_engines(config: NodeConfig, progress: Progress | None = None) -> Engine
         ModelNotFoundError: the model file (or default model package) is missing.
         EngineError: llama.cpp is not installed or cannot load the file.
     """
+    say = progress or (lambda _text: None)
+    if config.engine == "openai":
+        return _upstream_engines(config, say)
     from fabstir.node.engines.llama import LlamaCppEngine
 
-    say = progress or (lambda _text: None)
     path = resolve_model_path(config.model_path, progress=say)
     engines: list[Engine] = []
     for number in range(1, config.parallel + 1):
@@ -53,6 +55,22 @@ def load_engines(config: NodeConfig, progress: Progress | None = None) -> Engine
             LlamaCppEngine(path, model_id=config.model_id, context_window=config.context_window,
                            threads=config.threads, seed=config.seed)
         )
+    return EnginePool(engines)
+
+
+def _upstream_engines(config: NodeConfig, say: Progress) -> EnginePool:
+    """``config.parallel`` connections to the OpenAI-compatible server at ``config.upstream``.
+
+    Raises:
+        EngineError: UPSTREAM_UNAVAILABLE, UPSTREAM_NO_TOKENIZER.
+    """
+    from fabstir.node.engines.upstream import UpstreamEngine
+
+    assert config.upstream is not None and config.model_path is not None
+    say(f"forwarding to {config.upstream} (model {config.model_path}, {config.parallel} at once)")
+    engines: list[Engine] = [
+        UpstreamEngine(config.upstream, config.model_path, context_window=config.context_window,
+                       model_id=config.model_id) for _ in range(config.parallel)]
     return EnginePool(engines)
 
 

@@ -33,7 +33,13 @@ class NodeConfig:
     port: int = 8080
     """TCP port for HTTP and ``/v1/ws``; 0 picks a free one."""
     model_path: str | None = None
-    """GGUF file to serve; ``None`` uses the default model package (Gemma 3 270M)."""
+    """GGUF file to serve; ``None`` uses the default model package (Gemma 3 270M). With ``engine = "openai"``:
+    the model's name on the upstream server (also the file part of its on-chain id)."""
+    engine: str = "llama"
+    """``llama``: llama.cpp in this process; ``openai``: forward to the OpenAI-compatible server at :attr:`upstream`
+    (vLLM, llama-server, Ollama, SGLang, llama_cpp.server)."""
+    upstream: str | None = None
+    """Base URL of the upstream server for ``engine = "openai"`` (e.g. ``http://127.0.0.1:8000``)."""
     model_id: str | None = None
     """Name clients use for the model; defaults to the file's stem."""
     template: str = "plain"
@@ -124,6 +130,11 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
+        if self.engine not in ("llama", "openai"):
+            raise ConfigError(f"unknown engine {self.engine!r}; choose llama or openai")
+        if self.engine == "openai" and (not self.upstream or not self.model_path):
+            raise ConfigError("engine openai needs --upstream URL and --model NAME (the upstream's model)",
+                              code="UPSTREAM_REQUIRED")
         if self.template not in TEMPLATES:
             raise ConfigError(f"unknown template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
         for name in ("context_window", "parallel", "max_frame_bytes", "max_sessions", "checkpoint_tokens"):
