@@ -55,7 +55,8 @@ def devnet_file(tmp_path: Path, anvil_binary: Path) -> Iterator[Path]:
 
 def test_devnet_up_register_earnings_down(devnet_file: Path, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    up = cli("devnet", "up", "--file", str(devnet_file), "--model", "local/x.gguf", "--dispute-window", "5")
+    up = cli("devnet", "up", "--file", str(devnet_file), "--model", "local/x.gguf", "--dispute-window", "5",
+             "--hosts", "0")
     assert up.returncode == 0, up.stderr
     assert "http://127.0.0.1:" in up.stdout and "host1" in up.stdout and "client1" in up.stdout
     assert "approved model local/x.gguf (placeholder digest)" in up.stdout
@@ -170,3 +171,37 @@ def test_anvil_on_loopback_free_port_and_stopped_by_pid(anvil_binary: Path) -> N
         pid = process.pid
     assert not pid_alive(pid) and not process.running
     assert stop_anvil_pid(pid) == "not running"
+
+
+def test_devnet_up_brings_the_whole_marketplace_and_down_stops_it(devnet_file: Path, tmp_path: Path) -> None:
+    """Anvil, a discovery service and two hosts at different prices; a client finds and pays the cheaper one."""
+    from fabstir.cli.devnet_market import HOST_PRICES, processes_path, stop_marketplace
+    from fabstir.testing.tiny_gguf import write_tiny_gguf
+
+    model = write_tiny_gguf(tmp_path / "tiny.gguf", seed=0, context_length=512)
+    try:
+        up = cli("devnet", "up", "--file", str(devnet_file), "--hosts", "2", "--host-model", str(model),
+                 "--dispute-window", "2", timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "approved model local/tiny.gguf" in up.stdout and "discovery service http://127.0.0.1:" in up.stdout
+        assert f"{HOST_PRICES[0]} wei per 1000 tokens" in up.stdout and "fabstir gateway --network" in up.stdout
+        services = json.loads(processes_path(devnet_file).read_text())
+        assert [s["name"] for s in services] == ["discovery", "host1", "host2"]
+        assert all(pid_alive(s["pid"]) for s in services)
+        network = NetworkConfig.load(devnet_file)
+        listed = cli("hosts", "--network", str(devnet_file), "--model", "local/tiny.gguf", "--strategy", "cheapest",
+                     "--json", timeout=120)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.count('"address"') >= 2 and services[1]["url"] in listed.stdout
+        chat = subprocess.run([sys.executable, "-m", "fabstir.cli", "chat", "--network", str(devnet_file), "--model",
+                               "local/tiny.gguf", "--strategy", "cheapest", "--max-tokens", "5"],
+                              input="hello\n", capture_output=True, text=True, timeout=180, cwd=ROOT,
+                              env={**os.environ, "FABSTIR_CLIENT_KEY": network.accounts["client1"]})
+        assert chat.returncode == 0, chat.stderr
+        assert services[1]["url"] in chat.stderr and "[cost" in chat.stderr, "the cheaper host, paid"
+    finally:
+        down = cli("devnet", "down", "--file", str(devnet_file))
+        stop_marketplace(devnet_file)  # safety net when the test failed before down
+    assert down.returncode == 0, down.stderr
+    assert "host1 (pid" in down.stdout and "stopped anvil" in down.stdout
+    assert not any(pid_alive(s["pid"]) for s in services)

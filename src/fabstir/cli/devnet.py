@@ -7,7 +7,13 @@ the clients (dev accounts 4-6), and writes the network file with the accounts' k
 PID and port. Anvil mines every transaction at once and an empty block every second as well, so
 chain time keeps moving and hosts can settle after the dispute window.
 
-``down`` stops that anvil by PID, if the PID is still an anvil, and removes nothing.
+With ``--hosts N`` (default 2; 0 for the chain alone) ``up`` also starts the rest of a marketplace
+(:mod:`fabstir.cli.devnet_market`): a discovery service and N host nodes (``host1``...) serving
+``--host-model`` (default: the default model), registered at different prices, and prints how to point the
+SDK, ``fabstir chat`` and ``fabstir gateway`` at it.
+
+``down`` stops those processes and that anvil by PID (each only if the PID is still what it started), and
+removes nothing.
 """
 
 from __future__ import annotations
@@ -102,7 +108,15 @@ def _up(args: argparse.Namespace) -> int:
     if not path.parent.is_dir():
         raise ConfigError(f"cannot write {path}: directory {path.parent} does not exist")
     _refuse_running_devnet(path)
-    specs = _model_specs(args.models)
+    hosts = getattr(args, "hosts", 0)
+    if not 0 <= hosts <= len(HOSTS):
+        raise ConfigError(f"--hosts must be 0 to {len(HOSTS)} (the devnet's host accounts), got {hosts}")
+    host_model = getattr(args, "host_model", None)
+    served = f"local/{Path(host_model).name}" if host_model else DEFAULT_DEVNET_MODEL
+    wanted = list(args.models or [DEFAULT_DEVNET_MODEL])
+    if hosts and served not in wanted:
+        wanted.append(served)
+    specs = _model_specs(wanted)
     log_path = _log_path(path)
     anvil = start_anvil(args.port, block_time=BLOCK_TIME, detached=True, log_path=log_path)
     try:
@@ -116,7 +130,30 @@ def _up(args: argparse.Namespace) -> int:
         raise
     anvil.release()  # keeps running after this command
     _print_summary(path, network, anvil, specs)
+    if hosts:
+        from fabstir.cli.devnet_market import start_marketplace
+
+        print(f"starting the marketplace: a discovery service and {hosts} hosts (loading models may take a while)",
+              flush=True)
+        try:
+            start_marketplace(path, network.accounts, host_model, served, hosts,
+                              say=lambda line: print(line, flush=True))
+        except BaseException:
+            stop_anvil_pid(anvil.pid)
+            raise
+        _print_usage(path, network, served)
     return 0
+
+
+def _print_usage(path: Path, network: NetworkConfig, model: str) -> None:
+    client = network.accounts.get("client1", "")
+    print("point the SDK, the CLI and the gateway at it:")
+    print(f"  SDK:      network = NetworkConfig.load('{path}'); FabstirSDK(chain=Chain.connect(network.rpc_url), "
+          "deployment=network.deployment, account=Account.from_key(network.accounts['client1']))")
+    print(f"  chat:     FABSTIR_CLIENT_KEY={client} fabstir chat --network {path} --model {model}")
+    print(f"  gateway:  FABSTIR_CLIENT_KEY={client} fabstir gateway --network {path} --deposit 1000000000000000 "
+          "--api-key sk-dev  (then OpenAI base_url http://127.0.0.1:8000/v1)")
+    print(f"  hosts:    fabstir hosts --network {path} --model {model}")
 
 
 async def _deploy(anvil: AnvilProcess, models: list[ModelSpec], dispute_window: int) -> NetworkConfig:
@@ -176,6 +213,10 @@ def _down(args: argparse.Namespace) -> int:
         raise ConfigError(f"no network file at {path}: nothing to stop (start one with: fabstir devnet up "
                           f"--file {path})", code="NO_DEVNET")
     network = NetworkConfig.load(path)
+    from fabstir.cli.devnet_market import stop_marketplace
+
+    for line in stop_marketplace(path):
+        print(f"devnet down: {line}")
     pid = network.anvil_pid
     if pid is None:
         raise ConfigError(f"{path} records no anvil PID: it was not written by 'fabstir devnet up'",

@@ -138,6 +138,10 @@ def _add_chain_commands(node_commands: Any, commands: Any) -> None:
     up.add_argument("--dispute-window", type=int, default=30)
     up.add_argument("--model", action="append", dest="models", default=None,
                     help="approve this model (repo/file); repeat for several")
+    up.add_argument("--hosts", type=int, default=2,
+                    help="host nodes to start, registered at different prices, with a discovery service "
+                         "(default 2; 0: the chain alone)")
+    up.add_argument("--host-model", default=None, help="GGUF file the hosts serve (default: the default model)")
     down = devnet_commands.add_parser("down", help="stop the anvil started by 'up'")
     down.add_argument("--file", default="devnet.json")
 
