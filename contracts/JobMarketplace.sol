@@ -17,12 +17,21 @@ import {SafeTransfer} from "./lib/SafeTransfer.sol";
 ///      the host's minimum (for a model session, the host's price for that model). Prices are "payment units
 ///      per token x PRICE_PRECISION (1000)".
 ///   2. The host submits checkpoints (`submitProofOfWork`), each claiming the tokens generated since the last
-///      one and signed by the host (see below). A claim must be >= MIN_PROVEN_TOKENS, within the rate cap
-///      2 x maxTokensPerSecond x seconds since the last checkpoint ("Excessive tokens claimed": too early, not
+///      one and signed by the host (see below). A claim must be > 0 (the public contracts want at least
+///      MIN_PROVEN_TOKENS; ours bill a session's last remainder too: `marketplaceFeatures`), within the rate
+///      cap 2 x maxTokensPerSecond x seconds since the last checkpoint ("Excessive tokens claimed": too early, not
 ///      invalid), and keep the cumulative total within what the deposit covers. Every proof hash is recorded
 ///      once by ProofSystem (reuse reverts there).
-///   3. The session ends by completion (the depositor at any time; the host once `disputeWindow` seconds have
-///      passed since its last checkpoint) or by timeout (anyone, after `maxDuration` seconds since the start
+///      Ours add consented billing (`FEATURE_USAGE_COUNTERSIGN`): the depositor countersigns, as it streams,
+///      the cumulative tokens it received and a hash of their transcript (EIP-712 `UsageAck`, binding this
+///      chain, this contract and the job). `submitCountersignedProof` carries that countersignature: it is
+///      accepted at once and is final. A claim without it (`submitProofOfWork`) is provisional: until
+///      `disputeWindow` seconds after the last checkpoint the depositor may answer it with its own, lower count
+///      (`disputeUsage`, at or above what it countersigned), which then wins, and the session takes
+///      countersigned claims only.
+///   3. The session ends by completion (the depositor at any time, which accepts any provisional claim it did
+///      not dispute; the host once `disputeWindow` seconds have passed since its last checkpoint, or at once
+///      when the depositor countersigned everything claimed) or by timeout (anyone, after `maxDuration` seconds since the start
 ///      or `inactivityTimeout` seconds since the last checkpoint).
 ///   4. Settlement: payment = tokensUsed x price / 1000; the treasury fee (feeBasisPoints of payment) stays here
 ///      for the treasury; payment - fee goes to HostEarnings for the host; deposit - payment is pushed back to
@@ -41,6 +50,19 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     /// @notice Gas given to the depositor when its ETH refund is pushed; beyond that it is credited instead.
     uint256 public constant REFUND_PUSH_GAS = 100_000;
     /// @dev Signatures with s above half the curve order are rejected (EIP-2), so each has one valid form.
+    /// @notice Feature bit of `marketplaceFeatures`: any positive claim is accepted (no 100-token minimum), so a
+    ///         session is billed exactly what was served, its last remainder included.
+    uint256 public constant FEATURE_EXACT_BILLING = 1;
+    /// @notice Feature bit of `marketplaceFeatures`: depositor-countersigned checkpoints and disputes of
+    ///         provisional (not countersigned) claims.
+    uint256 public constant FEATURE_USAGE_COUNTERSIGN = 2;
+    /// @notice EIP-712 type of the depositor's countersignature of its usage.
+    bytes32 public constant USAGE_TYPEHASH =
+        keccak256("UsageAck(uint256 jobId,uint256 cumulativeTokens,bytes32 transcriptHash)");
+    bytes32 private constant DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    bytes32 private constant DOMAIN_NAME_HASH = keccak256("Fabstir JobMarketplace");
+    bytes32 private constant DOMAIN_VERSION_HASH = keccak256("1");
     uint256 private constant SECP256K1_HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
 
     enum SessionStatus {
@@ -68,6 +90,14 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         string conversationCID;
         bytes32 lastProofHash;
         string lastProofCID;
+    }
+
+    /// @dev What the depositor consented to, per session (ours only; see `FEATURE_USAGE_COUNTERSIGN`).
+    ///      Tokens claimed above `acknowledged` are provisional; the dispute window runs from the last checkpoint.
+    struct UsageRecord {
+        uint128 acknowledged; // highest cumulative token count the depositor countersigned (or disputed down to)
+        bool disputed; // the depositor disputed a provisional claim: only countersigned claims from then on
+        bytes32 transcriptHash; // the transcript hash it gave with that count
     }
 
     struct ProofSubmission {
@@ -99,6 +129,7 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     mapping(uint256 => SessionJob) public sessionJobs;
     mapping(uint256 => bytes32) public sessionModel;
     mapping(uint256 => ProofSubmission[]) private _proofs;
+    mapping(uint256 => UsageRecord) public usage;
 
     event SessionJobCreated(uint256 indexed jobId, address indexed depositor, address indexed host, uint256 deposit);
     event SessionJobCreatedForModel(
@@ -128,6 +159,10 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     event TokenAccepted(address indexed token, uint256 minDeposit, uint256 maxDeposit);
     event TreasuryUpdated(address indexed treasury);
     event TreasuryWithdrawal(address indexed token, uint256 amount);
+    event UsageAcknowledged(uint256 indexed jobId, uint256 cumulativeTokens, bytes32 transcriptHash);
+    event UsageDisputed(
+        uint256 indexed jobId, uint256 claimedTokens, uint256 acknowledgedTokens, bytes32 transcriptHash
+    );
 
     modifier onlyTreasury() {
         require(msg.sender == treasuryAddress, "Only treasury");
@@ -253,6 +288,7 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         SessionJob storage job = _session(jobId);
         _checkClaim(job, tokensClaimed);
         require(_proofSigner(proofHash, job.host, tokensClaimed, signature) == job.host, "Invalid proof signature");
+        require(!usage[jobId].disputed, "Usage disputed");
         job.tokensUsed += tokensClaimed;
         job.lastProofTime = block.timestamp;
         job.lastProofHash = proofHash;
@@ -261,16 +297,80 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         emit ProofSubmitted(jobId, msg.sender, tokensClaimed, proofHash, proofCID, deltaCID);
     }
 
+    /// @notice The host claims up to `cumulativeTokens` in total, countersigned by the depositor: accepted at
+    ///         once, with no rate cap and no minimum. Tokens already claimed provisionally up to that count become
+    ///         acknowledged (no longer disputable); only tokens beyond `tokensUsed` are claimed anew.
+    /// @param depositorSignature The depositor's 65-byte signature (r, s, v) of `usageDigest(jobId,
+    ///        cumulativeTokens, transcriptHash)`.
+    function submitCountersignedProof(
+        uint256 jobId,
+        uint256 cumulativeTokens,
+        bytes32 transcriptHash,
+        bytes32 proofHash,
+        bytes calldata depositorSignature,
+        string calldata proofCID,
+        string calldata deltaCID
+    ) external nonReentrant {
+        SessionJob storage job = _session(jobId);
+        require(msg.sender == job.host, "Only host");
+        require(job.status == SessionStatus.Active, "Session not active");
+        UsageRecord storage record = usage[jobId];
+        require(cumulativeTokens > record.acknowledged, "Not above acknowledged usage");
+        require(cumulativeTokens <= job.deposit * PRICE_PRECISION / job.pricePerToken, "Exceeds deposit");
+        require(cumulativeTokens <= type(uint128).max, "Too many tokens");
+        require(
+            _recover(usageDigest(jobId, cumulativeTokens, transcriptHash), depositorSignature) == job.depositor,
+            "Invalid usage signature"
+        );
+        record.acknowledged = uint128(cumulativeTokens);
+        record.transcriptHash = transcriptHash;
+        job.lastProofTime = block.timestamp;
+        emit UsageAcknowledged(jobId, cumulativeTokens, transcriptHash);
+        if (cumulativeTokens > job.tokensUsed) {
+            uint256 claimed = cumulativeTokens - job.tokensUsed;
+            job.tokensUsed = cumulativeTokens;
+            job.lastProofHash = proofHash;
+            job.lastProofCID = proofCID;
+            _recordSubmission(jobId, claimed, proofHash, deltaCID);
+            emit ProofSubmitted(jobId, msg.sender, claimed, proofHash, proofCID, deltaCID);
+        }
+    }
+
+    /// @notice The depositor answers provisional claims with its own count: at or above what it countersigned,
+    ///         below what was claimed, within `disputeWindow` seconds of the last checkpoint (the window in which
+    ///         the host may not complete). Its count becomes the session's usage, and from then on only
+    ///         countersigned claims are accepted.
+    function disputeUsage(uint256 jobId, uint256 cumulativeTokens, bytes32 transcriptHash) external nonReentrant {
+        SessionJob storage job = _session(jobId);
+        require(msg.sender == job.depositor, "Only depositor");
+        require(job.status == SessionStatus.Active, "Session not active");
+        UsageRecord storage record = usage[jobId];
+        require(
+            job.tokensUsed > record.acknowledged && block.timestamp < job.lastProofTime + disputeWindow,
+            "No claim in dispute window"
+        );
+        require(cumulativeTokens >= record.acknowledged, "Below acknowledged usage");
+        require(cumulativeTokens < job.tokensUsed, "Not below claimed usage");
+        emit UsageDisputed(jobId, job.tokensUsed, cumulativeTokens, transcriptHash);
+        job.tokensUsed = cumulativeTokens;
+        record.acknowledged = uint128(cumulativeTokens);
+        record.transcriptHash = transcriptHash;
+        record.disputed = true;
+    }
+
     // ------------------------------------------------------------------ ending sessions
 
-    /// @notice Ends and settles the session. The depositor may call at any time; the host once
-    ///         `disputeWindow` seconds have passed since its last checkpoint (or the start).
+    /// @notice Ends and settles the session. The depositor may call at any time (settling accepts the claims it
+    ///         did not dispute); the host once `disputeWindow` seconds have passed since its last checkpoint (or
+    ///         the start), or at once when the depositor countersigned every token claimed.
     function completeSessionJob(uint256 jobId, string calldata conversationCID) external nonReentrant {
         SessionJob storage job = _session(jobId);
         require(job.status == SessionStatus.Active, "Session not active");
         if (msg.sender != job.depositor) {
             require(msg.sender == job.host, "Not authorized");
-            require(block.timestamp >= job.lastProofTime + disputeWindow, "Must wait dispute window");
+            if (job.tokensUsed == 0 || usage[jobId].acknowledged != job.tokensUsed) {
+                require(block.timestamp >= job.lastProofTime + disputeWindow, "Must wait dispute window");
+            }
         }
         job.conversationCID = conversationCID;
         (uint256 hostNet, uint256 refund) = _close(job, SessionStatus.Completed);
@@ -331,6 +431,26 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
 
     // ------------------------------------------------------------------ views
 
+    /// @notice What this marketplace adds to the public one, as `FEATURE_*` bits. The public contracts lack this
+    ///         function; clients look for its selector in the code before calling it.
+    function marketplaceFeatures() external pure returns (uint256) {
+        return FEATURE_EXACT_BILLING | FEATURE_USAGE_COUNTERSIGN;
+    }
+
+    /// @notice The EIP-712 digest the depositor signs to countersign `cumulativeTokens` received on `jobId`
+    ///         with transcript hash `transcriptHash` (domain: name "Fabstir JobMarketplace", version "1", this
+    ///         chain's id, this contract).
+    function usageDigest(uint256 jobId, uint256 cumulativeTokens, bytes32 transcriptHash)
+        public
+        view
+        returns (bytes32)
+    {
+        bytes32 domain =
+            keccak256(abi.encode(DOMAIN_TYPEHASH, DOMAIN_NAME_HASH, DOMAIN_VERSION_HASH, block.chainid, address(this)));
+        bytes32 structHash = keccak256(abi.encode(USAGE_TYPEHASH, jobId, cumulativeTokens, transcriptHash));
+        return keccak256(abi.encodePacked("\x19\x01", domain, structHash));
+    }
+
     function getProofCount(uint256 jobId) external view returns (uint256) {
         return _proofs[jobId].length;
     }
@@ -361,7 +481,7 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     function _checkClaim(SessionJob storage job, uint256 tokensClaimed) private view {
         require(msg.sender == job.host, "Only host");
         require(job.status == SessionStatus.Active, "Session not active");
-        require(tokensClaimed >= MIN_PROVEN_TOKENS, "Too few tokens");
+        require(tokensClaimed > 0, "Too few tokens");
         require(
             tokensClaimed <= 2 * maxTokensPerSecond * (block.timestamp - job.lastProofTime), "Excessive tokens claimed"
         );
@@ -375,14 +495,18 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         pure
         returns (address)
     {
+        bytes32 digest = keccak256(abi.encodePacked(proofHash, host, tokensClaimed));
+        return _recover(keccak256(abi.encodePacked("\x19Ethereum Signed Message:\n32", digest)), signature);
+    }
+
+    /// @dev The signer of `message` (r ‖ s ‖ v, v 27/28 or 0/1); zero for a high-s or otherwise invalid signature.
+    function _recover(bytes32 message, bytes calldata signature) private pure returns (address) {
         require(signature.length == 65, "Invalid signature length");
         bytes32 r = bytes32(signature[0:32]);
         bytes32 s = bytes32(signature[32:64]);
         uint8 v = uint8(signature[64]);
         if (v < 27) v += 27;
         if (uint256(s) > SECP256K1_HALF_ORDER || (v != 27 && v != 28)) return address(0);
-        bytes32 digest = keccak256(abi.encodePacked(proofHash, host, tokensClaimed));
-        bytes32 message = keccak256(abi.encodePacked("\x19Ethereum Signed Message:\n32", digest));
         return ecrecover(message, v, r, s);
     }
 

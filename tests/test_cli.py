@@ -55,7 +55,8 @@ def test_demo_json_summary(tiny_model: Path) -> None:
     money = {k: summary[k] for k in ("deposit", "tokens_billed", "host_earnings", "treasury_fee", "refund")}
     assert all(isinstance(v, int) for v in money.values())
     assert money["host_earnings"] + money["treasury_fee"] + money["refund"] == money["deposit"]
-    assert money["tokens_billed"] >= 100 and money["host_earnings"] == summary["host_earnings_on_chain"] > 0
+    assert money["tokens_billed"] == summary["tokens_served"]  # our contracts bill exactly what was served
+    assert money["host_earnings"] == summary["host_earnings_on_chain"] > 0
     assert money["host_earnings"] + money["treasury_fee"] == money["tokens_billed"] * summary["price_per_token"] // 1000
     assert "receipt (job 1)" in result.stdout
 

@@ -99,7 +99,9 @@ async def test_host_killed_mid_answer_bills_what_it_served_once(anvil: AnvilProc
     print(f"\nkill -9 mid-answer: client received {received} tokens, the chain settled {billed}")
     assert abs(billed - received) <= FLUSH_TOKENS, (received, billed)
     proofs = await world.chain.call(world.market.marketplace.functions.getProofCount(job_id))
-    assert proofs == 1, "one checkpoint, sent by the restarted node"
+    # the restarted node's checkpoint, after the first node's countersigned one for the whole answer when that one
+    # landed before the kill (the countersignature comes after the answer; the kill cuts the next one)
+    assert proofs in (1, 2)
     with contextlib.closing(sqlite3.connect(data / "ledger.db")) as ledger:
         row = ledger.execute("SELECT generated, submitted, done FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
     assert row == (billed, billed, 1), "the ledger's served count is what was billed, and the job is done"

@@ -465,9 +465,13 @@ def test_checkpoint_rules(m: Market) -> None:
     job, _ = m.open_eth(5 * 10**14, 3 * 10**12, proof_interval=1000)
     with c.reverts("Only host"):
         m.prove(job, 1000, "wrong-host", host=m.host2)
-    with c.reverts("Too few tokens"):
-        m.prove(job, 99, "few")
-    m.prove(job, 160_000, "big", wait=100)
+    with c.reverts("Too few tokens"):  # any positive claim: ours bill a session's last remainder too
+        m.prove(job, 0, "none")
+    features = m.market.functions
+    assert features.marketplaceFeatures().call() == 3 == (features.FEATURE_EXACT_BILLING().call()
+                                                          | features.FEATURE_USAGE_COUNTERSIGN().call())
+    m.prove(job, 99, "few")  # under the public contracts' 100-token minimum
+    m.prove(job, 160_000 - 99, "big", wait=100)
     c.travel(9)
     with c.reverts("Excessive tokens claimed"):  # 10 s after the last proof: 10 x 1000 tok/s x 2 = 20,000 at most
         m.checkpoint(job, 20_001, "fast").transact({"from": m.host})

@@ -18,10 +18,12 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from fabstir.chain import jobs
 from fabstir.chain.backend import Chain, dev_account
 from fabstir.chain.contracts import Marketplace, model_id
 from fabstir.chain.deploy import DEFAULT_MIN_STAKE, deploy_marketplace
 from fabstir.chain.metadata import build_host_metadata
+from fabstir.chain.money import EXACT_RULES, PUBLIC_RULES
 from fabstir.chain.proofs import ProofForm, detect_proof_form_sync, proof_digest, sign_proof
 from fabstir.errors import ChainError, ContractError
 from fabstir.node import billing
@@ -96,6 +98,20 @@ async def test_the_probe_finds_the_form_each_contract_speaks(world: World) -> No
     with pytest.raises(ChainError) as info:
         detect_proof_form_sync(chain.w3, world.client.address)
     assert info.value.code == "NO_CONTRACT"
+
+
+async def test_exact_billing_is_detected_on_ours_only(world: World) -> None:
+    """Ours (also behind a proxy) bill exactly what was served; a contract without ``marketplaceFeatures`` (the
+    public ones) keeps the 100-token minimum claim and the minimum charge, and nothing calls it there."""
+    chain, marketplace = world.chain, world.market.deployment.marketplace
+    sink = _deploy_test_contract(chain, "StubProxy", _deploy_test_contract(chain, "UnsignedProofSink"))
+    ours_behind_proxy = _deploy_test_contract(chain, "StubProxy", marketplace)
+    for address, rules in ((marketplace, EXACT_RULES), (ours_behind_proxy, EXACT_RULES), (sink, PUBLIC_RULES)):
+        market = Marketplace(chain, dataclasses.replace(world.market.deployment, marketplace=address))
+        assert await jobs.claim_rules(market) == rules
+        assert await HostChain(market, world.host, None).claim_rules() == rules
+    assert EXACT_RULES.exact and EXACT_RULES.session_minimum(500) == 0
+    assert not PUBLIC_RULES.exact and PUBLIC_RULES.session_minimum(500) == 500
 
 
 async def test_the_host_sends_the_unsigned_form_where_the_contract_takes_no_signature(world: World) -> None:

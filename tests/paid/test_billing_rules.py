@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fabstir.chain.money import EXACT_RULES, PUBLIC_RULES, ClaimRules
 from fabstir.chain.records import JobStatus, SessionJob
 from fabstir.cli.main import main
 from fabstir.errors import NodeError
@@ -24,9 +25,11 @@ from tests.conftest import NodeFactory
 from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, register
 
 
-def service(world: PaidWorld, ledger: Path, **kwargs: object) -> BillingService:
-    return BillingService(HostChain(world.market, world.host, world.model), ledger, checkpoint_tokens=100,
-                          retry_delay=0.2, defer_while_streaming=False, **kwargs)  # type: ignore[arg-type]
+def service(world: PaidWorld, ledger: Path, rules: ClaimRules | None = None, **kwargs: object) -> BillingService:
+    """A billing service on our marketplace (exact rules, detected), or under ``rules`` (the public ones)."""
+    return BillingService(HostChain(world.market, world.host, world.model, rules=rules), ledger,
+                          checkpoint_tokens=100, retry_delay=0.2, defer_while_streaming=False,
+                          **kwargs)  # type: ignore[arg-type]
 
 
 async def test_deposit_limits_what_is_served(world: PaidWorld, node_factory: NodeFactory, tmp_path: Path) -> None:
@@ -46,9 +49,9 @@ async def test_deposit_limits_what_is_served(world: PaidWorld, node_factory: Nod
         with pytest.raises(NodeError) as info:
             await sdk.inference.send_prompt("three")
         assert info.value.code == "DEPOSIT_EXHAUSTED"
-        await billing.wait_idle(30)
-        # the last 50 tokens are below the marketplace's 100-token minimum claim: never billable
-        assert (await sdk.sessions.get_session(job.job_id)).tokens_used == 100
+    # the client left: on our contracts a remainder under the public 100-token minimum is billed too
+    await until(lambda: submitted(billing, job.job_id) == 150)
+    assert (await HostChain(world.market, world.host, world.model).get_job(job.job_id)).tokens_used == 150
 
 
 async def test_checkpoint_after_lost_receipt_is_not_sent_twice(world: PaidWorld, tmp_path: Path) -> None:
@@ -171,11 +174,12 @@ async def test_served_tokens_reach_the_ledger_every_32_tokens_or_250_ms(world: P
 
 
 async def test_a_checkpoint_mid_answer_keeps_the_tail_billable(world: PaidWorld, tmp_path: Path) -> None:
-    """No claim may be under 100 tokens: mid-answer, 100 are kept back so that the answer's end is billed too."""
+    """Public rules: no claim may be under 100 tokens: mid-answer, 100 are kept back so that the answer's end is
+    billed too."""
     await register(world, "http://127.0.0.1:9")
     async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client) as sdk:
         job = await sdk.sessions.create_session(world.host.address, world.model, 10**15, HOST_PRICE_NATIVE)
-    billing = service(world, tmp_path / "t.db", complete_sessions=False)
+    billing = service(world, tmp_path / "t.db", PUBLIC_RULES, complete_sessions=False)
     await billing.start()
     try:
         billing.open_job(job.job_id, job.max_tokens, job.proof_interval)
@@ -197,8 +201,61 @@ async def test_a_checkpoint_mid_answer_keeps_the_tail_billable(world: PaidWorld,
     assert (await HostChain(world.market, world.host, world.model).get_job(job.job_id)).tokens_used == 260
 
 
+async def test_exact_rules_bill_every_token_served(world: PaidWorld, tmp_path: Path) -> None:
+    """Ours: no first claim is padded, and the last remainder (under the public 100-token minimum) is claimed once
+    the client has gone: billed == served."""
+    await register(world, "http://127.0.0.1:9")
+    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client) as sdk:
+        job = await sdk.sessions.create_session(world.host.address, world.model, 10**15, HOST_PRICE_NATIVE)
+    billing = service(world, tmp_path / "x.db")
+    await billing.start()
+    try:
+        billing.open_job(job.job_id, job.max_tokens, job.proof_interval)
+        for _ in range(250):
+            billing.record_served(job.job_id, 1)
+        await billing.wait_idle(30)
+        assert billing.rules == EXACT_RULES and submitted(billing, job.job_id) == 150, "mid-answer: 100 kept back"
+        for _ in range(37):
+            billing.record_served(job.job_id, 1)
+        billing.end_response(job.job_id)
+        await billing.wait_idle(30)
+        assert submitted(billing, job.job_id) == 287, "the answer's end with its tail"
+        billing.add_tokens(job.job_id, 42)
+        await billing.wait_idle(30)
+        assert submitted(billing, job.job_id) == 287, "42 wait for more while the client stays"
+        billing.connection_closed(job.job_id)
+        async with asyncio.timeout(60):
+            while job.job_id not in billing.settled:
+                await asyncio.sleep(0.05)
+    finally:
+        await billing.aclose()
+    final = await HostChain(world.market, world.host, world.model).get_job(job.job_id)
+    assert final.status is JobStatus.COMPLETED and final.tokens_used == 329
+
+
+async def test_public_rules_charge_the_minimum(world: PaidWorld, tmp_path: Path) -> None:
+    """Public rules (kept for the public contracts): 39 tokens served, the first claim pads to the session's
+    proof interval."""
+    await register(world, "http://127.0.0.1:9")
+    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client) as sdk:
+        job = await sdk.sessions.create_session(world.host.address, world.model, 10**15, HOST_PRICE_NATIVE,
+                                                proof_interval=120)
+    billing = service(world, tmp_path / "p.db", PUBLIC_RULES, complete_sessions=False)
+    await billing.start()
+    try:
+        billing.open_job(job.job_id, job.max_tokens, job.proof_interval)
+        billing.add_tokens(job.job_id, 39)
+        await billing.wait_idle(30)
+        assert submitted(billing, job.job_id) == 0
+        billing.connection_closed(job.job_id)
+        await until(lambda: submitted(billing, job.job_id) == 120)
+    finally:
+        await billing.aclose()
+
+
 def test_session_cost_is_what_the_chain_charges() -> None:
-    """Served is not billed: the first checkpoint claims the session's proof interval, the deposit caps all."""
+    """Public rules: served is not billed: the first checkpoint claims the session's proof interval, the deposit
+    caps all. Exact rules (ours): billed == served, the deposit caps all."""
     assert [billable_tokens(n, 100, 1000) for n in (0, 1, 39, 100, 250, 5000)] == [0, 100, 100, 100, 250, 1000]
     job = SessionJob(job_id=9, depositor="0x" + "11" * 20, host="0x" + "22" * 20, payment_token=None,
                      deposit=10**15, price_per_token=HOST_PRICE_NATIVE, tokens_used=0, max_duration=60, start_time=0,
@@ -216,20 +273,29 @@ def test_session_cost_is_what_the_chain_charges() -> None:
     assert tracker.get_usage_stats(9).billed_tokens == 100 and tracker.get_billed_tokens(9) == 100
     tracker._ledger(9).completion_tokens = 180
     assert tracker.get_session_cost(9) == 180 * HOST_PRICE_NATIVE // 1000
+    exact = BillingTracker()
+    exact.track_session(job, EXACT_RULES)
+    exact._ledger(9).completion_tokens = 39
+    cost = exact.get_cost_breakdown(9)
+    assert (cost.served_tokens, cost.billed_tokens, cost.minimum_charge, cost.explanation) == (39, 39, 0, None)
+    assert exact.get_session_cost(9) == 39 * HOST_PRICE_NATIVE // 1000
 
 
 def test_demo_receipt_shows_served_and_billed(tiny_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--model", str(tiny_model), "--max-tokens", "13", "--temperature", "0", "--json"]) == 0
     out = capsys.readouterr().out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["tokens_served"] == summary["completion_tokens"] == 39
-    assert summary["tokens_billed"] == summary["minimum_charge_tokens"] == 100
-    assert summary["billing_note"].startswith("minimum charge of 100 tokens per session: 61 more than served")
+    # our contracts bill exactly what was served (the public ones would charge a 100-token minimum here)
+    assert summary["tokens_served"] == summary["completion_tokens"] == summary["tokens_billed"] == 39
+    assert summary["billing_rules"] == "exact" and summary["minimum_charge_tokens"] == 0
+    assert summary["tokens_countersigned"] == 39  # the client's countersignature covers every token billed
+    assert summary["billing_note"] is None
     charged = summary["host_earnings"] + summary["treasury_fee"]
-    assert charged == summary["sdk_session_cost"] == 100 * summary["price_per_token"] // 1000
+    assert charged == summary["sdk_session_cost"] == 39 * summary["price_per_token"] // 1000
     assert charged + summary["refund"] == summary["deposit"]
     assert "tokens served      39\n" in out
-    assert "tokens billed      100 (minimum charge of 100 tokens per session" in out
+    assert "tokens billed      39 (as served)" in out
+    assert "countersigned      39 (by the client, as it streamed)" in out
 
 
 async def test_checkpoints_wait_for_a_quiet_moment(world: PaidWorld, tmp_path: Path) -> None:

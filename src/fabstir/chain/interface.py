@@ -65,6 +65,14 @@ PUBLIC_ABI_FILES: dict[str, str] = {
 
 EXTRAS: dict[tuple[str, str], str] = {
     ("FabstirToken", "mint"): "owner mint of our development token (local chains and the demo only)",
+    ("JobMarketplace", "marketplaceFeatures"): "our rules' feature bits; called only once its selector is found "
+                                               "in the contract's code, so never on the public contracts",
+    ("JobMarketplace", "submitCountersignedProof"): "consented billing (P1): sent only where marketplaceFeatures "
+                                                    "has FEATURE_USAGE_COUNTERSIGN",
+    ("JobMarketplace", "disputeUsage"): "consented billing (P1): the depositor's answer to a provisional claim, "
+                                        "ours only",
+    ("JobMarketplace", "usage"): "consented billing (P1): read only where marketplaceFeatures has "
+                                 "FEATURE_USAGE_COUNTERSIGN",
     ("NodeRegistry", "NodeActiveChanged"): "our real active flag (setNodeActive); the public flag never changes",
     ("NodeRegistry", "StakeAdded"): "our stake() event; the public registry emits none for added stake",
 }

@@ -15,23 +15,37 @@ from web3 import Web3
 from web3.logs import DISCARD
 
 from fabstir.chain.contracts import Marketplace
-from fabstir.chain.proofs import ProofForm, detect_proof_form_sync, sign_proof
+from fabstir.chain.money import EXACT_RULES, PUBLIC_RULES, ClaimRules
+from fabstir.chain.proofs import (
+    FEATURE_EXACT_BILLING,
+    FEATURE_USAGE_COUNTERSIGN,
+    ProofForm,
+    detect_proof_form_sync,
+    has_features_getter_sync,
+    sign_proof,
+)
 from fabstir.chain.records import SessionJob
 from fabstir.chain.tokens import ensure_allowance
+from fabstir.chain.usage import UsageAck, UsageRecord
 from fabstir.errors import ContractError
 
 __all__ = [
     "SessionEvent",
     "complete_session_job",
+    "claim_rules",
     "create_session_job",
     "detect_proof_form",
+    "dispute_usage",
     "dispute_window",
     "fee_basis_points",
     "get_session_job",
     "is_proof_recorded",
+    "marketplace_features",
     "session_events",
     "submit_checkpoint",
+    "submit_countersigned_checkpoint",
     "trigger_session_timeout",
+    "usage_record",
 ]
 
 
@@ -95,6 +109,27 @@ async def detect_proof_form(market: Marketplace) -> ProofForm:
     return await market.chain.run(detect_proof_form_sync, market.chain.w3, market.marketplace.address)
 
 
+async def marketplace_features(market: Marketplace) -> int:
+    """The ``FEATURE_*`` bits of :mod:`fabstir.chain.proofs` the marketplace has (0 for the public contracts,
+    which lack ``marketplaceFeatures``: its selector is looked for in the code before it is called).
+
+    Raises:
+        ChainError: there is no contract at the marketplace's address (code ``NO_CONTRACT``).
+    """
+    if not await market.chain.run(has_features_getter_sync, market.chain.w3, market.marketplace.address):
+        return 0
+    return int(await market.chain.call(market.marketplace.functions.marketplaceFeatures()))
+
+
+async def claim_rules(market: Marketplace) -> ClaimRules:
+    """What the marketplace lets a checkpoint claim: :data:`~fabstir.chain.money.EXACT_RULES` on ours,
+    :data:`~fabstir.chain.money.PUBLIC_RULES` (100-token minimum, minimum charge) elsewhere."""
+    features = await marketplace_features(market)
+    if not features & FEATURE_EXACT_BILLING:
+        return PUBLIC_RULES
+    return dataclasses.replace(EXACT_RULES, countersigned=bool(features & FEATURE_USAGE_COUNTERSIGN))
+
+
 async def submit_checkpoint(market: Marketplace, host: LocalAccount, job_id: int, tokens: int, proof_hash: bytes,
                             proof_cid: str = "", *, form: ProofForm = ProofForm.SIGNED) -> None:
     """``submitProofOfWork`` claiming ``tokens`` more tokens, in ``form``: signed by ``host`` (the reference
@@ -111,6 +146,37 @@ async def submit_checkpoint(market: Marketplace, host: LocalAccount, job_id: int
     else:
         call = functions.submitProofOfWork(job_id, tokens, proof_hash, proof_cid, "")
     await market.chain.transact(host, call)
+
+
+async def submit_countersigned_checkpoint(market: Marketplace, host: LocalAccount, ack: UsageAck,
+                                          proof_hash: bytes, proof_cid: str = "") -> None:
+    """``submitCountersignedProof``: claim up to ``ack.tokens`` in total with the depositor's countersignature
+    (ours only; accepted at once).
+
+    Raises:
+        ContractError: refused ("Invalid usage signature", "Not above acknowledged usage", "Exceeds deposit"...).
+    """
+    call = market.marketplace.functions.submitCountersignedProof(ack.job_id, ack.tokens, ack.transcript_hash,
+                                                                 proof_hash, ack.signature, proof_cid, "")
+    await market.chain.transact(host, call)
+
+
+async def dispute_usage(market: Marketplace, depositor: LocalAccount, job_id: int, tokens: int,
+                        transcript_hash: bytes) -> None:
+    """``disputeUsage``: the depositor answers provisional claims with its own lower count (ours only).
+
+    Raises:
+        ContractError: refused ("No claim in dispute window", "Below acknowledged usage", "Not below claimed
+            usage", "Only depositor").
+    """
+    call = market.marketplace.functions.disputeUsage(job_id, tokens, transcript_hash)
+    await market.chain.transact(depositor, call)
+
+
+async def usage_record(market: Marketplace, job_id: int) -> UsageRecord:
+    """The job's consented usage as the marketplace holds it (ours only)."""
+    acknowledged, disputed, transcript = await market.chain.call(market.marketplace.functions.usage(job_id))
+    return UsageRecord(int(acknowledged), bool(disputed), bytes(transcript))
 
 
 async def is_proof_recorded(market: Marketplace, proof_hash: bytes) -> bool:

@@ -6,10 +6,15 @@ billing both use these, and they follow the JobMarketplace contract:
 - A price is payment units per token times :data:`PRICE_PRECISION` (1000): ``cost = tokens * price // 1000``,
   rounded down.
 - A deposit pays for at most ``deposit * 1000 // price`` tokens.
-- A checkpoint claims at least :data:`MIN_PROVEN_TOKENS`; the first one at least the session's minimum charge
-  (its ``proofInterval``, which the contract keeps at or above that), never more than the deposit covers.
-- Served is not billed: the chain charges nothing for nothing, else at least the minimum charge, at most
-  what the deposit covers.
+- What a checkpoint may claim depends on the marketplace (:class:`ClaimRules`):
+
+  - the public contracts (:data:`PUBLIC_RULES`): at least :data:`MIN_PROVEN_TOKENS`, and the first one at least
+    the session's minimum charge (its ``proofInterval``), so served is not billed: the chain charges nothing for
+    nothing, else at least the minimum charge, and a tail under 100 tokens after a checkpoint is never billed;
+  - ours (:data:`EXACT_RULES`, detected by ``marketplaceFeatures``): any positive claim, so billed == served,
+    to the token, the session's last remainder included.
+
+  Either way a claim never goes beyond what the deposit covers.
 - Settlement: the treasury's fee (basis points) comes out of the host's payment; the rest of the deposit is
   refunded.
 """
@@ -23,9 +28,12 @@ from fabstir.errors import ConfigError
 
 __all__ = [
     "BASIS_POINTS",
+    "ClaimRules",
     "ETH_DECIMALS",
+    "EXACT_RULES",
     "MIN_PROVEN_TOKENS",
     "PRICE_PRECISION",
+    "PUBLIC_RULES",
     "Settlement",
     "billable_tokens",
     "first_claim_minimum",
@@ -85,6 +93,34 @@ def token_cost(tokens: int, price_per_token: int) -> int:
 def max_tokens_for_deposit(deposit: int, price_per_token: int) -> int:
     """The most tokens a deposit pays for."""
     return deposit * PRICE_PRECISION // price_per_token
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimRules:
+    """What one marketplace lets a checkpoint claim, and therefore what a session is billed."""
+
+    min_claim: int = MIN_PROVEN_TOKENS
+    """The smallest claim (1 where any remainder may be claimed)."""
+    minimum_charge: bool = True
+    """The first claim is padded to the session's ``proofInterval`` (the public node's minimum charge)."""
+    countersigned: bool = False
+    """Claims countersigned by the depositor are accepted at once, others only after a challenge window in which
+    the depositor may answer with a lower count (:mod:`fabstir.chain.usage`)."""
+
+    @property
+    def exact(self) -> bool:
+        """Billed == served: no minimum charge, and any remainder can be claimed."""
+        return self.min_claim <= 1 and not self.minimum_charge
+
+    def session_minimum(self, proof_interval: int) -> int:
+        """The session's minimum charge in tokens under these rules (0: none)."""
+        return proof_interval if self.minimum_charge else 0
+
+
+PUBLIC_RULES = ClaimRules()
+"""The public Fabstir contracts: claims of at least 100 tokens, the first padded to ``proofInterval``."""
+EXACT_RULES = ClaimRules(min_claim=1, minimum_charge=False, countersigned=True)
+"""Ours: any positive claim, no minimum charge (billed == served), and depositor-countersigned claims."""
 
 
 def billable_tokens(served: int, minimum_charge: int = 0, max_tokens: int | None = None) -> int:

@@ -11,6 +11,10 @@ where ``signature`` is the host's eth_sign signature (``"\\x19Ethereum Signed Me
 five-argument form without it. :func:`detect_proof_form` finds which one a contract speaks by looking for
 each form's selector in its runtime code, following an ERC-1967 proxy (the public contracts are UUPS
 proxies) to its implementation.
+
+What our marketplace adds to the public one is found the same way: :func:`has_features_getter_sync` looks for
+the selector of ``marketplaceFeatures()`` (which the public contracts lack) before anything calls it, and the
+bits it returns (:data:`FEATURE_EXACT_BILLING`, ...) say which of our rules apply.
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ from fabstir.errors import ChainError
 
 __all__ = [
     "ERC1967_IMPLEMENTATION_SLOT",
+    "FEATURES_GETTER",
+    "FEATURE_EXACT_BILLING",
+    "FEATURE_USAGE_COUNTERSIGN",
     "ProofForm",
     "SIGNED_SUBMIT",
     "UNSIGNED_SUBMIT",
     "UNSIGNED_SUBMIT_ABI",
     "detect_proof_form_sync",
+    "has_features_getter_sync",
     "proof_digest",
     "sign_proof",
 ]
@@ -39,6 +47,14 @@ SIGNED_SUBMIT = "submitProofOfWork(uint256,uint256,bytes32,bytes,string,string)"
 """The reference form (the public contracts' client ABI, and ours)."""
 UNSIGNED_SUBMIT = "submitProofOfWork(uint256,uint256,bytes32,string,string)"
 """The older form without a signature, still spoken by some public deployments."""
+
+FEATURES_GETTER = "marketplaceFeatures()"
+"""Our marketplace's bit set of what it adds to the public contracts (which lack the function)."""
+FEATURE_EXACT_BILLING = 1
+"""``marketplaceFeatures`` bit: any positive claim is accepted, so billed == served (no 100-token minimum)."""
+FEATURE_USAGE_COUNTERSIGN = 2
+"""``marketplaceFeatures`` bit: depositor-countersigned checkpoints (``submitCountersignedProof``) and disputes of
+provisional claims (``disputeUsage``); see :mod:`fabstir.chain.usage`."""
 
 UNSIGNED_SUBMIT_ABI: dict[str, Any] = {
     "type": "function",
@@ -115,3 +131,12 @@ def detect_proof_form_sync(w3: Web3, address: str) -> ProofForm:
     if _PUSH4 + ProofForm.UNSIGNED.selector in code:
         return ProofForm.UNSIGNED
     return ProofForm.SIGNED
+
+
+def has_features_getter_sync(w3: Web3, address: str) -> bool:
+    """Whether the marketplace at ``address`` has ``marketplaceFeatures()`` (ours; the public ones do not).
+
+    Raises:
+        ChainError: there is no contract at ``address`` (code ``NO_CONTRACT``).
+    """
+    return _PUSH4 + bytes(Web3.keccak(text=FEATURES_GETTER))[:4] in _runtime_code(w3, address)

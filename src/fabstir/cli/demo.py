@@ -24,6 +24,7 @@ from typing import Any
 from fabstir.chain.backend import Chain, dev_account
 from fabstir.chain.contracts import Marketplace, model_id
 from fabstir.chain.deploy import deploy_marketplace
+from fabstir.chain.jobs import usage_record
 from fabstir.chain.metadata import build_host_metadata
 from fabstir.chain.money import format_units
 from fabstir.chain.tokens import mint
@@ -128,6 +129,9 @@ async def _paid_session(sdk: FabstirSDK, market: Marketplace, billing: BillingSe
     owed = await earnings(market, host)
     summary = summarize(chosen.api_url, model_name, results, 0.0)
     served = summary["completion_tokens"]
+    rules = await sdk.sessions.claim_rules()
+    minimum = rules.session_minimum(final.proof_interval)
+    countersigned = (await usage_record(market, job.job_id)).acknowledged if rules.countersigned else None
     summary.update({
         "encrypted": chosen.encryption_key is not None,
         "receipts_verified": sum(1 for r in results if r.receipt is not None),
@@ -136,8 +140,10 @@ async def _paid_session(sdk: FabstirSDK, market: Marketplace, billing: BillingSe
         "price_per_token": final.price_per_token,
         "tokens_served": served,
         "tokens_billed": final.tokens_used,
-        "minimum_charge_tokens": final.proof_interval,
-        "billing_note": billing_note(served, final.tokens_used, final.proof_interval),
+        "billing_rules": "exact" if rules.exact else "public",
+        "tokens_countersigned": countersigned,
+        "minimum_charge_tokens": minimum,
+        "billing_note": billing_note(served, final.tokens_used, minimum),
         "sdk_session_cost": sdk.billing.get_session_cost(job.job_id),
         "host_earnings": split.host_earnings,
         "treasury_fee": split.treasury_fee,
@@ -158,7 +164,7 @@ def billing_note(served: int, billed: int, minimum_charge: int) -> str | None:
         return (f"minimum charge of {minimum_charge} tokens per session: {billed - served} more than served, "
                 "as the first checkpoint claims the session's proof interval")
     if billed < served:
-        return (f"{served - billed} tokens not billed: the last answers' tail is under the marketplace's "
+        return (f"{served - billed} tokens not billed: the last answers' tail is under the public marketplace's "
                 f"{MIN_PROVEN_TOKENS}-token smallest claim")
     return None
 
@@ -233,6 +239,8 @@ def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
         print(f"  {'tokens served':18} {summary['tokens_served']}")
         print(f"  {'tokens billed':18} {summary['tokens_billed']}"
               + (f" ({summary['billing_note']})" if summary["billing_note"] else " (as served)"))
+        if summary.get("tokens_countersigned") is not None:
+            print(f"  {'countersigned':18} {summary['tokens_countersigned']} (by the client, as it streamed)")
         charged = summary["host_earnings"] + summary["treasury_fee"]
         print(f"  {'charged':18} {eth(charged)} (the SDK's get_session_cost said {eth(summary['sdk_session_cost'])})")
         print(f"  {'host earnings':18} {eth(summary['host_earnings'])}")

@@ -15,8 +15,10 @@ from web3 import Web3
 
 from fabstir.chain import jobs
 from fabstir.chain.contracts import Marketplace
+from fabstir.chain.money import ClaimRules
 from fabstir.chain.proofs import ProofForm
 from fabstir.chain.records import JobStatus, SessionJob
+from fabstir.chain.usage import UsageAck, UsageRecord, usage_signer
 from fabstir.errors import NodeError
 
 __all__ = ["HostChain", "JobRefusedError", "checkpoint_hash"]
@@ -28,24 +30,31 @@ class JobRefusedError(NodeError):
     default_code = "JOB_REFUSED"
 
 
-def checkpoint_hash(chain_id: int, marketplace: str, job_id: int, cumulative_tokens: int, host: str) -> bytes:
+def checkpoint_hash(chain_id: int, marketplace: str, job_id: int, cumulative_tokens: int, host: str,
+                    transcript_hash: bytes | None = None) -> bytes:
     """A checkpoint's proof hash: unique per job and cumulative count, and the same on every retry.
 
     Retrying after a lost receipt therefore reuses the hash, and the ProofSystem's reuse check
-    makes a double submission impossible.
+    makes a double submission impossible. A countersigned checkpoint names the transcript hash the
+    depositor signed (so it never collides with a provisional claim of the same count).
     """
     text = f"fabstir-checkpoint-v1|{chain_id}|{marketplace.lower()}|{job_id}|{cumulative_tokens}|{host.lower()}"
+    if transcript_hash is not None:
+        text += f"|countersigned|{transcript_hash.hex()}"
     return hashlib.sha256(text.encode()).digest()
 
 
 class HostChain:
     """A host account acting on one marketplace deployment, serving one model."""
 
-    def __init__(self, market: Marketplace, account: LocalAccount, model_id: bytes | None) -> None:
+    def __init__(self, market: Marketplace, account: LocalAccount, model_id: bytes | None, *,
+                 rules: ClaimRules | None = None) -> None:
+        """``rules=None``: what checkpoints may claim is detected on chain (:meth:`claim_rules`)."""
         self.market = market
         self.account = account
         self.model_id = model_id
         self._proof_form: ProofForm | None = None
+        self._rules = rules
 
     @property
     def address(self) -> str:
@@ -75,9 +84,25 @@ class HostChain:
                                   f"0x{self.model_id.hex()}", code="MODEL_MISMATCH")
         return job
 
-    def proof_hash(self, job_id: int, cumulative_tokens: int) -> bytes:
+    def proof_hash(self, job_id: int, cumulative_tokens: int, transcript_hash: bytes | None = None) -> bytes:
         return checkpoint_hash(self.market.chain.chain_id, self.market.marketplace.address, job_id,
-                               cumulative_tokens, self.address)
+                               cumulative_tokens, self.address, transcript_hash)
+
+    def ack_signer(self, ack: UsageAck) -> str | None:
+        """Who countersigned ``ack`` on this chain and marketplace (``None``: malformed or high-s)."""
+        return usage_signer(self.market.chain.chain_id, self.market.marketplace.address, ack)
+
+    async def usage_record(self, job_id: int) -> UsageRecord:
+        """The job's consented usage on the marketplace (ours only)."""
+        return await jobs.usage_record(self.market, job_id)
+
+    async def submit_countersigned(self, ack: UsageAck, proof_hash: bytes) -> None:
+        """``submitCountersignedProof`` up to ``ack.tokens`` in total (ours only; accepted at once).
+
+        Raises:
+            ContractError: refused ("Invalid usage signature", "Not above acknowledged usage"...).
+        """
+        await jobs.submit_countersigned_checkpoint(self.market, self.account, ack, proof_hash)
 
     async def is_proof_recorded(self, proof_hash: bytes) -> bool:
         return await jobs.is_proof_recorded(self.market, proof_hash)
@@ -87,6 +112,12 @@ class HostChain:
         if self._proof_form is None:
             self._proof_form = await jobs.detect_proof_form(self.market)
         return self._proof_form
+
+    async def claim_rules(self) -> ClaimRules:
+        """What the marketplace lets a checkpoint claim (detected once, see :func:`fabstir.chain.jobs.claim_rules`)."""
+        if self._rules is None:
+            self._rules = await jobs.claim_rules(self.market)
+        return self._rules
 
     async def submit_checkpoint(self, job_id: int, tokens: int, proof_hash: bytes, proof_cid: str = "") -> None:
         """``submitProofOfWork`` for ``tokens`` more tokens, signed by the host where the contract wants it.

@@ -28,6 +28,7 @@ import time
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from fabstir.chain.usage import UsageAck
 from fabstir.errors import ChainError, NodeError
 from fabstir.node.admission import AdmittedJob, Caller, job_id_from_session
 from fabstir.node.runtime import NodeRuntime
@@ -40,6 +41,7 @@ from fabstir.protocol import (
     Connected,
     EncryptedInitReceived,
     ErrorCode,
+    Feature,
     History,
     HistoryRequest,
     InferenceRequest,
@@ -52,6 +54,7 @@ from fabstir.protocol import (
     SessionInit,
     TokenRefresh,
     Usage,
+    UsageAcknowledgement,
 )
 from fabstir.protocol.auth import AuthError
 from fabstir.protocol.e2e import E2EError, E2EErrorCode
@@ -88,12 +91,14 @@ class WebSocketConnection:
         self._cancel = threading.Event()
         self._closed = False
         self._jobs: set[int] = set()
+        self._depositors: dict[int, str] = {}
+        """Depositor of each job admitted on this connection (who must countersign its usage)."""
 
     def _greeting(self) -> Connected:
         runtime = self.runtime
         if not self.extensions:
             return Connected()
-        return Connected(version=runtime.version, features=runtime.features, signing_key=runtime.signing_public_key,
+        return Connected(version=runtime.version, features=self._features(), signing_key=runtime.signing_public_key,
                          public_key=runtime.e2e_public_key if runtime.config.encryption else None)
 
     # --- I/O -------------------------------------------------------------------------------
@@ -168,6 +173,8 @@ class WebSocketConnection:
             await self.on_resume(event)
         elif isinstance(event, (HistoryRequest, SessionClear)):
             await self.on_session_operation(event)
+        elif isinstance(event, UsageAcknowledgement):
+            self.on_usage_ack(event)
         else:
             await self.on_auth(event)
 
@@ -187,6 +194,17 @@ class WebSocketConnection:
             return
         self.caller.grants.add(claims)
         self.conn.answer(success)
+
+    def on_usage_ack(self, message: UsageAcknowledgement) -> None:
+        """The depositor's countersignature of its usage: kept by billing if it matches (nothing is answered)."""
+        depositor = self._depositors.get(message.job_id)
+        if self.runtime.billing is None or depositor is None:
+            return
+        ack = UsageAck(message.job_id, message.tokens, bytes.fromhex(message.transcript_hash[2:]),
+                       bytes.fromhex(message.signature[2:]))
+        if not self.runtime.billing.acknowledge(ack, depositor):
+            log.info("connection %d: usage_ack for job %d (%d tokens) not kept", self.connection_id,
+                     message.job_id, message.tokens)
 
     async def on_session_operation(self, message: HistoryRequest | SessionClear) -> None:
         """``get_history`` (the session's owner, ``read_history`` on a paid node) or ``session_clear`` (admin)."""
@@ -256,7 +274,11 @@ class WebSocketConnection:
     # --- sessions and admission -------------------------------------------------------------------
 
     def _features(self) -> tuple[str, ...] | None:
-        return self.runtime.features if self.extensions else None
+        if not self.extensions:
+            return None
+        if self.runtime.billing is None:
+            return self.runtime.features
+        return (*self.runtime.features, str(Feature.USAGE_COUNTERSIGN))  # a paid node takes countersignatures
 
     def _index(self, session: SessionContext) -> int | None:
         return session.next_index if self.extensions else None
@@ -283,6 +305,7 @@ class WebSocketConnection:
         if admitted is not None and admitted.job_id not in self._jobs:
             open_billing(self.runtime, admitted)
             self._jobs.add(admitted.job_id)
+            self._depositors[admitted.job_id] = admitted.depositor
         return admitted
 
     def bind(self, session_id: str, admitted: AdmittedJob | None, caller: Caller, *, job_id: int | None = None,
@@ -349,6 +372,8 @@ class WebSocketConnection:
             session.history = list(request.conversation_context)
         session.record_turn(request.prompt, (request.continue_from or "") + answer.text)
         finished = answer.finished
+        if admitted is not None and self.runtime.billing is not None:  # what the client's countersignature covers
+            self.runtime.billing.record_answer(admitted.job_id, answer.text, answer.tokens_sent)
         self.conn.send_end(finished.finish_reason, tokens_used=answer.tokens_sent,
                            usage=Usage(answer.prepared.fitted.prompt_tokens, finished.completion_tokens,
                                        self.runtime.inference.context_window),

@@ -63,6 +63,7 @@ from fabstir.protocol.messages import (
     TokenRefresh,
     UnknownMessage,
     Usage,
+    UsageAcknowledgement,
 )
 from fabstir.protocol.parse import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -95,6 +96,7 @@ __all__ = [
     "History",
     "HistoryRequest",
     "SessionClear",
+    "UsageAcknowledgement",
     "TokenRefresh",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_TOKENS",

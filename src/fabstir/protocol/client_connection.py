@@ -76,6 +76,7 @@ from fabstir.protocol.messages import (
     StreamCancel,
     StreamEnd,
     TokenRefresh,
+    UsageAcknowledgement,
 )
 from fabstir.protocol.parse import _dumps
 from fabstir.protocol.state import SessionState
@@ -241,6 +242,12 @@ class ClientConnection(ClientIntake):
             raise LocalProtocolError("nothing to cancel: no prompt is streaming", code="NO_REQUEST")
         self._state.move(SessionState.CANCELLING)
         self._send(StreamCancel(self.session_id, reason))
+
+    def send_usage_ack(self, message: UsageAcknowledgement) -> None:
+        """``usage_ack`` (feature ``usage-countersign``): the depositor's countersignature; nothing answers it and
+        it may go while an answer streams."""
+        self._require_open("acknowledge usage")
+        self._send(message)
 
     def send_ping(self) -> None:
         """The public SDK's keep-alive (the node ignores it)."""

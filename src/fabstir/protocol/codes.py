@@ -60,6 +60,9 @@ class Feature(enum.StrEnum):
     SIGNED_MESSAGES = "signed-messages"
     CONTINUE_FROM = "continue-from"
     """A request's ``continue_from`` (the start of an answer another host streamed) is continued, not restarted."""
+    USAGE_COUNTERSIGN = "usage-countersign"
+    """The node takes ``usage_ack``: the depositor's countersignature of the tokens it received (consented billing,
+    see :mod:`fabstir.chain.usage`)."""
 
 
 PROTOCOL_FEATURES: tuple[str, ...] = tuple(f.value for f in Feature)

@@ -34,6 +34,7 @@ from fabstir.protocol.messages import (
     StreamCancel,
     TokenRefresh,
     UnknownMessage,
+    UsageAcknowledgement,
 )
 from fabstir.protocol.stream import StreamSnapshot
 
@@ -113,7 +114,7 @@ class CancelReceived:
 
 ServerEvent: TypeAlias = (
     PromptReceived | EncryptedInitReceived | ResumeReceived | CancelReceived | SessionInit | AuthChallengeRequest
-    | AuthRequest | TokenRefresh | HistoryRequest | SessionClear
+    | AuthRequest | TokenRefresh | HistoryRequest | SessionClear | UsageAcknowledgement
 )
 """What :meth:`ServerConnection.events_received` yields."""
 

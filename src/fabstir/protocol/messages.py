@@ -38,6 +38,7 @@ __all__ = [
     "StreamEnd",
     "UnknownMessage",
     "Usage",
+    "UsageAcknowledgement",
     "DEFAULT_MAX_TOKENS",
     "PUBLIC_CONTEXT_MESSAGES",
     "DEFAULT_TEMPERATURE",
@@ -416,9 +417,32 @@ class EncryptedSessionResume:
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class UsageAcknowledgement:
+    """``usage_ack`` (ours, feature ``usage-countersign``): the depositor countersigns the cumulative ``tokens``
+    it received on ``job_id`` and the transcript hash of those answers (see :mod:`fabstir.chain.usage`).
+
+    Sent after each answer's ``stream_end`` (also accepted while an answer streams); the node answers nothing.
+    ``transcript_hash`` (32 bytes) and ``signature`` (65 bytes, r ‖ s ‖ v) travel as ``0x`` hex.
+    """
+
+    job_id: int
+    tokens: int
+    transcript_hash: str
+    signature: str
+    session_id: str | None = None
+    request_id: str | None = None
+
+    def to_wire(self) -> JSONObject:
+        return _drop_none({"type": "usage_ack", "session_id": self.session_id, "job_id": self.job_id,
+                           "tokens": self.tokens, "transcript_hash": self.transcript_hash,
+                           "signature": self.signature, "id": self.request_id})
+
+
 ClientMessage: TypeAlias = (
     SessionInit | PromptMessage | StreamCancel | SessionResume | AuthChallengeRequest | AuthRequest | TokenRefresh
     | HistoryRequest | SessionClear | EncryptedSessionInit | EncryptedMessage | EncryptedSessionResume | Ping
+    | UsageAcknowledgement
 )
 
 

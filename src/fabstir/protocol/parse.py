@@ -56,6 +56,7 @@ from fabstir.protocol.messages import (
     TokenRefresh,
     UnknownMessage,
     Usage,
+    UsageAcknowledgement,
 )
 
 __all__ = [
@@ -464,6 +465,24 @@ def _parse_session_clear(fields: _Fields) -> SessionClear:
     return SessionClear(session_id=session_id, request_id=fields.request_id)
 
 
+def _hex_field(fields: _Fields, name: str, size: int) -> str:
+    """A required ``0x`` hex string of exactly ``size`` bytes, normalized to lower case with the prefix."""
+    text = _required_str(fields, name).lower().removeprefix("0x")
+    if len(text) != 2 * size or any(c not in "0123456789abcdef" for c in text):
+        raise fields.fail(f"field {name!r} must be {size} bytes of hex", ErrorCode.VALIDATION_ERROR)
+    return "0x" + text
+
+
+def _parse_usage_ack(fields: _Fields) -> UsageAcknowledgement:
+    tokens = fields.int_("tokens")
+    if tokens is None:
+        raise fields.fail("usage_ack needs tokens", ErrorCode.VALIDATION_ERROR)
+    return UsageAcknowledgement(job_id=_required_job(fields), tokens=tokens,
+                                transcript_hash=_hex_field(fields, "transcript_hash", 32),
+                                signature=_hex_field(fields, "signature", 65), session_id=_session_id(fields),
+                                request_id=fields.request_id)
+
+
 def _parse_encrypted_session_init(fields: _Fields) -> EncryptedSessionInit:
     return EncryptedSessionInit(
         payload=fields.obj.get("payload"),
@@ -517,6 +536,7 @@ _CLIENT_PARSERS: dict[str, Callable[[_Fields], ClientMessage]] = {
     "encrypted_session_init": _parse_encrypted_session_init,
     "encrypted_message": _parse_encrypted_message,
     "ping": lambda fields: Ping(request_id=fields.request_id),
+    "usage_ack": _parse_usage_ack,
 }
 
 

@@ -31,6 +31,7 @@ from fabstir.protocol.messages import (
     StreamCancel,
     StreamEnd,
     TokenRefresh,
+    UsageAcknowledgement,
 )
 from fabstir.protocol.parse import DEFAULT_MAX_FRAME_BYTES
 from fabstir.protocol.signing import ReplayCache
@@ -38,7 +39,8 @@ from fabstir.protocol.state import SessionState
 
 __all__ = ["ServerIntake"]
 
-_CONTROL = (SessionInit, AuthChallengeRequest, AuthRequest, TokenRefresh, HistoryRequest, SessionClear)
+_CONTROL = (SessionInit, AuthChallengeRequest, AuthRequest, TokenRefresh, HistoryRequest, SessionClear,
+            UsageAcknowledgement)
 """Requests handed to the node as they are (the message is the event)."""
 
 
@@ -112,6 +114,8 @@ class ServerIntake(Connection[ServerEvent]):
             if self.state is SessionState.STREAMING and self._answer is not None:
                 self._state.move(SessionState.CANCELLING)
                 self._emit(CancelReceived(message, self._answer.event.request_id))
+        elif isinstance(message, UsageAcknowledgement):  # a countersignature may come while an answer streams
+            self._emit(message)
         elif not isinstance(message, Ping):  # a ping is ignored (the public SDK's keep-alive)
             self._refuse(ErrorCode.REQUEST_IN_PROGRESS,
                          "a response is streaming on this connection; wait for stream_end or send stream_cancel",

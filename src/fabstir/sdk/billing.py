@@ -5,13 +5,14 @@ by the node) is recorded per session, priced at the session's on-chain price
 (×1000 precision), and compared with what the deposit covers. Costs are exact
 integers in base units.
 
-Served is not billed. The marketplace charges at least the session's minimum
-(its ``proof_interval``, 100 tokens on our contracts: the first checkpoint claims
-that many) and at most what the deposit covers; :func:`billable_tokens` (from
-:mod:`fabstir.chain.money`, whose rules the node's billing follows too) applies
-those rules, and ``get_session_cost`` is what the chain will charge for the tokens
-served so far. A host may bill less, never more: a tail under the 100-token
-smallest claim that follows an earlier checkpoint cannot be claimed.
+On our contracts billed == served, to the token (at most what the deposit covers).
+On the public contracts served is not billed: the marketplace charges at least the
+session's minimum (its ``proof_interval``: the first checkpoint claims that many) and
+at most what the deposit covers, and a host may bill less, never more (a tail under
+the 100-token smallest claim that follows an earlier checkpoint cannot be claimed).
+:func:`billable_tokens` (from :mod:`fabstir.chain.money`, whose rules the node's
+billing follows too) applies the session's rules, and ``get_session_cost`` is what
+the chain will charge for the tokens served so far.
 """
 
 from __future__ import annotations
@@ -19,17 +20,23 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fabstir.chain.money import billable_tokens, max_tokens_for_deposit, token_cost
+from fabstir.chain.money import PUBLIC_RULES, ClaimRules, billable_tokens, max_tokens_for_deposit, token_cost
 from fabstir.chain.records import SessionJob
+from fabstir.chain.usage import UsageTranscript, sign_usage
 from fabstir.errors import SessionError
+from fabstir.protocol import UsageAcknowledgement
 from fabstir.sdk.types import InferenceResult
 
-__all__ = ["BillingEvent", "BillingTracker", "CHARS_PER_TOKEN", "SessionCost", "UsageStats", "billable_tokens"]
+__all__ = ["BillingEvent", "BillingTracker", "CHARS_PER_TOKEN", "SessionCost", "UsageStats", "billable_tokens",
+           "usage_acknowledgement"]
 
 CHARS_PER_TOKEN = 4
 """Rough characters per token for :meth:`BillingTracker.estimate_tokens` (English text, BPE tokenizers)."""
+
+if TYPE_CHECKING:
+    from fabstir.sdk.client import FabstirSDK
 
 BillingCallback = Callable[["BillingEvent"], "None | Awaitable[None]"]
 
@@ -44,7 +51,8 @@ class SessionCost:
     cost: int
     """What the chain charges (base units)."""
     minimum_charge: int
-    """The session's smallest charge in tokens (its ``proof_interval``; 0 when unknown)."""
+    """The session's smallest charge in tokens (its ``proof_interval`` on the public contracts; 0 on ours,
+    which bill exactly what was served, and when unknown)."""
 
     @property
     def explanation(self) -> str | None:
@@ -103,11 +111,12 @@ class BillingTracker:
         self._ledgers: dict[str, _Ledger] = {}
         self._callbacks: list[BillingCallback] = []
 
-    def track_session(self, job: SessionJob) -> None:
-        """Price a session with its job's on-chain terms (done by ``sdk.sessions.create_session``)."""
+    def track_session(self, job: SessionJob, rules: ClaimRules = PUBLIC_RULES) -> None:
+        """Price a session with its job's on-chain terms and its marketplace's claim rules (done by
+        ``sdk.sessions.create_session``, which detects the rules)."""
         ledger = self._ledgers.setdefault(str(job.job_id), _Ledger())
         ledger.price_per_token, ledger.deposit = job.price_per_token, job.deposit
-        ledger.minimum_charge = job.proof_interval
+        ledger.minimum_charge = rules.session_minimum(job.proof_interval)
 
     def on_billing(self, callback: BillingCallback) -> None:
         """Call ``callback`` with a :class:`BillingEvent` after every answer."""
@@ -194,3 +203,15 @@ class BillingTracker:
             cost=self._cost(ledger, ledger.completion_tokens), price_per_token=ledger.price_per_token,
             deposit=ledger.deposit, remaining_tokens=self._remaining(ledger), billed_tokens=self._billed(ledger),
             billed_cost=self._cost(ledger, self._billed(ledger)))
+
+
+def usage_acknowledgement(sdk: FabstirSDK, job_id: int, transcript: UsageTranscript,
+                          session_id: str | None = None) -> UsageAcknowledgement | None:
+    """The depositor's countersignature of ``transcript`` on ``job_id`` as a ``usage_ack`` message, signed with
+    the SDK's account for its marketplace (``None`` without an account, a chain or a deployment)."""
+    if sdk.account is None or sdk.chain is None or sdk.deployment is None:
+        return None
+    ack = sign_usage(sdk.account, sdk.chain.chain_id, sdk.deployment.marketplace, job_id, transcript.tokens,
+                     transcript.transcript_hash)
+    return UsageAcknowledgement(job_id=job_id, tokens=ack.tokens, transcript_hash="0x" + ack.transcript_hash.hex(),
+                                signature="0x" + ack.signature.hex(), session_id=session_id)

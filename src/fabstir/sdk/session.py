@@ -28,14 +28,16 @@ Use a session as ``async with`` (it closes its socket on exit).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
+from fabstir.chain.usage import UsageTranscript
 from fabstir.discovery.selection import HostCandidate
-from fabstir.errors import SessionError
+from fabstir.errors import ConnectionClosedError, SessionError
 from fabstir.protocol import (
     PUBLIC_CONTEXT_MESSAGES,
     AuthSuccess,
@@ -53,6 +55,7 @@ from fabstir.protocol.client_connection import ClientConnection, ControlRequest
 from fabstir.protocol.messages import JSONObject
 from fabstir.protocol.signing import sign_message
 from fabstir.sdk import handshake, session_auth, switching
+from fabstir.sdk.billing import usage_acknowledgement
 from fabstir.sdk.channel import Channel
 from fabstir.sdk.connection import Connector, Transport
 from fabstir.sdk.e2e import ClientEncryption, choose_encryption, embed_context, normalize_public_key
@@ -101,6 +104,8 @@ class Session:
     """The current job's deposit (base units; 0 when unknown or free)."""
     job_tokens: int = 0
     """Tokens streamed to us on the current job."""
+    usage: UsageTranscript = dataclasses.field(default_factory=UsageTranscript)
+    """The current job's answers that ended, as the depositor countersigns them (:mod:`fabstir.chain.usage`)."""
     wire_id: str | None = None
     """The id the current host knows the session by, once it moved (its new job's id); else :attr:`session_id`."""
     _channel: Channel | None = dataclasses.field(default=None, init=False, repr=False)
@@ -208,7 +213,7 @@ class Session:
         """Point the session at another host (and job); the next :meth:`open_channel` connects there."""
         if job_id != self.job_id:
             self.wire_id = str(job_id) if job_id is not None else None
-            self.job_deposit, self.job_tokens = deposit, 0
+            self.job_deposit, self.job_tokens, self.usage = deposit, 0, UsageTranscript()
         self.host_url, self.job_id, self.host_signing_key = host_url, job_id, signing_key
         self.encryption, self.token, self.token_expires_at = None, None, 0  # the old host's keys and token
 
@@ -316,6 +321,19 @@ class Session:
             self.state.move(SessionState.CANCELLING)
         channel.protocol.send_cancel()
         await channel.flush()
+
+    async def countersign_usage(self) -> None:
+        """Countersign the current job's usage so far (``usage_ack``) where the host takes it (``usage-countersign``);
+        a lost socket only loses this countersignature (the next one covers it)."""
+        channel = self._channel
+        if self.job_id is None or Feature.USAGE_COUNTERSIGN not in self.features or channel is None \
+                or channel.closed or self.usage.tokens == 0:
+            return
+        message = usage_acknowledgement(self.sdk, self.job_id, self.usage, self.wire_session_id)
+        if message is not None:
+            channel.protocol.send_usage_ack(message)
+            with contextlib.suppress(ConnectionClosedError):
+                await channel.flush()
 
     async def ensure_ready(self) -> None:
         """Reconnect if the socket is gone, refresh an expiring token."""

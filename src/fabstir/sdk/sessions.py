@@ -11,6 +11,7 @@ from fabstir.chain.contracts import Marketplace
 from fabstir.chain.hosts import resolve_model_id
 from fabstir.chain.jobs import (
     SessionEvent,
+    claim_rules,
     complete_session_job,
     create_session_job,
     fee_basis_points,
@@ -18,7 +19,7 @@ from fabstir.chain.jobs import (
     session_events,
     trigger_session_timeout,
 )
-from fabstir.chain.money import Settlement, settle
+from fabstir.chain.money import ClaimRules, Settlement, settle
 from fabstir.chain.records import SessionJob
 from fabstir.discovery.selection import Requirements, Strategy, Weights
 from fabstir.errors import SessionError, StorageError
@@ -37,6 +38,7 @@ class SessionManager:
 
     def __init__(self, sdk: FabstirSDK) -> None:
         self._sdk = sdk
+        self._rules: ClaimRules | None = None
 
     @property
     def _market(self) -> Marketplace:
@@ -72,8 +74,14 @@ class SessionManager:
                                           price_per_token=price_per_token, max_duration=max_duration,
                                           proof_interval=proof_interval, token=token)
         job = await self.get_session(job_id)
-        self._sdk.billing.track_session(job)
+        self._sdk.billing.track_session(job, await self.claim_rules())
         return job
+
+    async def claim_rules(self) -> ClaimRules:
+        """What the marketplace bills (exact on ours, the public minimums elsewhere); detected once."""
+        if self._rules is None:
+            self._rules = await claim_rules(self._market)
+        return self._rules
 
     async def open_session(self, model: bytes | str, deposit: int, *, strategy: Strategy | str = "composite",
                            host: str | None = None, requirements: Requirements | None = None,

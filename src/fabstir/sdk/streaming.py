@@ -140,6 +140,7 @@ class InferenceStream:
                                 yield piece
                     if self._answer is not None:
                         await self._store_end(self.result)
+                    await session.countersign_usage()
                     await session.sdk.billing.record(self.result)
                     return
                 except SignatureError:
@@ -301,6 +302,7 @@ class InferenceStream:
         if earlier and usage is not None:  # the answer's tokens, all hosts together
             usage = dataclasses.replace(usage, completion_tokens=self._part_start + usage.completion_tokens)
         session.record_turn(self._prompt, text, snapshot.message_index)
+        session.usage.add(snapshot.text, snapshot.tokens_used)  # this host's answer, as its node records it
         self._result = InferenceResult(
             text=text,
             finish_reason=snapshot.finish_reason,
