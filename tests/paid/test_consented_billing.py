@@ -321,3 +321,34 @@ async def test_the_node_keeps_only_countersignatures_of_what_it_sent(world: Paid
         assert ledger_ack(ledger, job) == (42, 42)
     finally:
         await billing.aclose()
+
+
+async def test_the_depositor_settling_disputes_a_provisional_over_claim_first(world: PaidWorld,
+                                                                            node_factory: NodeFactory,
+                                                                            tmp_path: Path) -> None:
+    """A host that claims provisionally more than it streamed (through a real node and the SDK): the depositor's
+    ``complete_session`` first answers with what the client received (``dispute_overclaim``), so it pays exactly
+    what it was served."""
+    billing = BillingService(HostChain(world.market, world.host, world.model), tmp_path / "l.db",
+                             checkpoint_tokens=100, retry_delay=0.2, defer_while_streaming=False,
+                             complete_sessions=False)
+    node = await node_factory(billing=billing)
+    await register(world, node.url)
+    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client,
+                          default_options=PromptOptions(max_tokens=60, temperature=0.0)) as sdk:
+        job = await sdk.sessions.create_session(world.host.address, world.model, DEPOSIT, HOST_PRICE_NATIVE)
+        await sdk.inference.connect_to_session(str(job.job_id), node.url, job_id=job.job_id)
+        served = sum([(await sdk.inference.send_prompt(f"q{i}")).tokens_used for i in range(2)])
+        assert not await sdk.sessions.dispute_overclaim(job.job_id), "nothing claimed beyond what was received"
+
+        async def countersigned() -> bool:
+            return (await billing.host.usage_record(job.job_id)).acknowledged == served
+
+        await until(countersigned)
+        cheat = HostChain(world.market, world.host, world.model)
+        await world.chain.advance_time(1)
+        await cheat.submit_checkpoint(job.job_id, 500, cheat.proof_hash(job.job_id, served + 500))
+        assert (await sdk.sessions.get_session(job.job_id)).tokens_used == served + 500
+        final = await sdk.sessions.complete_session(job.job_id)
+    assert final.status is JobStatus.COMPLETED and final.tokens_used == served == 120
+    assert (await billing.host.usage_record(job.job_id)).disputed

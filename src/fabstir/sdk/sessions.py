@@ -14,10 +14,12 @@ from fabstir.chain.jobs import (
     claim_rules,
     complete_session_job,
     create_session_job,
+    dispute_usage,
     fee_basis_points,
     get_session_job,
     session_events,
     trigger_session_timeout,
+    usage_record,
 )
 from fabstir.chain.money import ClaimRules, Settlement, settle
 from fabstir.chain.records import SessionJob
@@ -123,8 +125,49 @@ class SessionManager:
         """
         if conversation_cid is None:
             conversation_cid = await self._conversation_cid(job_id)
+        if (await self.claim_rules()).countersigned and self._received(job_id) is not None:
+            await self.dispute_overclaim(job_id)  # settling accepts every claim left undisputed
         await complete_session_job(self._market, self._sdk.require_account(), job_id, conversation_cid)
         return await self.get_session(job_id)
+
+    async def dispute_overclaim(self, job_id: int, tokens: int | None = None,
+                                transcript_hash: bytes | None = None) -> bool:
+        """Answer the host's provisional (not countersigned) claims with what this client received, if they claim
+        more (our contracts only; within the dispute window after the host's last checkpoint).
+
+        ``tokens=None``: the tokens session ``str(job_id)`` of this SDK received on the job, and the transcript
+        hash of its answers that ended (what it countersigned as they streamed). Returns whether a dispute was
+        sent (``False``: nothing claimed beyond what was received or countersigned).
+
+        Raises:
+            SessionError: ``tokens`` not given and this SDK has no session on ``job_id`` (SESSION_NOT_FOUND).
+            ContractError: the marketplace refused ("No claim in dispute window": the window is over).
+        """
+        if tokens is None:
+            received = self._received(job_id)
+            if received is None:
+                raise SessionError(f"no session of this SDK streamed job {job_id}", code="SESSION_NOT_FOUND")
+            tokens, transcript_hash = received
+        job = await self.get_session(job_id)
+        record = await usage_record(self._market, job_id)
+        tokens = max(tokens, record.acknowledged)  # what the client countersigned is owed in any case
+        if job.tokens_used <= tokens:
+            return False
+        await dispute_usage(self._market, self._sdk.require_account(), job_id, tokens,
+                            transcript_hash if transcript_hash is not None else record.transcript_hash)
+        return True
+
+    def _received(self, job_id: int) -> tuple[int, bytes] | None:
+        """(tokens received, transcript hash of the answers that ended) of this SDK's session on ``job_id``."""
+        if "inference" not in self._sdk.__dict__:  # no session was ever opened
+            return None
+        try:
+            session = self._sdk.inference.session(str(job_id))
+        except SessionError:
+            return None
+        if session.job_id != job_id:
+            return None
+        return session.job_tokens, session.usage.transcript_hash
 
     async def _conversation_cid(self, job_id: int) -> str:
         if self._sdk.recorder is None:
