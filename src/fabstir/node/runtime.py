@@ -110,8 +110,8 @@ class NodeRuntime:
         features = [Feature.SERVER_CONTEXT, Feature.MESSAGE_INDEX, Feature.SESSION_RESUME,
                     Feature.STREAM_CANCEL, Feature.HTTP_SSE, Feature.SIGNED_RECEIPTS, Feature.RATE_LIMITS,
                     Feature.SIGNED_MESSAGES, Feature.CONTINUE_FROM]
-        if self.billing is not None:
-            features.append(Feature.JWT_AUTH)
+        if self.billing is not None:  # a paid node: JWT auth, and it takes the depositor's usage countersignatures
+            features += [Feature.JWT_AUTH, Feature.USAGE_COUNTERSIGN]
         if self.config.ws_compression:
             features.append(Feature.PERMESSAGE_DEFLATE)
         if self.config.encryption:

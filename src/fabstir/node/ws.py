@@ -41,7 +41,6 @@ from fabstir.protocol import (
     Connected,
     EncryptedInitReceived,
     ErrorCode,
-    Feature,
     History,
     HistoryRequest,
     InferenceRequest,
@@ -274,11 +273,7 @@ class WebSocketConnection:
     # --- sessions and admission -------------------------------------------------------------------
 
     def _features(self) -> tuple[str, ...] | None:
-        if not self.extensions:
-            return None
-        if self.runtime.billing is None:
-            return self.runtime.features
-        return (*self.runtime.features, str(Feature.USAGE_COUNTERSIGN))  # a paid node takes countersignatures
+        return self.runtime.features if self.extensions else None
 
     def _index(self, session: SessionContext) -> int | None:
         return session.next_index if self.extensions else None
