@@ -128,7 +128,7 @@ async def _paid_session(sdk: FabstirSDK, market: Marketplace, billing: BillingSe
     split = final.settlement(fee_bps)
     owed = await earnings(market, host)
     summary = summarize(chosen.api_url, model_name, results, 0.0)
-    served = summary["completion_tokens"]
+    served = sum(r.tokens_used for r in results)  # what was streamed (a stop sequence generated, never shown, is not)
     rules = await sdk.sessions.claim_rules()
     minimum = rules.session_minimum(final.proof_interval)
     countersigned = (await usage_record(market, job.job_id)).acknowledged if rules.countersigned else None

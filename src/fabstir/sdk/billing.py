@@ -128,10 +128,11 @@ class BillingTracker:
         ledger.prompts += 1
         ledger.prompt_tokens += prompt_tokens if prompt_tokens is not None else (
             result.usage.prompt_tokens if result.usage else 0)
-        ledger.completion_tokens += result.completion_tokens
+        streamed = result.tokens_used  # what the host streamed and bills (a stop sequence it never showed is not)
+        ledger.completion_tokens += streamed
         event = BillingEvent(
             session_id=result.session_id, prompt_tokens=result.usage.prompt_tokens if result.usage else 0,
-            completion_tokens=result.completion_tokens, cost=self._cost(ledger, result.completion_tokens),
+            completion_tokens=streamed, cost=self._cost(ledger, streamed),
             total_tokens=ledger.completion_tokens, total_cost=self._cost(ledger, ledger.completion_tokens),
             remaining_tokens=self._remaining(ledger))
         for callback in self._callbacks:
