@@ -7,6 +7,7 @@ client's key in its environment; the job settles when the chat ends.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
@@ -44,4 +45,19 @@ async def test_paid_chat_shows_cost_and_settles(anvil: AnvilProcess, anvil_chain
         assert f"session total {sum(costs)} wei" in report and "session closed" in report
         job_id = int(re.search(r"paid session (\d+) with", report).group(1))  # type: ignore[union-attr]
         job = await wait_completed(world, job_id)
+        listed = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fabstir.cli", "sessions", "--network", str(network), "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "FABSTIR_CLIENT_KEY": world.client.key.hex()})
+        sessions_out, sessions_err = await listed.communicate()
+        spent = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fabstir.cli", "spend", "--network", str(network), "--depositor",
+            world.client.address, "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        spend_out, spend_err = await spent.communicate()
     assert job.depositor == world.client.address and job.tokens_used >= 24
+    assert listed.returncode == 0, sessions_err.decode()
+    (row,) = json.loads(sessions_out)
+    assert (row["job_id"], row["status"], row["tokens_used"]) == (job_id, "completed", job.tokens_used)
+    assert row["cost"] == job.tokens_used * HOST_PRICE_NATIVE // 1000 and row["refund"] == row["deposit"] - row["cost"]
+    assert spent.returncode == 0, spend_err.decode()
+    assert json.loads(spend_out)["total"] == {"ETH": row["cost"]}

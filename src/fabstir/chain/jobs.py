@@ -35,6 +35,7 @@ __all__ = [
     "claim_rules",
     "create_session_job",
     "detect_proof_form",
+    "depositor_job_ids",
     "dispute_usage",
     "dispute_window",
     "fee_basis_points",
@@ -229,3 +230,14 @@ async def session_events(market: Marketplace, job_id: int, from_block: int = 0) 
         return sorted(found, key=lambda item: item[:2])
 
     return [event for _, _, event in await market.chain.run(fetch)]
+
+
+async def depositor_job_ids(market: Marketplace, depositor: str, from_block: int = 0) -> list[int]:
+    """The ids of the session jobs ``depositor`` opened (``SessionJobCreated`` logs), oldest first."""
+    created = market.marketplace.events.SessionJobCreated
+
+    def fetch() -> list[int]:
+        logs = created().get_logs(from_block=from_block, argument_filters={"depositor": depositor})
+        return sorted({int(log["args"]["jobId"]) for log in logs})
+
+    return await market.chain.run(fetch)

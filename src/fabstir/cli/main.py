@@ -15,6 +15,7 @@ from typing import Any
 from fabstir import __version__
 from fabstir.cli.gateway import add_gateway_parser
 from fabstir.cli.hosts import add_hosts_parser
+from fabstir.cli.spending import add_spending_parsers
 from fabstir.errors import FabstirError
 
 __all__ = ["main", "run"]
@@ -129,6 +130,7 @@ def _add_chain_commands(node_commands: Any, commands: Any) -> None:
 
     add_hosts_parser(commands)
     add_gateway_parser(commands)
+    add_spending_parsers(commands)
 
     devnet = commands.add_parser("devnet", help="a local anvil chain with the contracts deployed")
     devnet_commands = devnet.add_subparsers(dest="devnet_command", required=True)
@@ -166,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fabstir.cli.hosts import run_hosts
 
             return asyncio.run(run_hosts(args))
+        if args.command in ("sessions", "spend"):
+            from fabstir.cli.spending import run_spending
+
+            return asyncio.run(run_spending(args))
         if args.command == "gateway":
             from fabstir.cli.gateway import run_gateway
 

@@ -14,6 +14,7 @@ from fabstir.chain.jobs import (
     claim_rules,
     complete_session_job,
     create_session_job,
+    depositor_job_ids,
     dispute_usage,
     fee_basis_points,
     get_session_job,
@@ -25,6 +26,7 @@ from fabstir.chain.money import ClaimRules, Settlement, settle
 from fabstir.chain.records import SessionJob
 from fabstir.discovery.selection import Requirements, Strategy, Weights
 from fabstir.errors import SessionError, StorageError
+from fabstir.sdk.spending import SessionSummary, Spending, summarize_sessions
 
 if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
@@ -182,6 +184,17 @@ class SessionManager:
         """Settle an expired or abandoned session (anyone may call it once it timed out)."""
         await trigger_session_timeout(self._market, self._sdk.require_account(), job_id)
         return await self.get_session(job_id)
+
+    async def list_sessions(self, depositor: str | None = None, *, from_block: int = 0) -> list[SessionSummary]:
+        """The session jobs ``depositor`` (default: this SDK's account) opened, oldest first: status, host,
+        model, tokens, cost and refund as the chain has them now."""
+        who = depositor or self._sdk.require_account().address
+        ids = await depositor_job_ids(self._market, Web3.to_checksum_address(who), from_block)
+        return [SessionSummary.of(await self.get_session(job_id)) for job_id in ids]
+
+    async def spend(self, depositor: str | None = None, *, from_block: int = 0) -> Spending:
+        """What ``depositor``'s sessions cost, in total and per day, host and model (per payment token)."""
+        return summarize_sessions(await self.list_sessions(depositor, from_block=from_block))
 
     async def get_session_events(self, job_id: int, from_block: int = 0) -> list[SessionEvent]:
         """Creation, checkpoints and settlement (``SessionCompleted`` or ``SessionTimedOut``) of ``job_id``,
