@@ -49,6 +49,9 @@ def stop_recorded_anvil(path: Path) -> None:
 def devnet_file(tmp_path: Path, anvil_binary: Path) -> Iterator[Path]:
     path = tmp_path / "devnet.json"
     yield path
+    from fabstir.cli.devnet_market import stop_marketplace
+
+    stop_marketplace(path)  # hosts and discovery service of a devnet a failed test left up
     stop_recorded_anvil(path)
     stop_recorded_anvil(tmp_path / "second.json")
 
