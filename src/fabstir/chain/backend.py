@@ -115,7 +115,9 @@ class Chain:
             if self._tester is None:
                 # estimated on the pending block: a chain that mines only on demand (anvil) keeps an old
                 # timestamp on "latest", where time checks (the checkpoint rate limit) would fail forever
-                params["gas"] = call.estimate_gas(dict(params), block_identifier="pending")
+                # with a margin: the state it is mined on may cost more than the one it was estimated on, and a
+                # transaction that runs out of gas fails on chain without a revert reason
+                params["gas"] = call.estimate_gas(dict(params), block_identifier="pending") * 5 // 4 + 20_000
             elif hasattr(call, "call"):
                 # eth-tester's gas estimation runs the transaction a dozen times in Python, holding the GIL
                 # that the streaming event loop needs: run it once as a call (which surfaces the revert

@@ -501,6 +501,8 @@ class BillingService:
     def _on_refusal(self, entry: JobLedgerEntry, exc: ContractError) -> float | None:
         if any(reason in exc.reason for reason in _RETRYABLE):
             return self.retry_delay
+        if not exc.reason:  # mined and failed without a reason (passed its estimate): nothing changed, try again;
+            return self.retry_delay  # a claim the contract refuses shows its reason at the next estimate
         if "Session not active" in exc.reason and entry.closed:  # the depositor (or a timeout) settled it first
             log.warning("billing job %d: settled on chain before this claim (%s)", entry.job_id, exc.reason)
             entry.pending_tokens, entry.pending_hash = 0, ""
