@@ -80,8 +80,7 @@ def build_gateway_app(gateway: Gateway, *, api_keys: Collection[str] | KeyStore 
         reply = gateway.reply(session, chat_request)
         headers = {"X-Fabstir-Host": session.host_url, "X-Fabstir-Session": session.session_id}
         if chat_request.stream:
-            events = _text_events if chat_request.stateless else _events
-            return StreamingResponse(events(gateway, reply, chat_request, lambda: charge(request, reply)),
+            return StreamingResponse(_events(gateway, reply, chat_request, lambda: charge(request, reply)),
                                      media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
         try:
             text = "".join([piece async for piece in gateway.pieces(reply)])
@@ -117,12 +116,16 @@ def build_gateway_app(gateway: Gateway, *, api_keys: Collection[str] | KeyStore 
 
 async def _events(gateway: Gateway, reply: Reply, request: wire.ChatRequest,
                   charge: Callable[[], None]) -> AsyncIterator[str]:
-    """The answer as ``chat.completion.chunk`` events, then ``[DONE]``; a failure mid-way is an ``error`` event."""
+    """The answer as ``chat.completion.chunk`` events (``text_completion`` for a completion), then ``[DONE]``;
+    a failure mid-way is an ``error`` event."""
     completion_id, created, model = wire.new_completion_id(), int(time.time()), request.model
-    yield _sse(wire.chunk(completion_id, created, model, role=True, content=""))
+    text = request.stateless
+    if not text:
+        yield _sse(wire.chunk(completion_id, created, model, role=True, content=""))
     try:
         async for piece in gateway.pieces(reply):
-            yield _sse(wire.chunk(completion_id, created, model, content=piece))
+            yield _sse(wire.text_chunk(completion_id, created, model, piece) if text
+                       else wire.chunk(completion_id, created, model, content=piece))
     except GatewayError as exc:
         yield _sse(wire.error_body(exc))
         return
@@ -130,31 +133,12 @@ async def _events(gateway: Gateway, reply: Reply, request: wire.ChatRequest,
         charge()
     result = reply.result
     assert result is not None
-    yield _sse(wire.chunk(completion_id, created, model, finish_reason=wire.finish_reason(result.finish_reason),
-                          fabstir=_fabstir(reply.session, result)))
+    finish, fabstir = wire.finish_reason(result.finish_reason), _fabstir(reply.session, result)
+    yield _sse(wire.text_chunk(completion_id, created, model, "", finish, fabstir) if text
+               else wire.chunk(completion_id, created, model, finish_reason=finish, fabstir=fabstir))
     if request.include_usage:
-        yield _sse(wire.usage_chunk(completion_id, created, model, _usage(result)))
-    yield "data: [DONE]\n\n"
-
-
-async def _text_events(gateway: Gateway, reply: Reply, request: wire.ChatRequest,
-                       charge: Callable[[], None]) -> AsyncIterator[str]:
-    """A completion as streamed ``text_completion`` events, then ``[DONE]``."""
-    completion_id, created, model = wire.new_completion_id(), int(time.time()), request.model
-    try:
-        async for piece in gateway.pieces(reply):
-            yield _sse(wire.text_chunk(completion_id, created, model, piece))
-    except GatewayError as exc:
-        yield _sse(wire.error_body(exc))
-        return
-    finally:
-        charge()
-    result = reply.result
-    assert result is not None
-    yield _sse(wire.text_chunk(completion_id, created, model, "", wire.finish_reason(result.finish_reason),
-                               _fabstir(reply.session, result)))
-    if request.include_usage:
-        yield _sse({**wire.usage_chunk(completion_id, created, model, _usage(result)), "object": "text_completion"})
+        usage = wire.usage_chunk(completion_id, created, model, _usage(result))
+        yield _sse({**usage, "object": "text_completion"} if text else usage)
     yield "data: [DONE]\n\n"
 
 
