@@ -24,6 +24,19 @@ SHARED_MODELS = Path(os.environ.get("FABSTIR_SHARED_MODELS", Path(__file__).reso
 STORIES = SHARED_MODELS / "stories260K.gguf"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_data_home(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Files the SDK and node keep by default (usage log, ledgers, conversations) go to a folder of this run,
+    never the home folder of whoever runs the tests."""
+    saved = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_DATA_HOME", None)
+    else:
+        os.environ["XDG_DATA_HOME"] = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight llama GGUF written by the test suite itself (no external files)."""

@@ -56,6 +56,16 @@ async def world(tiny_model: Path) -> AsyncIterator[PaidWorld]:
         chain.close()
 
 
+@pytest.fixture
+async def slow_world(tiny_model: Path) -> AsyncIterator[PaidWorld]:
+    """A marketplace whose dispute window (600 s of chain time) only the test moves past."""
+    chain = Chain.embedded(funded_accounts=5)
+    try:
+        yield await build_world(chain, tiny_model.name, dispute_window=600)
+    finally:
+        chain.close()
+
+
 async def register(world: PaidWorld, api_url: str) -> None:
     await register_host(world.market, world.host, metadata=build_host_metadata("test host", models=["tiny"]),
                         api_url=api_url, models=[world.model], min_price_native=HOST_PRICE_NATIVE,

@@ -19,7 +19,6 @@ from web3 import Web3
 
 import fabstir.sdk.session
 from fabstir.chain import jobs
-from fabstir.chain.backend import Chain
 from fabstir.chain.money import EXACT_RULES
 from fabstir.chain.records import JobStatus
 from fabstir.chain.usage import (
@@ -37,7 +36,7 @@ from fabstir.node.host_chain import HostChain
 from fabstir.protocol import Feature
 from fabstir.sdk import FabstirSDK, PromptOptions
 from tests.conftest import NodeFactory
-from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, build_world, register
+from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, register
 
 SECP256K1_ORDER = 2 * SECP256K1_HALF_ORDER + 1
 DEPOSIT = 10**15
@@ -173,16 +172,6 @@ async def test_an_undisputed_provisional_claim_is_paid_after_the_window(world: P
 
 
 # --------------------------------------------------------------------------------------------- through a node
-
-
-@pytest.fixture
-async def slow_world(tiny_model: Path) -> Any:
-    """A marketplace whose dispute window (600 s of chain time) only the test moves past."""
-    chain = Chain.embedded(funded_accounts=5)
-    try:
-        yield await build_world(chain, tiny_model.name, dispute_window=600)
-    finally:
-        chain.close()
 
 
 def ledger_ack(ledger: Path, job_id: int) -> tuple[int, int]:

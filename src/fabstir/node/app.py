@@ -130,6 +130,7 @@ def build_app(runtime: NodeRuntime) -> Starlette:
         Route("/v1/models", http.models),
         Route("/v1/checkpoints/{session_id}", http.checkpoints),
         Route("/v1/inference", http.inference, methods=["POST"]),
+        Route("/v1/usage", http.usage, methods=["POST"]),
         WebSocketRoute("/v1/ws", websocket_endpoint),
     ], middleware=[Middleware(ConnectionGuard, tracker=connections, ws_idle_timeout=runtime.config.ws_idle_timeout)])
     app.state.runtime = runtime

@@ -7,7 +7,9 @@ node a request names its job (``job_id``) and carries the depositor's session to
 per token exactly like a WebSocket answer, as one short connection. Refusals are coded:
 401 ``AUTH_REQUIRED``/``SESSION_EXPIRED``, 402 ``JOB_REQUIRED``/``DEPOSIT_EXHAUSTED``/``JOB_NOT_ACTIVE``,
 403 ``AUTH_FAILED``/``WRONG_HOST``, 429 ``RATE_LIMITED``/``TOO_MANY_REQUESTS``. An SSE answer
-starts only once its first piece exists, so a refusal is always a plain status, never a 200.
+starts only once its first piece exists, so a refusal is always a plain status, never a 200. A paid answer
+extends the job's usage transcript like a WebSocket one, and ``POST /v1/usage`` takes the depositor's
+countersignature of it (the ``usage_ack`` message, same admission), so HTTP answers are billed with consent too.
 
 ``GET /v1/checkpoints/{session_id}`` serves the public node's signed checkpoint index of a job (see
 :mod:`fabstir.node.checkpoint_index`). It is public data (the proofs are on chain), so it needs no token; its
@@ -31,15 +33,21 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from fabstir.chain.usage import UsageAck
 from fabstir.errors import NodeError, ProtocolError
 from fabstir.node.admission import AdmittedJob, Caller
 from fabstir.node.checkpoint_index import build_index
 from fabstir.node.guards import RequestLimitError, read_body
 from fabstir.node.runtime import NodeRuntime
 from fabstir.node.serving import Answer, as_coded_error, check_rate, generate, open_billing, receipt_for
-from fabstir.protocol import ErrorCode, InferenceRequest, Usage
+from fabstir.protocol import ErrorCode, InferenceRequest, Usage, UsageAcknowledgement
 from fabstir.protocol.auth import decode_token
-from fabstir.protocol.parse import check_json_depth, job_id_from_text, parse_inference_request
+from fabstir.protocol.parse import (
+    check_json_depth,
+    job_id_from_text,
+    parse_client_message,
+    parse_inference_request,
+)
 
 __all__ = ["health", "version", "models", "checkpoints", "inference"]
 
@@ -200,6 +208,41 @@ async def inference(request: Request) -> Response:
     return await run.complete(first)
 
 
+async def usage(request: Request) -> Response:
+    """``POST /v1/usage`` (ours, feature ``usage-countersign``): the depositor's countersignature of what its
+    answers on a job delivered, for clients that are served over HTTP. The body is the WebSocket ``usage_ack``
+    message; the caller is admitted like an inference request (the job's session token), and billing keeps the
+    countersignature only when the job's depositor signed it for a count and transcript this node sent. Answers
+    ``{"job_id", "tokens", "kept"}``."""
+    runtime = _runtime(request)
+    client = request.client.host if request.client else "unknown"
+    try:
+        check_rate(runtime, client, None)
+        body = await read_body(request, runtime.config.max_frame_bytes, runtime.config.request_read_timeout)
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("body is not valid JSON", code=ErrorCode.INVALID_JSON) from None
+        message = parse_client_message(text, max_bytes=runtime.config.max_frame_bytes)
+        if not isinstance(message, UsageAcknowledgement):
+            raise ProtocolError("POST /v1/usage takes a usage_ack message", code=ErrorCode.VALIDATION_ERROR)
+        admitted = await runtime.admission.admit(_caller(request, runtime), message.job_id, message.session_id)
+        if admitted is None or runtime.billing is None:
+            raise ProtocolError("this node serves free sessions: there is no usage to countersign",
+                                code=ErrorCode.VALIDATION_ERROR)
+    except RequestLimitError as exc:
+        return _error(exc.status, "payload_too_large" if exc.status == 413 else "request_timeout", exc.message,
+                      None, {"code": exc.code})
+    except ProtocolError as exc:
+        return _error(400, "validation_error", exc.message, None, {"code": exc.code})
+    except Exception as exc:
+        return _refusal(exc, None)
+    ack = UsageAck(message.job_id, message.tokens, bytes.fromhex(message.transcript_hash[2:]),
+                   bytes.fromhex(message.signature[2:]))
+    kept = runtime.billing.acknowledge(ack, admitted.depositor)
+    return JSONResponse({"job_id": message.job_id, "tokens": message.tokens, "kept": kept})
+
+
 class _Run:
     """One answer generating on a task of its own; its pieces cross a queue to the response."""
 
@@ -227,6 +270,8 @@ class _Run:
         except Exception as exc:
             self.pieces.put_nowait(exc)
         else:
+            if self.admitted is not None and self.runtime.billing is not None:  # what POST /v1/usage countersigns
+                self.runtime.billing.record_answer(self.admitted.job_id, answer.text, answer.tokens_sent)
             self.pieces.put_nowait(answer)
         finally:
             if self.admitted is not None and self.runtime.billing is not None:

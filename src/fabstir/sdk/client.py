@@ -25,6 +25,7 @@ from fabstir.sdk.recording import ConversationRecorder
 from fabstir.sdk.registry import NodeRegistryClient
 from fabstir.sdk.sessions import SessionManager
 from fabstir.sdk.types import PromptOptions
+from fabstir.sdk.usage_log import UsageLog
 from fabstir.storage import Backend, ConversationStore, StorageKey
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class FabstirSDK:
         storage: ConversationStore | Backend | None = None,
         storage_key: StorageKey | None = None,
         failover: bool = True,
+        usage_log: UsageLog | str | os.PathLike[str] | bool | None = None,
     ) -> None:
         self.chain = chain
         self.deployment = deployment
@@ -97,6 +99,9 @@ class FabstirSDK:
         self._discovery_sources = list(discovery_sources)
         self._peers = peers
         self.storage: ConversationStore | None = _open_storage(storage, storage_key, account)
+        self.usage_log: UsageLog | None = _open_usage_log(usage_log)
+        """Where paid sessions record what each job streamed to us, for disputes after a restart (default
+        ``$XDG_DATA_HOME/fabstir/usage.sqlite``, opened on first use; ``usage_log=False``: memory only)."""
         """Where conversations are stored as they happen (``None``: in memory only, the default)."""
         self.recorder: ConversationRecorder | None = ConversationRecorder(self.storage) if self.storage is not None else None
         """The one writer to :attr:`storage` (``None`` without storage)."""
@@ -167,6 +172,8 @@ class FabstirSDK:
             await self.inference.aclose()
         if self.recorder is not None:
             await self.recorder.aclose()
+        if self.usage_log is not None:
+            self.usage_log.close()
 
     async def __aenter__(self) -> FabstirSDK:
         return self
@@ -191,3 +198,12 @@ def _open_storage(storage: ConversationStore | Backend | None, key: StorageKey |
                               code="STORAGE_KEY_REQUIRED")
         key = StorageKey.from_wallet_key(bytes(account.key))
     return ConversationStore.open(storage, key)
+
+
+def _open_usage_log(usage_log: UsageLog | str | os.PathLike[str] | bool | None) -> UsageLog | None:
+    """The log ``FabstirSDK(usage_log=...)`` describes: ``None``/``True`` the default file, ``False`` none."""
+    if usage_log is False:
+        return None
+    if usage_log is None or usage_log is True:
+        return UsageLog()
+    return usage_log if isinstance(usage_log, UsageLog) else UsageLog(usage_log)

@@ -1,7 +1,8 @@
 """``LLMNodeClient``: a node's HTTP API from the client side (plan 13.1).
 
 Health, version (with its ``features``), models, ``POST /v1/inference`` as one JSON answer or as Server-Sent
-Events, and the checkpoint index (``GET /v1/checkpoints/{session_id}``). Works with our node and with the
+Events, the checkpoint index (``GET /v1/checkpoints/{session_id}``) and usage countersignatures
+(``POST /v1/usage``). Works with our node and with the
 public Fabstir node (the routes and shapes of PROTOCOL.md). Reads are retried with backoff
 (:class:`~fabstir.sdk.config.RetryPolicy`) when the node cannot be reached, answers 5xx, or asks to wait
 (429 with ``retry_after``); an inference is retried only when it could not be sent at all, so it is never
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 
 from fabstir.errors import ConnectError, NodeError, RemoteProtocolError, RequestTimeoutError
+from fabstir.protocol import UsageAcknowledgement
 from fabstir.sdk.config import RetryPolicy, backoff
 
 __all__ = ["LLMNodeClient", "NodeAnswer"]
@@ -131,6 +133,18 @@ class LLMNodeClient:
             raise RequestTimeoutError(f"{self.base_url} timed out: {exc}") from None
         except httpx.TransportError as exc:
             raise ConnectError(f"could not reach {self.base_url}: {exc}") from None
+
+    async def acknowledge_usage(self, ack: UsageAcknowledgement) -> bool:
+        """``POST /v1/usage``: countersign what a paid job's HTTP answers delivered (our node, feature
+        ``usage-countersign``; build ``ack`` with :func:`fabstir.sdk.billing.usage_acknowledgement`). Returns
+        whether the node kept it (``False``: a count or transcript it did not send, or an older count). Never
+        retried once sent (a countersignature is idempotent, so sending it again later is safe).
+
+        Raises:
+            NodeError: refused (``AUTH_REQUIRED``, ``AUTH_FAILED``, ``VALIDATION_ERROR``, ...).
+        """
+        response = await self._send("POST", "/v1/usage", json=ack.to_wire(), retry_reads=False)
+        return bool(_json(response).get("kept"))
 
     # --- plumbing ----------------------------------------------------------------------------------
 

@@ -31,13 +31,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from fabstir.chain.usage import UsageTranscript
 from fabstir.discovery.selection import HostCandidate
-from fabstir.errors import ConnectionClosedError, SessionError
+from fabstir.errors import ConnectionClosedError, SessionError, StorageError
 from fabstir.protocol import (
     PUBLIC_CONTEXT_MESSAGES,
     AuthSuccess,
@@ -63,11 +64,14 @@ from fabstir.sdk.handshake import turns_in
 from fabstir.sdk.streaming import InferenceStream, new_request_id
 from fabstir.sdk.switching import SessionRoute
 from fabstir.sdk.types import HostSwitch, InferenceResult, PromptOptions, TokenCallback
+from fabstir.sdk.usage_log import JobUsage
 
 if TYPE_CHECKING:
     from fabstir.sdk.client import FabstirSDK
 
 __all__ = ["PUBLIC_CONTEXT_MESSAGES", "Session", "turns_in"]
+
+log = logging.getLogger(__name__)
 
 _R = TypeVar("_R")
 
@@ -212,6 +216,7 @@ class Session:
     def move_to(self, host_url: str, job_id: int | None, *, deposit: int, signing_key: str | None) -> None:
         """Point the session at another host (and job); the next :meth:`open_channel` connects there."""
         if job_id != self.job_id:
+            self.persist_usage()  # the old job's count, before it is reset
             self.wire_id = str(job_id) if job_id is not None else None
             self.job_deposit, self.job_tokens, self.usage = deposit, 0, UsageTranscript()
         self.host_url, self.job_id, self.host_signing_key = host_url, job_id, signing_key
@@ -322,9 +327,25 @@ class Session:
         channel.protocol.send_cancel()
         await channel.flush()
 
+    def persist_usage(self) -> None:
+        """Write what the current job streamed to us to the SDK's usage log (``FabstirSDK(usage_log=...)``), so a
+        dispute of an over-claim still has the count after this process is gone. A log that cannot be written
+        is reported, never fatal: the answer already reached the user."""
+        sdk, job_id = self.sdk, self.job_id
+        if sdk.usage_log is None or job_id is None or sdk.chain is None or sdk.deployment is None \
+                or self.job_tokens == 0:
+            return
+        try:
+            sdk.usage_log.record(sdk.chain.chain_id, sdk.deployment.marketplace, job_id,
+                                 JobUsage(self.job_tokens, self.usage.tokens, self.usage.transcript_hash))
+        except StorageError as exc:
+            log.warning("job %d: usage not written to %s: %s", job_id, sdk.usage_log.path, exc.message)
+
     async def countersign_usage(self) -> None:
         """Countersign the current job's usage so far (``usage_ack``) where the host takes it (``usage-countersign``);
-        a lost socket only loses this countersignature (the next one covers it)."""
+        a lost socket only loses this countersignature (the next one covers it). The count is written to the
+        usage log first, so what is signed is never more than what is stored."""
+        self.persist_usage()
         channel = self._channel
         if self.job_id is None or Feature.USAGE_COUNTERSIGN not in self.features or channel is None \
                 or channel.closed or self.usage.tokens == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -160,16 +161,18 @@ class SessionManager:
         return True
 
     def _received(self, job_id: int) -> tuple[int, bytes] | None:
-        """(tokens received, transcript hash of the answers that ended) of this SDK's session on ``job_id``."""
-        if "inference" not in self._sdk.__dict__:  # no session was ever opened
+        """(tokens received, transcript hash of the answers that ended) on ``job_id``: from this SDK's live session,
+        else from its usage log (a session of an earlier process, or one that moved on to another job)."""
+        if "inference" in self._sdk.__dict__:
+            with contextlib.suppress(SessionError):
+                session = self._sdk.inference.session(str(job_id))
+                if session.job_id == job_id:
+                    return session.job_tokens, session.usage.transcript_hash
+        usage_log, chain, deployment = self._sdk.usage_log, self._sdk.chain, self._sdk.deployment
+        if usage_log is None or chain is None or deployment is None:
             return None
-        try:
-            session = self._sdk.inference.session(str(job_id))
-        except SessionError:
-            return None
-        if session.job_id != job_id:
-            return None
-        return session.job_tokens, session.usage.transcript_hash
+        stored = usage_log.get(chain.chain_id, deployment.marketplace, job_id)
+        return None if stored is None else (stored.received, stored.transcript_hash)
 
     async def _conversation_cid(self, job_id: int) -> str:
         if self._sdk.recorder is None:

@@ -183,6 +183,8 @@ class InferenceStream:
         finally:
             if self._answer is not None:
                 self._answer.abort()  # no-op after a finished answer; else stored as partial
+            if self._result is None:
+                session.persist_usage()  # an answer cut off: what it streamed still counts for disputes
             ended_by = sys.exc_info()[1]
             if self._result is None and self._text and isinstance(ended_by, _HOST_LOST) \
                     and not isinstance(ended_by, E2EError | SignatureError):
