@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
@@ -11,7 +11,10 @@ from web3 import Web3
 from fabstir.chain.backend import Chain
 from fabstir.chain.contracts import Deployment, Marketplace, load_artifact
 
-__all__ = ["ModelSpec", "deploy_marketplace", "DEFAULT_MIN_STAKE", "STABLE_MIN_DEPOSIT", "STABLE_MAX_DEPOSIT"]
+__all__ = ["ModelSpec", "StepProgress", "deploy_marketplace", "deploy_steps", "DEFAULT_MIN_STAKE", "STABLE_MIN_DEPOSIT", "STABLE_MAX_DEPOSIT"]
+
+StepProgress = Callable[[int, int, str], None]
+"""``(steps done, steps in all, the step just done)`` while the marketplace deploys (called from a worker thread)."""
 
 ModelSpec = tuple[str, str, bytes]
 """``(repo, file_name, sha256)`` of a model to approve in the ModelRegistry."""
@@ -37,9 +40,21 @@ def _deploy_all_sync(
     inactivity_timeout: int,
     max_tokens_per_second: int,
     min_stake: int,
+    progress: StepProgress | None = None,
 ) -> Deployment:
+    total = deploy_steps(len(models))
+    done = 0
+
+    def step(label: str) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, label)
+
     def deploy(name: str, *args: Any) -> str:
-        return _deploy_sync(chain, deployer, name, *args)
+        address = _deploy_sync(chain, deployer, name, *args)
+        step(f"deployed {name}")
+        return address
 
     fab = deploy("FabstirToken", "Fabstir Token", "FAB", 18)
     usdc = deploy("FabstirToken", "Local USD Coin", "USDC", 6)
@@ -55,6 +70,7 @@ def _deploy_all_sync(
     bound = Marketplace(chain, deployment)
     def send(call: Any) -> None:
         chain.transact_sync(deployer, call)
+        step(f"called {getattr(call, 'fn_name', 'the contract')}")
 
     send(bound.host_earnings.functions.setAuthorizedCaller(Web3.to_checksum_address(market), True))
     send(bound.proof_system.functions.setAuthorizedCaller(Web3.to_checksum_address(market), True))
@@ -75,11 +91,18 @@ async def deploy_marketplace(
     inactivity_timeout: int = 3600,
     max_tokens_per_second: int = 1000,
     min_stake: int = DEFAULT_MIN_STAKE,
+    progress: StepProgress | None = None,
 ) -> Deployment:
     """Deploy every contract, wire them together, accept the local stablecoin and approve ``models``.
 
     The deployer owns the contracts and is the treasury. Returns the :class:`Deployment`
-    record other processes load with ``--config``.
+    record other processes load with ``--config``. ``progress`` follows the transactions
+    (:func:`deploy_steps` of them).
     """
     return await chain.run(_deploy_all_sync, chain, deployer, models, fee_basis_points, dispute_window,
-                           inactivity_timeout, max_tokens_per_second, min_stake)
+                           inactivity_timeout, max_tokens_per_second, min_stake, progress)
+
+
+def deploy_steps(models: int) -> int:
+    """Transactions :func:`deploy_marketplace` sends: seven contracts, three wiring calls, one per model."""
+    return 7 + 3 + models

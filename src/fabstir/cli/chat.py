@@ -19,6 +19,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from fabstir.chain.money import token_cost
+from fabstir.cli.output import print_table, table
 from fabstir.discovery.selection import HostCandidate
 from fabstir.discovery.sources import StaticSource
 from fabstir.errors import ConfigError
@@ -43,7 +44,7 @@ async def run_chat(args: argparse.Namespace) -> int:
         await sdk.inference.connect_to_session(session_id, args.host, job_id=args.job_id)
         print(f"connected to {args.host} (session {session_id}); Ctrl-C cancels an answer, Ctrl-D quits",
               file=sys.stderr)
-        await _converse(sdk, session_id, None)
+        await _converse(sdk, session_id, None, [])
     return 0
 
 
@@ -68,17 +69,21 @@ async def _paid_chat(args: argparse.Namespace, options: PromptOptions) -> int:
             print(f"paid session {opened.session_id} with {opened.host.address} at {opened.host.api_url}: "
                   f"{opened.job.price_per_token} per 1000 tokens, {args.deposit} in escrow; "
                   "Ctrl-C cancels an answer, Ctrl-D quits and settles", file=sys.stderr)
+            receipts: list[tuple[int, str, int, int, int]] = []
             try:
-                await _converse(sdk, opened.session_id, opened)
+                await _converse(sdk, opened.session_id, opened, receipts)
             finally:
                 await opened.close()
+                _print_receipts(opened.session_id, receipts)
                 print("[session closed: the host settles it on chain]", file=sys.stderr)
     finally:
         chain.close()
     return 0
 
 
-async def _converse(sdk: FabstirSDK, session_id: str, opened: OpenedSession | None) -> None:
+async def _converse(sdk: FabstirSDK, session_id: str, opened: OpenedSession | None,
+                    receipts: list[tuple[int, str, int, int, int]]) -> None:
+    """Answer each line of stdin; on a paid session, note ``(turn, host, tokens, price, cost)`` per answer."""
     lines = _stdin_lines()
     spent = 0
     while True:
@@ -93,8 +98,21 @@ async def _converse(sdk: FabstirSDK, session_id: str, opened: OpenedSession | No
                 price = session.route.price_per_token if session.route is not None else opened.job.price_per_token
                 cost = token_cost(result.tokens_used, price)
                 spent += cost
+                receipts.append((len(receipts) + 1, session.host_url or "-", result.tokens_used, price, cost))
                 print(f"[cost {cost} wei for {result.tokens_used} tokens at {price}/1000; session total {spent} wei; "
                       f"host {session.host_url}]", file=sys.stderr)
+
+
+def _print_receipts(session_id: str, receipts: list[tuple[int, str, int, int, int]]) -> None:
+    """The paid chat's answers and what each cost (on stderr, where the chat's notes go)."""
+    if not receipts:
+        return
+    listing = table("answer", "host", "tokens", "price/1000", "cost (wei)", title=f"session {session_id}: "
+                    f"{sum(r[4] for r in receipts)} wei for {sum(r[2] for r in receipts)} tokens",
+                    right=("answer", "tokens", "price/1000", "cost (wei)"))
+    for turn, host, tokens, price, cost in receipts:
+        listing.add_row(str(turn), host, str(tokens), str(price), str(cost))
+    print_table(listing, stderr=True)
 
 
 def _stdin_lines() -> asyncio.Queue[str | None]:

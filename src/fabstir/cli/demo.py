@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
-import json
 import sys
 import tempfile
 import time
@@ -23,11 +22,13 @@ from typing import Any
 
 from fabstir.chain.backend import Chain, dev_account
 from fabstir.chain.contracts import Marketplace, model_id
-from fabstir.chain.deploy import deploy_marketplace
+from fabstir.chain.deploy import deploy_marketplace, deploy_steps
 from fabstir.chain.jobs import usage_record
 from fabstir.chain.metadata import build_host_metadata
 from fabstir.chain.money import format_units
 from fabstir.chain.tokens import mint
+from fabstir.cli.output import key_value_table, print_json, print_table, progress_bar
+from fabstir.cli.serve import unpack_default_model
 from fabstir.node.billing import MIN_PROVEN_TOKENS, BillingService
 from fabstir.node.config import NodeConfig
 from fabstir.node.host_chain import HostChain
@@ -60,6 +61,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     prompts = tuple(args.prompts or DEFAULT_PROMPTS)
     options = PromptOptions(max_tokens=args.max_tokens, temperature=args.temperature)
     started = time.perf_counter()
+    config = await unpack_default_model(config)
     if args.free:
         async with serve_node(config, progress=_progress) as server:
             model = server.runtime.inference.model_id
@@ -80,11 +82,12 @@ async def _paid_demo(config: NodeConfig, prompts: tuple[str, ...], options: Prom
     model_file = model_path.name
     model = model_id(MODEL_REPO, model_file)
     digest = await asyncio.to_thread(_sha256, model_path)
-    _progress("starting an in-process EVM and deploying the marketplace contracts")
     chain = Chain.embedded(funded_accounts=3)
     try:
-        deployment = await deploy_marketplace(chain, owner, models=[(MODEL_REPO, model_file, digest)],
-                                              dispute_window=dispute_window)
+        with progress_bar("starting an in-process EVM and deploying the marketplace contracts",
+                          deploy_steps(1)) as advance:
+            deployment = await deploy_marketplace(chain, owner, models=[(MODEL_REPO, model_file, digest)],
+                                                  dispute_window=dispute_window, progress=advance)
         market = Marketplace(chain, deployment)
         await mint(chain, owner, market.stake_token, host.address, 1000 * 10**18)
         with tempfile.TemporaryDirectory(prefix="fabstir-demo-") as scratch:
@@ -227,29 +230,38 @@ def summarize(host: str, model: str, results: list[InferenceResult], wall_s: flo
 
 
 def _print_summary(summary: dict[str, Any], *, as_json: bool) -> None:
-    print("\n\nsummary")
-    for key in ("host", "model", "turns", "prompt_tokens", "completion_tokens", "ttft_ms", "tokens_per_s", "wall_s"):
-        print(f"  {key:18} {summary[key]}")
+    keys = ("host", "model", "turns", "prompt_tokens", "completion_tokens", "ttft_ms", "tokens_per_s", "wall_s")
+    print("\n")
+    print_table(key_value_table([(key, str(summary[key])) for key in keys], title="summary"))
     if "deposit" in summary:
-        eth = _eth
-        print("\nreceipt (job {job_id})".format(**summary))
-        print(f"  {'deposit':18} {eth(summary['deposit'])}")
-        print(f"  {'price per token':18} {eth(summary['price_per_token'] // 1000)} "
-              f"({summary['price_per_token']} x1000 base units)")
-        print(f"  {'tokens served':18} {summary['tokens_served']}")
-        print(f"  {'tokens billed':18} {summary['tokens_billed']}"
-              + (f" ({summary['billing_note']})" if summary["billing_note"] else " (as served)"))
-        if summary.get("tokens_countersigned") is not None:
-            print(f"  {'countersigned':18} {summary['tokens_countersigned']} (by the client, as it streamed)")
-        charged = summary["host_earnings"] + summary["treasury_fee"]
-        print(f"  {'charged':18} {eth(charged)} (the SDK's get_session_cost said {eth(summary['sdk_session_cost'])})")
-        print(f"  {'host earnings':18} {eth(summary['host_earnings'])}")
-        print(f"  {'treasury fee':18} {eth(summary['treasury_fee'])}")
-        print(f"  {'refund':18} {eth(summary['refund'])}")
-        print(f"  {'client balance':18} {eth(summary['client_balance_before'])} -> "
-              f"{eth(summary['client_balance_after'])} (gas included)")
-        print(f"  {'host balance':18} {eth(summary['host_balance_before'])} -> "
-              f"{eth(summary['host_balance_after'])} (gas paid; earnings {eth(summary['host_earnings_on_chain'])} "
-              "to withdraw)")
+        print()
+        print_table(key_value_table(_receipt_rows(summary), title=f"receipt (job {summary['job_id']})"))
     if as_json:
-        print(json.dumps(summary, separators=(",", ":")))
+        print_json(summary)
+
+
+def _receipt_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Where every unit of the deposit went, one labelled row each."""
+    eth = _eth
+    charged = summary["host_earnings"] + summary["treasury_fee"]
+    rows = [
+        ("deposit", eth(summary["deposit"])),
+        ("price per token", f"{eth(summary['price_per_token'] // 1000)} ({summary['price_per_token']} x1000 base "
+                            "units)"),
+        ("tokens served", str(summary["tokens_served"])),
+        ("tokens billed", f"{summary['tokens_billed']}"
+                          + (f" ({summary['billing_note']})" if summary["billing_note"] else " (as served)")),
+    ]
+    if summary.get("tokens_countersigned") is not None:
+        rows.append(("countersigned", f"{summary['tokens_countersigned']} (by the client, as it streamed)"))
+    rows += [
+        ("charged", f"{eth(charged)} (the SDK's get_session_cost said {eth(summary['sdk_session_cost'])})"),
+        ("host earnings", eth(summary["host_earnings"])),
+        ("treasury fee", eth(summary["treasury_fee"])),
+        ("refund", eth(summary["refund"])),
+        ("client balance", f"{eth(summary['client_balance_before'])} -> {eth(summary['client_balance_after'])} "
+                           "(gas included)"),
+        ("host balance", f"{eth(summary['host_balance_before'])} -> {eth(summary['host_balance_after'])} (gas paid; "
+                         f"earnings {eth(summary['host_earnings_on_chain'])} to withdraw)"),
+    ]
+    return rows

@@ -12,8 +12,9 @@ With ``--hosts N`` (default 2; 0 for the chain alone) ``up`` also starts the res
 ``--host-model`` (default: the default model), registered at different prices, and prints how to point the
 SDK, ``fabstir chat`` and ``fabstir gateway`` at it.
 
-``down`` stops those processes and that anvil by PID (each only if the PID is still what it started), and
-removes nothing.
+``status`` says which of them are still running; ``down`` stops those processes and that anvil by PID (each
+only if the PID is still what it started), and removes nothing. ``--json`` prints one JSON object instead of the
+text, for scripts.
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 from fabstir.chain.anvil import AnvilProcess, is_anvil_pid, pid_alive, start_anvil, stop_anvil_pid
 from fabstir.chain.backend import Chain, dev_account
 from fabstir.chain.contracts import Deployment, Marketplace
-from fabstir.chain.deploy import ModelSpec, deploy_marketplace
+from fabstir.chain.deploy import ModelSpec, StepProgress, deploy_marketplace, deploy_steps
 from fabstir.chain.money import format_units
 from fabstir.chain.network import NetworkConfig
 from fabstir.chain.tokens import mint
+from fabstir.cli.output import print_json, print_table, progress_bar, table
 from fabstir.errors import ConfigError
 from fabstir.node.models import DEFAULT_MODEL_FILE, model_cache_dir
 
@@ -52,6 +56,8 @@ def run_devnet(args: argparse.Namespace) -> int:
     """
     if args.devnet_command == "up":
         return _up(args)
+    if args.devnet_command == "status":
+        return _status(args)
     return _down(args)
 
 
@@ -120,7 +126,9 @@ def _up(args: argparse.Namespace) -> int:
     log_path = _log_path(path)
     anvil = start_anvil(args.port, block_time=BLOCK_TIME, detached=True, log_path=log_path)
     try:
-        network = asyncio.run(_deploy(anvil, [spec for spec, _ in specs], args.dispute_window))
+        steps = deploy_steps(len(specs)) + len(HOSTS) + len(CLIENTS)
+        with progress_bar(f"deploying the marketplace contracts on anvil (pid {anvil.pid})", steps) as advance:
+            network = asyncio.run(_deploy(anvil, [spec for spec, _ in specs], args.dispute_window, advance))
         network = NetworkConfig(name="devnet", rpc_url=network.rpc_url, deployment=network.deployment,
                                 accounts=network.accounts, anvil_pid=anvil.pid, anvil_port=anvil.port,
                                 anvil_log=str(log_path))
@@ -129,20 +137,56 @@ def _up(args: argparse.Namespace) -> int:
         anvil.stop()
         raise
     anvil.release()  # keeps running after this command
-    _print_summary(path, network, anvil, specs)
+    as_json = getattr(args, "json", False)
+    if not as_json:
+        _print_summary(path, network, anvil, specs)
+    services: list[Any] = []
     if hosts:
         from fabstir.cli.devnet_market import start_marketplace
 
-        print(f"starting the marketplace: a discovery service and {hosts} hosts (loading models may take a while)",
-              flush=True)
+        lines: list[str] = []
+        if not as_json:
+            print(f"starting the marketplace: a discovery service and {hosts} hosts (loading models may take a "
+                  "while)", flush=True)
         try:
-            start_marketplace(path, network.accounts, host_model, served, hosts,
-                              say=lambda line: print(line, flush=True))
+            with progress_bar(f"starting a discovery service and {hosts} host(s)", 1 + hosts) as advance:
+                def said(line: str) -> None:
+                    lines.append(line)
+                    advance(len(lines), 1 + hosts, line.strip().split(" ")[0])
+                    if not as_json:
+                        print(line, flush=True)
+
+                services = start_marketplace(path, network.accounts, host_model, served, hosts, say=said)
         except BaseException:
             stop_anvil_pid(anvil.pid)
             raise
-        _print_usage(path, network, served)
+        if not as_json:
+            _print_usage(path, network, served)
+    if as_json:
+        print_json(_describe(path, network, [{"name": s.name, "pid": s.pid, "url": s.url, "log": s.log}
+                                             for s in services], specs))
     return 0
+
+
+def _describe(path: Path, network: NetworkConfig, services: list[dict[str, Any]],
+              specs: list[tuple[ModelSpec, str]] | None = None) -> dict[str, Any]:
+    """The devnet as data (addresses only; the private keys stay in the network file)."""
+    from eth_account import Account
+
+    d: Deployment = network.deployment
+    described: dict[str, Any] = {
+        "network_file": str(path), "rpc_url": network.rpc_url, "chain_id": d.chain_id,
+        "anvil": {"pid": network.anvil_pid, "port": network.anvil_port, "log": network.anvil_log},
+        "contracts": {"marketplace": d.marketplace, "node_registry": d.node_registry,
+                      "model_registry": d.model_registry, "host_earnings": d.host_earnings,
+                      "proof_system": d.proof_system, "stake_token": d.stake_token, "stable_token": d.stable_token},
+        "fee_basis_points": d.fee_basis_points, "dispute_window": d.dispute_window,
+        "accounts": {name: Account.from_key(key).address for name, key in network.accounts.items()},
+        "services": services,
+    }
+    if specs is not None:
+        described["models"] = [f"{repo}/{file_name}" for (repo, file_name, _digest), _source in specs]
+    return described
 
 
 def _print_usage(path: Path, network: NetworkConfig, model: str) -> None:
@@ -156,16 +200,23 @@ def _print_usage(path: Path, network: NetworkConfig, model: str) -> None:
     print(f"  hosts:    fabstir hosts --network {path} --model {model}")
 
 
-async def _deploy(anvil: AnvilProcess, models: list[ModelSpec], dispute_window: int) -> NetworkConfig:
+async def _deploy(anvil: AnvilProcess, models: list[ModelSpec], dispute_window: int,
+                  progress: StepProgress) -> NetworkConfig:
     chain = await asyncio.to_thread(Chain.connect, anvil.rpc_url)
     try:
         owner = dev_account(0)
-        deployment = await deploy_marketplace(chain, owner, models=models, dispute_window=dispute_window)
+        deployment = await deploy_marketplace(chain, owner, models=models, dispute_window=dispute_window,
+                                              progress=progress)
         market = Marketplace(chain, deployment)
-        for index in HOSTS:
+        done, total = deploy_steps(len(models)), deploy_steps(len(models)) + len(HOSTS) + len(CLIENTS)
+        for n, index in enumerate(HOSTS, 1):
             await mint(chain, owner, market.stake_token, dev_account(index).address, HOST_FAB)
-        for index in CLIENTS:
+            done += 1
+            progress(done, total, f"minted FAB for host{n}")
+        for n, index in enumerate(CLIENTS, 1):
             await mint(chain, owner, market.stable_token, dev_account(index).address, CLIENT_USDC)
+            done += 1
+            progress(done, total, f"minted USDC for client{n}")
     finally:
         await asyncio.to_thread(chain.close)
     return NetworkConfig(name="devnet", rpc_url=anvil.rpc_url, deployment=deployment, accounts=_accounts())
@@ -215,18 +266,21 @@ def _down(args: argparse.Namespace) -> int:
     network = NetworkConfig.load(path)
     from fabstir.cli.devnet_market import stop_marketplace
 
+    as_json = getattr(args, "json", False)
+    lines = []
     for line in stop_marketplace(path):
-        print(f"devnet down: {line}")
+        lines.append(line)
+        if not as_json:
+            print(f"devnet down: {line}")
     pid = network.anvil_pid
     if pid is None:
         raise ConfigError(f"{path} records no anvil PID: it was not written by 'fabstir devnet up'",
                           code="NO_DEVNET")
     where = f"pid {pid}, {network.rpc_url}"
-    if not pid_alive(pid):
-        print(f"devnet down: anvil ({where}) was not running; nothing to stop. {path} is kept.")
-        return 0
-    outcome = stop_anvil_pid(pid)
-    if outcome == "not anvil":
+    outcome = stop_anvil_pid(pid) if pid_alive(pid) else "not running"
+    if as_json:
+        print_json({"network_file": str(path), "services": lines, "anvil": {"pid": pid, "outcome": outcome}})
+    elif outcome == "not anvil":
         print(f"devnet down: pid {pid} is no longer anvil; left it alone. {path} is kept.")
     elif outcome == "not running":
         print(f"devnet down: anvil ({where}) was not running; nothing to stop. {path} is kept.")
@@ -234,3 +288,37 @@ def _down(args: argparse.Namespace) -> int:
         how = "stopped" if outcome == "stopped" else "killed (it ignored SIGTERM)"
         print(f"devnet down: {how} anvil ({where}). {path} and its log are kept.")
     return 0
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    """What runs of the devnet ``--file`` names: anvil and each service, by PID; exit 1 when anvil is down."""
+    path = Path(args.file)
+    if not path.is_file():
+        raise ConfigError(f"no network file at {path} (start a devnet with: fabstir devnet up --file {path})",
+                          code="NO_DEVNET")
+    network = NetworkConfig.load(path)
+    if network.anvil_pid is None:
+        raise ConfigError(f"{path} records no anvil PID: it was not written by 'fabstir devnet up'",
+                          code="NO_DEVNET")
+    from fabstir.cli.devnet_market import processes_path
+
+    listed = processes_path(path)
+    rows = json.loads(listed.read_text(encoding="utf-8")) if listed.is_file() else []
+    services = [{**row, "running": pid_alive(int(row["pid"]))} for row in rows]
+    anvil_running = is_anvil_pid(network.anvil_pid)
+    if getattr(args, "json", False):
+        described = _describe(path, network, services)
+        described["anvil"]["running"] = anvil_running
+        print_json(described)
+        return 0 if anvil_running else 1
+    listing = table("process", "pid", "state", "url", "log", title=f"devnet of {path}", right=("pid",))
+    listing.add_row("anvil", str(network.anvil_pid), "running" if anvil_running else "stopped", network.rpc_url,
+                    network.anvil_log or "-")
+    for service in services:
+        listing.add_row(service["name"], str(service["pid"]), "running" if service["running"] else "stopped",
+                        service["url"], service["log"])
+    print_table(listing)
+    return 0 if anvil_running else 1

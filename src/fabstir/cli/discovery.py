@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from fabstir.cli.output import print_json
 from fabstir.errors import ConfigError
 
 __all__ = ["run_discovery_serve"]
@@ -22,6 +23,8 @@ async def run_discovery_serve(args: argparse.Namespace) -> int:
     async with serve_discovery(args.host, args.port, max_hosts=args.max_hosts) as server:
         print(f"[fabstir] discovery service on {server.url} (up to {args.max_hosts} hosts); Ctrl-C stops",
               file=sys.stderr, flush=True)
+        if getattr(args, "json", False):
+            print_json({"url": server.url, "max_hosts": args.max_hosts})
         try:
             await server.serve_forever()
         except asyncio.CancelledError:

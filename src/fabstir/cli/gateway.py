@@ -4,47 +4,83 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from pathlib import Path
+from typing import Annotated, Optional
 
+import typer
+
+from fabstir.cli.output import print_json, print_table, table
 from fabstir.errors import ConfigError
 
-__all__ = ["add_gateway_parser", "run_gateway"]
+__all__ = ["keys_path", "register", "run_gateway", "run_keys"]
 
 
-def add_gateway_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    gateway = commands.add_parser("gateway", help="serve the marketplace behind the OpenAI API")
-    gateway.add_argument("--host", action="append", dest="hosts", default=[], metavar="URL",
-                         help="a host to serve from (repeatable); with --network, hosts come from the chain")
-    gateway.add_argument("--network", help="network file: open a paid session per conversation on that chain "
-                                           "(client key in $FABSTIR_CLIENT_KEY)")
-    gateway.add_argument("--deposit", type=int, default=0, help="escrow per paid session, in base units (wei)")
-    gateway.add_argument("--strategy", default="composite",
-                         help="default host choice: cheapest, fastest, reputable, composite, round_robin")
-    gateway.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    gateway.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    gateway.add_argument("--api-key", action="append", dest="api_keys", default=[], metavar="KEY",
-                         help="accept this bearer token (repeatable; default: $FABSTIR_GATEWAY_API_KEY)")
-    gateway.add_argument("--insecure-no-api-key", action="store_true",
-                         help="serve without any API key (anyone who can reach the port spends your deposits)")
-    gateway.add_argument("--keys-file", default=None,
-                         help="API keys with spending caps (default $XDG_DATA_HOME/fabstir/gateway-keys.json; "
-                              "used when it holds keys and no --api-key is given)")
-    keys = gateway.add_subparsers(dest="gateway_command")
-    key_commands = keys.add_parser("keys", help="create and cap the gateway's API keys").add_subparsers(
-        dest="keys_command", required=True)
-    create = key_commands.add_parser("create", help="a new key (printed once) with a spending cap")
-    create.add_argument("--name", required=True)
-    create.add_argument("--cap", type=int, default=None, help="most base units (wei) it may spend (default: none)")
-    listing = key_commands.add_parser("list", help="the keys, their caps and what they spent")
-    listing.add_argument("--json", action="store_true")
-    cap = key_commands.add_parser("cap", help="change a key's spending cap")
-    cap.add_argument("--name", required=True)
-    cap.add_argument("--cap", required=True, help="base units, or 'none'")
-    for sub in (create, listing, cap):
-        sub.add_argument("--keys-file", default=None, help="the keys file (default as for the gateway)")
+def register(app: typer.Typer) -> None:
+    """Add ``fabstir gateway`` (and ``fabstir gateway keys ...``) to the root app."""
+    gateway = typer.Typer(help="serve the marketplace behind the OpenAI API (until Ctrl-C); 'gateway keys' "
+                               "manages its API keys", invoke_without_command=True)
+    gateway.callback()(serve)
+    keys = typer.Typer(help="create and cap the gateway's API keys", no_args_is_help=True)
+    keys.command("create", help="a new key (printed once) with a spending cap")(keys_create)
+    keys.command("list", help="the keys, their caps and what they spent")(keys_list)
+    keys.command("cap", help="change a key's spending cap")(keys_cap)
+    gateway.add_typer(keys, name="keys")
+    app.add_typer(gateway, name="gateway")
+
+
+KeysFileOption = Annotated[Optional[str], typer.Option(help="the keys file (default: as for the gateway, "
+                                                            "$XDG_DATA_HOME/fabstir/gateway-keys.json)")]
+
+
+def serve(
+    ctx: typer.Context,
+    hosts: Annotated[Optional[list[str]], typer.Option("--host", metavar="URL", help="a host to serve from "
+                                                       "(repeatable); with --network, hosts come from the "
+                                                       "chain")] = None,
+    network: Annotated[Optional[str], typer.Option(help="network file: open a paid session per conversation on "
+                                                        "that chain (client key in $FABSTIR_CLIENT_KEY)")] = None,
+    deposit: Annotated[int, typer.Option(help="escrow per paid session, in base units (wei)")] = 0,
+    strategy: Annotated[str, typer.Option(help="default host choice: cheapest, fastest, reputable, composite, "
+                                               "round_robin")] = "composite",
+    bind: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port (0 picks a free one)")] = 8000,
+    api_keys: Annotated[Optional[list[str]], typer.Option("--api-key", metavar="KEY", help="accept this bearer "
+                                                          "token (repeatable; default: "
+                                                          "$FABSTIR_GATEWAY_API_KEY)")] = None,
+    insecure_no_api_key: Annotated[bool, typer.Option("--insecure-no-api-key", help="serve without any API key "
+                                                      "(anyone who can reach the port spends your "
+                                                      "deposits)")] = False,
+    keys_file: Annotated[Optional[str], typer.Option(help="API keys with spending caps (default "
+                                                          "$XDG_DATA_HOME/fabstir/gateway-keys.json; used when it "
+                                                          "holds keys and no --api-key is given)")] = None,
+    json: Annotated[bool, typer.Option("--json", help="when serving, print {\"url\": ..., \"base_url\": ...} as "
+                                                      "one JSON line on stdout")] = False,
+) -> int:
+    if ctx.invoked_subcommand is not None:
+        return 0
+    values = {k: v for k, v in locals().items() if k != "ctx"}
+    values.update(hosts=list(hosts or []), api_keys=list(api_keys or []))
+    return asyncio.run(run_gateway(argparse.Namespace(**values)))
+
+
+def keys_create(name: Annotated[str, typer.Option(help="the key's name (unique)")],
+                cap: Annotated[Optional[int], typer.Option(help="most base units (wei) it may spend (default: "
+                                                                "none)")] = None,
+                keys_file: KeysFileOption = None) -> int:
+    return run_keys(argparse.Namespace(keys_command="create", **locals()))
+
+
+def keys_list(json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+              keys_file: KeysFileOption = None) -> int:
+    return run_keys(argparse.Namespace(keys_command="list", **locals()))
+
+
+def keys_cap(name: Annotated[str, typer.Option(help="the key's name")],
+             cap: Annotated[str, typer.Option(help="base units, or 'none'")],
+             keys_file: KeysFileOption = None) -> int:
+    return run_keys(argparse.Namespace(keys_command="cap", **locals()))
 
 
 def keys_path(given: str | None) -> Path:
@@ -70,10 +106,14 @@ def run_keys(args: argparse.Namespace) -> int:
     else:
         records = store.records()
         if args.json:
-            print(json.dumps([{"name": r.name, "cap": r.cap, "spent": r.spent, "left": r.left} for r in records]))
-        for record in records if not args.json else []:
-            cap = "none" if record.cap is None else str(record.cap)
-            print(f"{record.name:20} cap {cap:>24} spent {record.spent:>24}")
+            print_json([{"name": r.name, "cap": r.cap, "spent": r.spent, "left": r.left} for r in records])
+            return 0
+        listing = table("name", "cap", "spent", "left", title=f"{len(records)} key(s) in {store.path} (base units)",
+                        right=("cap", "spent", "left"))
+        for record in records:
+            listing.add_row(record.name, "none" if record.cap is None else str(record.cap), str(record.spent),
+                            "-" if record.left is None else str(record.left))
+        print_table(listing)
     return 0
 
 
@@ -84,8 +124,6 @@ async def run_gateway(args: argparse.Namespace) -> int:
     from fabstir.gateway.keys import KeyStore
     from fabstir.sdk import FabstirSDK
 
-    if args.gateway_command == "keys":
-        return run_keys(args)
     fixed = list(args.api_keys) or [k for k in [os.environ.get("FABSTIR_GATEWAY_API_KEY")] if k]
     store = KeyStore(keys_path(args.keys_file)) if not fixed else None
     keys: list[str] | KeyStore = store if store is not None and len(store) else fixed
@@ -119,6 +157,8 @@ async def run_gateway(args: argparse.Namespace) -> int:
             print("[fabstir] INSECURE: the gateway accepts requests without an API key", file=sys.stderr)
         print(f"[fabstir] gateway on {server.url}: OpenAI base_url {server.base_url}; Ctrl-C stops",
               file=sys.stderr, flush=True)
+        if args.json:
+            print_json({"url": server.url, "base_url": server.base_url})
         try:
             await server.serve_forever()
         except asyncio.CancelledError:

@@ -13,6 +13,7 @@ from fabstir.chain.contracts import Marketplace
 from fabstir.chain.metadata import build_host_metadata
 from fabstir.chain.money import format_units
 from fabstir.chain.network import NetworkConfig
+from fabstir.cli.output import print_json
 from fabstir.errors import ConfigError
 from fabstir.keys import load_signing_key
 from fabstir.node.config import check_host_key
@@ -32,6 +33,14 @@ def _host_account(args: argparse.Namespace, network: NetworkConfig) -> LocalAcco
     return account
 
 
+def _report(args: argparse.Namespace, data: dict[str, object], text: str) -> None:
+    """One line: ``text``, or ``data`` as JSON (amounts in base units) with ``--json``."""
+    if getattr(args, "json", False):
+        print_json(data)
+    else:
+        print(text)
+
+
 async def run_host_command(args: argparse.Namespace) -> int:
     network = NetworkConfig.load(args.network)
     host = _host_account(args, network)  # checked before connecting to anything
@@ -47,18 +56,22 @@ async def run_host_command(args: argparse.Namespace) -> int:
             stake = await register_host(market, host, metadata=metadata, api_url=args.api_url,
                                         models=[m for m in (resolve_model_id(x) for x in args.models) if m],
                                         min_price_native=args.price_native, min_price_stable=args.price_stable)
-            print(f"registered {host.address} at {args.api_url} with a stake of {format_units(stake, 18, 'FAB')}")
+            _report(args, {"host": host.address, "api_url": args.api_url, "stake": stake},
+                    f"registered {host.address} at {args.api_url} with a stake of {format_units(stake, 18, 'FAB')}")
         elif args.node_command == "unregister":
             returned = await unregister_host(market, host)
-            print(f"unregistered {host.address}; stake returned: {format_units(returned, 18, 'FAB')}")
+            _report(args, {"host": host.address, "stake_returned": returned},
+                    f"unregistered {host.address}; stake returned: {format_units(returned, 18, 'FAB')}")
         elif args.node_command == "earnings":
             owed = await earnings(market, host.address)
-            print(f"{host.address} may withdraw {format_units(owed.native, 18, 'ETH')} and "
-                  f"{format_units(owed.stable, 6, 'USDC')}")
+            _report(args, {"host": host.address, "native": owed.native, "stable": owed.stable},
+                    f"{host.address} may withdraw {format_units(owed.native, 18, 'ETH')} and "
+                    f"{format_units(owed.stable, 6, 'USDC')}")
         else:
             amount = await withdraw_earnings(market, host, args.token)
             decimals, symbol = (18, "ETH") if args.token is None else (6, "tokens")
-            print(f"withdrew {format_units(amount, decimals, symbol)} to {host.address}")
+            _report(args, {"host": host.address, "token": args.token, "amount": amount},
+                    f"withdrew {format_units(amount, decimals, symbol)} to {host.address}")
     finally:
         chain.close()
     return 0

@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import sys
 import time
 from typing import Any
 
+from fabstir.cli.output import print_json, print_table, say, table
 from fabstir.discovery.manager import DiscoveryManager
-from fabstir.discovery.selection import FACTORS, STRATEGIES, RankedHost, Requirements, SelectionError
+from fabstir.discovery.selection import FACTORS, RankedHost, Requirements, SelectionError
 from fabstir.discovery.sources import DiscoverySource
 from fabstir.errors import ConfigError
 
-__all__ = ["add_hosts_parser", "run_hosts"]
-
-
-def add_hosts_parser(commands: Any) -> None:
-    """Register ``fabstir hosts`` on the CLI's subcommands."""
-    hosts = commands.add_parser("hosts", help="discover hosts and rank them (chain, HTTP service, mDNS, DHT)")
-    hosts.add_argument("--network", help="network file: read the on-chain registry (prices and stake from chain)")
-    hosts.add_argument("--discovery-url", help="an HTTP discovery service (fabstir discovery serve)")
-    hosts.add_argument("--mdns", action="store_true", help="browse mDNS on 127.0.0.1")
-    hosts.add_argument("--dht-bootstrap", help="search the DHT, joining through host:port[,host:port...]")
-    hosts.add_argument("--model", help="only hosts serving this model (repo/file, 0x id, or a served name)")
-    hosts.add_argument("--strategy", default="composite", choices=STRATEGIES,
-                       help="how to choose the host marked as chosen (default composite)")
-    hosts.add_argument("--max-price", type=int, help="highest price per token (x1000, base units)")
-    hosts.add_argument("--capability", action="append", default=[], help="required capability (repeatable)")
-    hosts.add_argument("--region", help="required region")
-    hosts.add_argument("--no-ping", action="store_true", help="do not measure each host's round trip")
-    hosts.add_argument("--timeout", type=float, default=3.0, help="seconds each source may take (default 3)")
-    hosts.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+__all__ = ["run_hosts"]
 
 
 async def run_hosts(args: argparse.Namespace) -> int:
@@ -44,13 +25,13 @@ async def run_hosts(args: argparse.Namespace) -> int:
         manager = DiscoveryManager(sources, source_timeout_s=args.timeout)
         requirements = Requirements(model=args.model, max_price=args.max_price,
                                     capabilities=frozenset(args.capability), region=args.region)
-        _progress(f"asking {', '.join(manager.source_names)} (each within {args.timeout:g} s)")
+        say(f"asking {', '.join(manager.source_names)} (each within {args.timeout:g} s)")
         started = time.perf_counter()
         hosts = await manager.discover_all_hosts(requirements)
-        _progress(f"{len(hosts)} host(s) in {(time.perf_counter() - started) * 1000:.0f} ms")
+        say(f"{len(hosts)} host(s) in {(time.perf_counter() - started) * 1000:.0f} ms")
         unreachable: set[str] = set()
         if hosts and not args.no_ping:
-            _progress(f"pinging {len(hosts)} host(s)")
+            say(f"pinging {len(hosts)} host(s)")
             answered = await manager.measure_latency(hosts, limit=len(hosts))
             unreachable = {h.address for h in hosts} - set(answered)
         # Every host found is listed (an unreachable one too, marked); the choice skips the ones now banned.
@@ -60,9 +41,8 @@ async def run_hosts(args: argparse.Namespace) -> int:
             chosen = (await manager.select_host(args.strategy, requirements)).address
         stats = manager.get_discovery_stats()
     if args.json:
-        print(json.dumps({"hosts": [_row(r, r.host.address in unreachable) for r in ranked],
-                          "strategy": args.strategy, "chosen": chosen,
-                          "stats": stats, "rejected": [list(r) for r in manager.rejected]}))
+        print_json({"hosts": [_row(r, r.host.address in unreachable) for r in ranked], "strategy": args.strategy,
+                    "chosen": chosen, "stats": stats, "rejected": [list(r) for r in manager.rejected]})
     else:
         _print_table(ranked, chosen, args.strategy, stats, manager.rejected, unreachable)
     return 0 if ranked else 1
@@ -97,10 +77,6 @@ async def _open_sources(args: argparse.Namespace, stack: contextlib.AsyncExitSta
     return sources
 
 
-def _progress(text: str) -> None:
-    print(f"[fabstir] {text}", file=sys.stderr, flush=True)
-
-
 def _row(ranked: RankedHost, unreachable: bool) -> dict[str, Any]:
     host = ranked.host
     return {"address": host.address, "reachable": not unreachable, "api_url": host.api_url, "price_per_token": host.price_per_token,
@@ -112,26 +88,22 @@ def _row(ranked: RankedHost, unreachable: bool) -> dict[str, Any]:
 
 def _print_table(ranked: list[RankedHost], chosen: str | None, strategy: str, stats: dict[str, Any],
                  rejected: list[tuple[str, str, str]], unreachable: set[str]) -> None:
-    out = sys.stdout
     if not ranked:
-        print("no host matches", file=out)
-    header = ["#", "host", "url", "price", "stake", "rtt ms", "score", *(f[:5] for f in FACTORS), "sources"]
-    rows = []
-    for i, r in enumerate(ranked, 1):
-        host, parts = r.host, r.breakdown
-        rows.append([f"{i}{'*' if host.address == chosen else ''}", host.address[:10] + "…", host.api_url,
-                     str(host.price_per_token), str(host.stake),
-                     "down" if host.address in unreachable else "-" if host.latency_ms is None
-                     else f"{host.latency_ms:.1f}", f"{r.score:.2f}",
-                     *(f"{parts[f]:.2f}" for f in FACTORS), ",".join(sorted(host.sources))])
-    if rows:
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-        for line in (header, *rows):
-            print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip(), file=out)
-        print(f"* chosen by strategy {strategy!r}" if chosen else f"no reachable host for strategy {strategy!r}",
-              file=out)
+        print("no host matches")
+    else:
+        numbers = ("price", "stake", "rtt ms", "score", *(f[:5] for f in FACTORS))
+        listing = table("#", "host", "url", "price", "stake", "rtt ms", "score", *(f[:5] for f in FACTORS), "sources",
+                        title=f"{len(ranked)} host(s), best first (price: per 1000 tokens, base units)", right=numbers)
+        for i, r in enumerate(ranked, 1):
+            host, parts = r.host, r.breakdown
+            rtt = "down" if host.address in unreachable else "-" if host.latency_ms is None else f"{host.latency_ms:.1f}"
+            listing.add_row(f"{i}{'*' if host.address == chosen else ''}", host.address[:10] + "…", host.api_url,
+                            str(host.price_per_token), str(host.stake), rtt, f"{r.score:.2f}",
+                            *(f"{parts[f]:.2f}" for f in FACTORS), ",".join(sorted(host.sources)))
+        print_table(listing)
+        print(f"* chosen by strategy {strategy!r}" if chosen else f"no reachable host for strategy {strategy!r}")
     health = ", ".join(f"{s['name']}: {'ok' if s['healthy'] else 'FAILED (' + str(s['last_error']) + ')'} "
                        f"{s['hosts']} host(s)" for s in stats["sources"])
-    print(f"sources: {health}", file=out)
+    print(f"sources: {health}", flush=True)
     for address, source, reason in rejected:
-        print(f"refused {address} from {source}: {reason}", file=out)
+        print(f"refused {address} from {source}: {reason}")

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-from typing import Any
 
+from fabstir.cli.output import print_json, print_table, table
 from fabstir.errors import ConfigError
 
-__all__ = ["add_spending_parsers", "run_spending"]
-
-
-def add_spending_parsers(commands: Any) -> None:
-    for name, text in (("sessions", "a depositor's session jobs: status, host, tokens, cost, refund"),
-                       ("spend", "what a depositor's sessions cost, per day, host and model")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("--network", required=True, help="network file (fabstir devnet up writes one)")
-        sub.add_argument("--depositor", help="address to look up (default: the client key's)")
-        sub.add_argument("--account", help="a named account of the network file (development networks)")
-        sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+__all__ = ["run_spending"]
 
 
 def _depositor(args: argparse.Namespace, accounts: dict[str, str]) -> str:
@@ -49,27 +38,39 @@ async def run_spending(args: argparse.Namespace) -> int:
             if args.command == "sessions":
                 sessions = await sdk.sessions.list_sessions(depositor)
                 if args.json:
-                    print(json.dumps([dataclasses.asdict(s) for s in sessions]))
+                    print_json([dataclasses.asdict(s) for s in sessions])
                     return 0
-                print(f"{len(sessions)} session(s) of {depositor}")
-                print(f"{'job':>6} {'status':10} {'host':42} {'tokens':>8} {'cost':>22} {'refund':>22} token")
+                listing = table("job", "status", "host", "model", "tokens", "cost", "refund", "token",
+                                title=f"{len(sessions)} session(s) of {depositor} (cost and refund in base units)",
+                                right=("job", "tokens", "cost", "refund"))
                 for s in sessions:
-                    refund = "-" if s.refund is None else str(s.refund)
-                    print(f"{s.job_id:>6} {s.status:10} {s.host:42} {s.tokens_used:>8} {s.cost:>22} {refund:>22} "
-                          f"{s.payment_token or 'ETH'}")
+                    listing.add_row(str(s.job_id), s.status, s.host, _short(s.model), str(s.tokens_used), str(s.cost),
+                                    "-" if s.refund is None else str(s.refund), s.payment_token or "ETH")
+                print_table(listing)
                 return 0
             spending = await sdk.sessions.spend(depositor)
     finally:
         chain.close()
     if args.json:
-        print(json.dumps(dataclasses.asdict(spending)))
+        print_json(dataclasses.asdict(spending))
         return 0
-    print(f"{spending.sessions} session(s) of {depositor}; costs in base units of each payment token")
-    for unit, amount in spending.total.items():
-        print(f"  total {unit}: {amount} for {spending.tokens.get(unit, 0)} tokens")
-    for title, table in (("per day", spending.by_day), ("per host", spending.by_host),
-                         ("per model", spending.by_model)):
-        print(f"{title}:")
-        for key, amounts in table.items():
-            print(f"  {key:66} " + ", ".join(f"{amount} {unit}" for unit, amount in amounts.items()))
+    units = sorted(spending.total)
+    totals = table("unit", "cost", "tokens", title=f"{spending.sessions} session(s) of {depositor}; costs in base "
+                   "units of each payment token", right=("cost", "tokens"))
+    for unit in units:
+        totals.add_row(unit, str(spending.total[unit]), str(spending.tokens.get(unit, 0)))
+    print_table(totals)
+    for title, column, rows in (("per day", "day", spending.by_day), ("per host", "host", spending.by_host),
+                                ("per model", "model", spending.by_model)):
+        breakdown = table(column, *units, title=title, right=units)
+        for key, amounts in rows.items():
+            breakdown.add_row(key, *(str(amounts.get(unit, 0)) for unit in units))
+        print_table(breakdown)
     return 0
+
+
+def _short(model: str | None) -> str:
+    """A model id as shown in a table: the 0x id shortened (the JSON keeps it whole)."""
+    if model is None:
+        return "-"
+    return model[:10] + "…" if model.startswith("0x") and len(model) > 14 else model
