@@ -7,7 +7,9 @@ on stderr when a task starts (no bar redraws).
 
 Long work elsewhere in the package reports through :data:`StepCallback` (``done, total, label``); the
 CLI turns it into a bar with :func:`progress_bar`. A library that generates keys, unpacks or deploys
-takes such a callback and the CLI passes the one :func:`progress_bar` yields.
+takes such a callback and the CLI passes the one :func:`progress_bar` yields. Work that reports a line
+per step instead (``progress: Callable[[str], None]``, as proof key generation does) gets a bar from
+:func:`progress_lines`, one step per line.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from rich.progress import (
 from rich.table import Table
 
 __all__ = ["StepCallback", "console", "is_terminal", "key_value_table", "print_json", "print_table", "progress_bar",
-           "say", "table"]
+           "progress_lines", "say", "table"]
 
 StepCallback = Callable[[int, int, str], None]
 """``(done, total, label)``: how far a long task has come (``label`` names the current step; may be ``""``)."""
@@ -81,9 +83,15 @@ def key_value_table(rows: Sequence[tuple[str, str]], *, title: str | None = None
 
 
 def print_table(rendered: Table, *, stderr: bool = False) -> None:
-    """Print ``rendered``: boxed on a terminal; plain aligned columns otherwise (no colour, no trailing spaces)."""
+    """Print ``rendered``: boxed on a terminal; plain aligned columns otherwise (no colour, no trailing spaces).
+
+    The title is a line of its own above the table (rich would wrap it to the table's width).
+    """
     target = console(stderr=stderr)
+    title, rendered.title = rendered.title, None
     if target.is_terminal:
+        if title:
+            target.print(title, style="bold", markup=False)
         target.print(rendered)
         return
     if rendered.box is not None:
@@ -92,9 +100,9 @@ def print_table(rendered: Table, *, stderr: bool = False) -> None:
     buffer = io.StringIO()
     Console(file=buffer, width=PLAIN_WIDTH, color_system=None, highlight=False, force_terminal=False,
             soft_wrap=False).print(rendered)
-    text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
     stream = sys.stderr if stderr else sys.stdout
-    print(text, file=stream, flush=True)
+    print("\n".join([str(title), *lines] if title else lines), file=stream, flush=True)
 
 
 @contextlib.contextmanager
@@ -121,3 +129,24 @@ def progress_bar(description: str, total: int | None = None, *, unit: str = "ste
         current = bar.tasks[0]
         if current.total is not None:
             bar.update(task, completed=current.total, step="done")
+
+
+@contextlib.contextmanager
+def progress_lines(description: str, steps: int) -> Iterator[Callable[[str], None]]:
+    """A bar of ``steps`` steps that moves one step per line given to the yielded callback (which shows the line).
+
+    For work that reports a line per long step. When stderr is not a terminal each line is printed as
+    ``[fabstir] line``, as before there were bars.
+    """
+    if not is_terminal(stderr=True):
+        yield say
+        return
+    with progress_bar(description, steps) as advance:
+        done = 0
+
+        def line(text: str) -> None:
+            nonlocal done
+            done = min(done + 1, steps)
+            advance(done, steps, text)
+
+        yield line
