@@ -56,6 +56,9 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     /// @notice Feature bit of `marketplaceFeatures`: depositor-countersigned checkpoints and disputes of
     ///         provisional (not countersigned) claims.
     uint256 public constant FEATURE_USAGE_COUNTERSIGN = 2;
+    /// @notice Feature bit of `marketplaceFeatures`: hosts may prove claimed checkpoints with a SNARK bound to
+    ///         the checkpoint's usage commitment (`submitCheckpointProof`, verified by the ProofSystem).
+    uint256 public constant FEATURE_CHECKPOINT_PROOFS = 4;
     /// @notice EIP-712 type of the depositor's countersignature of its usage.
     bytes32 public constant USAGE_TYPEHASH =
         keccak256("UsageAck(uint256 jobId,uint256 cumulativeTokens,bytes32 transcriptHash)");
@@ -160,6 +163,9 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     event TreasuryUpdated(address indexed treasury);
     event TreasuryWithdrawal(address indexed token, uint256 amount);
     event UsageAcknowledged(uint256 indexed jobId, uint256 cumulativeTokens, bytes32 transcriptHash);
+    event CheckpointProven(
+        uint256 indexed jobId, address indexed host, uint256 cumulativeTokens, bytes32 transcriptHash, bytes32 commitment
+    );
     event UsageDisputed(
         uint256 indexed jobId, uint256 claimedTokens, uint256 acknowledgedTokens, bytes32 transcriptHash
     );
@@ -358,6 +364,21 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         record.disputed = true;
     }
 
+    /// @notice The host proves a checkpoint it claimed: `proof` must verify (ProofSystem's checkpoint verifier)
+    ///         against the usage commitment `usageDigest(jobId, cumulativeTokens, transcriptHash)`, which binds
+    ///         this chain, this contract, the job, the count and the transcript. Reverts "Proof rejected" if not.
+    function submitCheckpointProof(uint256 jobId, uint256 cumulativeTokens, bytes32 transcriptHash, bytes calldata proof)
+        external
+        nonReentrant
+    {
+        SessionJob storage job = _session(jobId);
+        require(msg.sender == job.host, "Only host");
+        require(cumulativeTokens > 0 && cumulativeTokens <= job.tokensUsed, "Tokens not claimed");
+        bytes32 commitment = usageDigest(jobId, cumulativeTokens, transcriptHash);
+        proofSystem.verifyCheckpoint(commitment, msg.sender, cumulativeTokens, sessionModel[jobId], proof);
+        emit CheckpointProven(jobId, msg.sender, cumulativeTokens, transcriptHash, commitment);
+    }
+
     // ------------------------------------------------------------------ ending sessions
 
     /// @notice Ends and settles the session. The depositor may call at any time (settling accepts the claims it
@@ -434,7 +455,7 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     /// @notice What this marketplace adds to the public one, as `FEATURE_*` bits. The public contracts lack this
     ///         function; clients look for its selector in the code before calling it.
     function marketplaceFeatures() external pure returns (uint256) {
-        return FEATURE_EXACT_BILLING | FEATURE_USAGE_COUNTERSIGN;
+        return FEATURE_EXACT_BILLING | FEATURE_USAGE_COUNTERSIGN | FEATURE_CHECKPOINT_PROOFS;
     }
 
     /// @notice The EIP-712 digest the depositor signs to countersign `cumulativeTokens` received on `jobId`

@@ -27,7 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "_clock", "_retry", "_version"}),
     frozenset({"_net", "keys", "protocol"}),
     frozenset({"chain", "storage"}),
-    frozenset({"discovery"}),
+    frozenset({"discovery", "zk"}),
     frozenset({"sdk", "node"}),
     frozenset({FACADE, "gateway"}),
     frozenset({"cli", "testing"}),

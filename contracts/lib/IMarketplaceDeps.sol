@@ -25,4 +25,6 @@ interface IProofRecorder {
     function recordProof(bytes32 proofHash, address prover, uint256 tokens, bytes32 modelId, bytes calldata proof)
         external
         returns (bool verified);
+    function verifyCheckpoint(bytes32 commitment, address prover, uint256 tokens, bytes32 modelId, bytes calldata proof)
+        external;
 }

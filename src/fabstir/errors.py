@@ -46,6 +46,7 @@ __all__ = [
     "LocalProtocolError",
     "ModelNotFoundError",
     "NodeError",
+    "ProofError",
     "ProtocolError",
     "RemoteProtocolError",
     "RequestTimeoutError",
@@ -217,3 +218,10 @@ class ModelNotFoundError(EngineError, FileNotFoundError):
     """The model file does not exist or cannot be read."""
 
     default_code = "MODEL_NOT_FOUND"
+
+
+class ProofError(FabstirError):
+    """A checkpoint proof cannot be built, is malformed, or does not verify (codes ZK_UNAVAILABLE,
+    ZK_KEYS_FAILED, PROOF_FAILED, PROOF_MALFORMED, PROOF_INVALID)."""
+
+    default_code = "PROOF_ERROR"

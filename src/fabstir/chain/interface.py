@@ -73,6 +73,13 @@ EXTRAS: dict[tuple[str, str], str] = {
                                         "ours only",
     ("JobMarketplace", "usage"): "consented billing (P1): read only where marketplaceFeatures has "
                                  "FEATURE_USAGE_COUNTERSIGN",
+    ("JobMarketplace", "submitCheckpointProof"): "checkpoint proofs (P3): sent only where marketplaceFeatures has "
+                                                 "FEATURE_CHECKPOINT_PROOFS",
+    ("JobMarketplace", "CheckpointProven"): "checkpoint proofs (P3): the on-chain proof history, ours only",
+    ("ProofSystem", "checkpointVerifier"): "checkpoint proofs (P3): read only where marketplaceFeatures has "
+                                           "FEATURE_CHECKPOINT_PROOFS",
+    ("ProofSystem", "setCheckpointVerifier"): "checkpoint proofs (P3): owner wiring on local chains and new "
+                                              "deployments",
     ("NodeRegistry", "NodeActiveChanged"): "our real active flag (setNodeActive); the public flag never changes",
     ("NodeRegistry", "StakeAdded"): "our stake() event; the public registry emits none for added stake",
 }
