@@ -37,9 +37,9 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    model: Annotated[Optional[str], typer.Option(help="GGUF file (default: Gemma 3 270M from the fabstir\\[model] "
+    model: Annotated[Optional[str], typer.Option(metavar="FILE", help="GGUF file (default: Gemma 3 270M from the fabstir\\[model] "
                                                       "package)")] = None,
-    template: Annotated[Optional[str], typer.Option(help="prompt template: plain, raw, chatml, gemma")] = None,
+    template: Annotated[Optional[str], typer.Option(metavar="NAME", help="prompt template: plain, raw, chatml, gemma")] = None,
     max_tokens: Annotated[int, typer.Option(help="tokens per answer")] = 48,
     temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.7,
     prompts: Annotated[Optional[list[str]], typer.Option("--prompt", metavar="TEXT",
@@ -55,17 +55,17 @@ def demo(
 
 
 def chat(
-    host: Annotated[Optional[str], typer.Option(help="host URL, e.g. http://127.0.0.1:8080 (a free host)")] = None,
-    network: Annotated[Optional[str], typer.Option(help="network file: open a paid session on a host chosen by "
+    host: Annotated[Optional[str], typer.Option(metavar="URL", help="host URL, e.g. http://127.0.0.1:8080 (a free host)")] = None,
+    network: Annotated[Optional[str], typer.Option(metavar="FILE", help="network file: open a paid session on a host chosen by "
                                                         "discovery (client key in $FABSTIR_CLIENT_KEY)")] = None,
-    model: Annotated[Optional[str], typer.Option(help="with --network: the model, repo/file")] = None,
+    model: Annotated[Optional[str], typer.Option(metavar="REPO/FILE", help="with --network: the model, repo/file")] = None,
     deposit: Annotated[int, typer.Option(help="with --network: escrow in wei")] = 10**15,
-    strategy: Annotated[str, typer.Option(help="with --network: cheapest, fastest, reputable, composite, "
+    strategy: Annotated[str, typer.Option(metavar="NAME", help="with --network: cheapest, fastest, reputable, composite, "
                                                "round_robin", callback=_strategy)] = "composite",
     fallback_host: Annotated[Optional[list[str]], typer.Option(
         metavar="URL", help="another host to continue on if the current one dies or stalls mid-answer "
                             "(repeatable)")] = None,
-    session: Annotated[Optional[str], typer.Option(help="session id (default: a new random id)")] = None,
+    session: Annotated[Optional[str], typer.Option(metavar="ID", help="session id (default: a new random id)")] = None,
     job_id: Annotated[Optional[int], typer.Option(help="the session's job id on a free host")] = None,
     max_tokens: Annotated[int, typer.Option(help="tokens per answer at most")] = 256,
     temperature: Annotated[float, typer.Option(help="sampling temperature")] = 0.7,
@@ -77,20 +77,20 @@ def chat(
 
 
 def hosts(
-    network: Annotated[Optional[str], typer.Option(help="network file: read the on-chain registry (prices and "
+    network: Annotated[Optional[str], typer.Option(metavar="FILE", help="network file: read the on-chain registry (prices and "
                                                         "stake from chain)")] = None,
-    discovery_url: Annotated[Optional[str], typer.Option(help="an HTTP discovery service (fabstir discovery "
+    discovery_url: Annotated[Optional[str], typer.Option(metavar="URL", help="an HTTP discovery service (fabstir discovery "
                                                               "serve)")] = None,
     mdns: Annotated[bool, typer.Option("--mdns", help="browse mDNS on 127.0.0.1")] = False,
-    dht_bootstrap: Annotated[Optional[str], typer.Option(help="search the DHT, joining through "
+    dht_bootstrap: Annotated[Optional[str], typer.Option(metavar="HOST:PORT,...", help="search the DHT, joining through "
                                                               "host:port[,host:port...]")] = None,
-    model: Annotated[Optional[str], typer.Option(help="only hosts serving this model (repo/file, 0x id, or a "
+    model: Annotated[Optional[str], typer.Option(metavar="MODEL", help="only hosts serving this model (repo/file, 0x id, or a "
                                                       "served name)")] = None,
-    strategy: Annotated[str, typer.Option(help="how to choose the host marked as chosen: cheapest, fastest, "
+    strategy: Annotated[str, typer.Option(metavar="NAME", help="how to choose the host marked as chosen: cheapest, fastest, "
                                                "reputable, composite, round_robin", callback=_strategy)] = "composite",
     max_price: Annotated[Optional[int], typer.Option(help="highest price per token (x1000, base units)")] = None,
-    capability: Annotated[Optional[list[str]], typer.Option(help="required capability (repeatable)")] = None,
-    region: Annotated[Optional[str], typer.Option(help="required region")] = None,
+    capability: Annotated[Optional[list[str]], typer.Option(metavar="NAME", help="required capability (repeatable)")] = None,
+    region: Annotated[Optional[str], typer.Option(metavar="REGION", help="required region")] = None,
     no_ping: Annotated[bool, typer.Option("--no-ping", help="do not measure each host's round trip")] = False,
     timeout: Annotated[float, typer.Option(help="seconds each source may take")] = 3.0,
     json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
@@ -101,10 +101,10 @@ def hosts(
     return asyncio.run(run_hosts(argparse.Namespace(**locals())))
 
 
-NetworkOption = Annotated[str, typer.Option(help="network file (fabstir devnet up writes one)")]
-DepositorOption = Annotated[Optional[str], typer.Option(help="address to look up (default: the client key's, "
+NetworkOption = Annotated[str, typer.Option(metavar="FILE", help="network file (fabstir devnet up writes one)")]
+DepositorOption = Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="address to look up (default: the client key's, "
                                                               "$FABSTIR_CLIENT_KEY)")]
-AccountOption = Annotated[Optional[str], typer.Option(help="a named account of the network file (development "
+AccountOption = Annotated[Optional[str], typer.Option(metavar="NAME", help="a named account of the network file (development "
                                                            "networks)")]
 JsonOption = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 
@@ -124,7 +124,7 @@ def spend(network: NetworkOption, depositor: DepositorOption = None, account: Ac
 
 
 def discovery_serve(
-    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port (0 picks a free one)")] = 8090,
     max_hosts: Annotated[int, typer.Option(help="live hosts held")] = 1000,
     json: Annotated[bool, typer.Option("--json", help="when serving, print {\"url\": ...} as one JSON line on "

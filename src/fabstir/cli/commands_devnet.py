@@ -12,7 +12,7 @@ import typer
 
 __all__ = ["register"]
 
-FileOption = Annotated[str, typer.Option(help="the network file")]
+FileOption = Annotated[str, typer.Option(metavar="FILE", help="the network file")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the outcome as one line of JSON")]
 
 
@@ -34,7 +34,7 @@ def _run(command: str, values: dict[str, object]) -> int:
 
 
 def up(
-    file: Annotated[str, typer.Option(help="network file to write")] = "devnet.json",
+    file: Annotated[str, typer.Option(metavar="FILE", help="network file to write")] = "devnet.json",
     port: Annotated[int, typer.Option(help="anvil port on 127.0.0.1 (0: a free one)")] = 0,
     dispute_window: Annotated[int, typer.Option(help="seconds before a host may settle after its last "
                                                      "checkpoint")] = 30,
@@ -42,7 +42,7 @@ def up(
                                                         help="approve this model; repeat for several")] = None,
     hosts: Annotated[int, typer.Option(help="host nodes to start, registered at different prices, with a discovery "
                                             "service (0: the chain alone)")] = 2,
-    host_model: Annotated[Optional[str], typer.Option(help="GGUF file the hosts serve (default: the default "
+    host_model: Annotated[Optional[str], typer.Option(metavar="FILE", help="GGUF file the hosts serve (default: the default "
                                                            "model)")] = None,
     json: Annotated[bool, typer.Option("--json", help="print the devnet (RPC URL, contracts, accounts, services) "
                                                       "as one JSON line on stdout instead of the summary")] = False,

@@ -27,47 +27,47 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    config: Annotated[Optional[str], typer.Option(help="TOML settings (\\[node] table), or a network file from "
+    config: Annotated[Optional[str], typer.Option(metavar="FILE", help="TOML settings (\\[node] table), or a network file from "
                                                        "fabstir devnet up")] = None,
-    model_path: Annotated[Optional[str], typer.Option("--model", help="GGUF file (default: Gemma 3 270M); with "
+    model_path: Annotated[Optional[str], typer.Option("--model", metavar="FILE|NAME", help="GGUF file (default: Gemma 3 270M); with "
                                                                       "--engine openai the upstream's model "
                                                                       "name")] = None,
-    engine: Annotated[Optional[str], typer.Option(help="llama (llama.cpp in this process, the default) or openai "
+    engine: Annotated[Optional[str], typer.Option(metavar="NAME", help="llama (llama.cpp in this process, the default) or openai "
                                                        "(forward to an OpenAI-compatible server: vLLM, "
                                                        "llama-server, Ollama, SGLang)")] = None,
-    upstream: Annotated[Optional[str], typer.Option(help="with --engine openai: the upstream server's base "
+    upstream: Annotated[Optional[str], typer.Option(metavar="URL", help="with --engine openai: the upstream server's base "
                                                          "URL")] = None,
-    model_id: Annotated[Optional[str], typer.Option(help="name clients use for the model")] = None,
-    host: Annotated[Optional[str], typer.Option(help="bind address (default 127.0.0.1)")] = None,
+    model_id: Annotated[Optional[str], typer.Option(metavar="NAME", help="name clients use for the model")] = None,
+    host: Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="bind address (default 127.0.0.1)")] = None,
     port: Annotated[Optional[int], typer.Option(help="port (default 8080; 0 picks a free one)")] = None,
-    template: Annotated[Optional[str], typer.Option(help="prompt template: plain, raw, chatml, gemma")] = None,
+    template: Annotated[Optional[str], typer.Option(metavar="NAME", help="prompt template: plain, raw, chatml, gemma")] = None,
     context_window: Annotated[Optional[int], typer.Option(help="tokens of context (default 2048)")] = None,
     parallel: Annotated[Optional[int], typer.Option(help="responses generated at once (default 2)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per engine")] = None,
     max_frame_bytes: Annotated[Optional[int], typer.Option(help="largest WebSocket frame accepted")] = None,
-    network: Annotated[Optional[str], typer.Option(help="network file: serve paid sessions on that chain (key in "
+    network: Annotated[Optional[str], typer.Option(metavar="FILE", help="network file: serve paid sessions on that chain (key in "
                                                         "$FABSTIR_NODE_HOST_KEY)")] = None,
-    model_repo: Annotated[Optional[str], typer.Option(help="repo part of the on-chain model id (default "
+    model_repo: Annotated[Optional[str], typer.Option(metavar="REPO", help="repo part of the on-chain model id (default "
                                                            "'local')")] = None,
     checkpoint_tokens: Annotated[Optional[int], typer.Option(help="tokens per checkpoint (default 1000)")] = None,
-    ledger_path: Annotated[Optional[str], typer.Option("--ledger", help="billing ledger file (SQLite)")] = None,
-    signing_key_file: Annotated[Optional[str], typer.Option(help="Ed25519 key that signs receipts (created 0600 "
+    ledger_path: Annotated[Optional[str], typer.Option("--ledger", metavar="FILE", help="billing ledger file (SQLite)")] = None,
+    signing_key_file: Annotated[Optional[str], typer.Option(metavar="FILE", help="Ed25519 key that signs receipts (created 0600 "
                                                                  "if missing; password in "
                                                                  "$FABSTIR_NODE_KEY_PASSWORD)")] = None,
-    discovery_url: Annotated[Optional[str], typer.Option(help="HTTP discovery service to announce to (signed "
+    discovery_url: Annotated[Optional[str], typer.Option(metavar="URL", help="HTTP discovery service to announce to (signed "
                                                               "heartbeats)")] = None,
     announce_mdns: Annotated[Optional[bool], typer.Option("--announce-mdns", help="announce over mDNS on "
                                                                                   "127.0.0.1")] = None,
-    dht_bootstrap: Annotated[Optional[str], typer.Option(help="join the DHT through host:port[,host:port...] and "
+    dht_bootstrap: Annotated[Optional[str], typer.Option(metavar="HOST:PORT,...", help="join the DHT through host:port[,host:port...] and "
                                                               "announce there")] = None,
     dht_port: Annotated[Optional[int], typer.Option(help="UDP port of this node's DHT peer (default: a free "
                                                          "one)")] = None,
     announce_price: Annotated[Optional[int], typer.Option(help="price per token to announce (x1000, base "
                                                                "units)")] = None,
-    announce_region: Annotated[Optional[str], typer.Option(help="region to announce")] = None,
+    announce_region: Annotated[Optional[str], typer.Option(metavar="REGION", help="region to announce")] = None,
     announce_ttl: Annotated[Optional[int], typer.Option(help="seconds an announcement stays valid (default "
                                                              "60)")] = None,
-    public_url: Annotated[Optional[str], typer.Option(help="URL to announce, when not the bound address")] = None,
+    public_url: Annotated[Optional[str], typer.Option(metavar="URL", help="URL to announce, when not the bound address")] = None,
     require_auth: Annotated[Optional[bool], typer.Option("--require-auth", help="(the default) serve a paid "
                                                                                 "session only to its "
                                                                                 "authenticated depositor")] = None,
@@ -82,11 +82,11 @@ def serve(
     return asyncio.run(run_serve(argparse.Namespace(**locals())))
 
 
-NetworkOption = Annotated[str, typer.Option("--network", "--config", help="network file (fabstir devnet up "
+NetworkOption = Annotated[str, typer.Option("--network", "--config", metavar="FILE", help="network file (fabstir devnet up "
                                                                           "writes one)")]
-KeyOption = Annotated[Optional[str], typer.Option(help="host private key (default: $FABSTIR_NODE_HOST_KEY, or "
+KeyOption = Annotated[Optional[str], typer.Option(metavar="HEX", help="host private key (default: $FABSTIR_NODE_HOST_KEY, or "
                                                        "--account)")]
-AccountOption = Annotated[Optional[str], typer.Option(help="a named account from the network file (development "
+AccountOption = Annotated[Optional[str], typer.Option(metavar="NAME", help="a named account from the network file (development "
                                                            "networks)")]
 JsonOption = Annotated[bool, typer.Option("--json", help="print the outcome as one line of JSON")]
 
@@ -99,18 +99,18 @@ def _chain_command(command: str, **values: object) -> int:
 
 def register_host(
     network: NetworkOption,
-    api_url: Annotated[str, typer.Option(help="the node's public URL, e.g. http://127.0.0.1:8080")],
+    api_url: Annotated[str, typer.Option(metavar="URL", help="the node's public URL, e.g. http://127.0.0.1:8080")],
     models: Annotated[list[str], typer.Option("--model", metavar="REPO/FILE", help="model as repo/file (repeat "
                                                                                    "for several)")],
     key: KeyOption = None,
     account: AccountOption = None,
-    name: Annotated[str, typer.Option(help="host name in the metadata")] = "fabstir host",
+    name: Annotated[str, typer.Option(metavar="NAME", help="host name in the metadata")] = "fabstir host",
     price_native: Annotated[int, typer.Option(help="minimum price in wei per token x1000")] = 2_000_000_000,
     price_stable: Annotated[int, typer.Option(help="minimum price in stablecoin base units per token "
                                                    "x1000")] = 10_000,
-    public_key: Annotated[Optional[str], typer.Option(help="compressed secp256k1 key for encrypted sessions (hex; "
+    public_key: Annotated[Optional[str], typer.Option(metavar="HEX", help="compressed secp256k1 key for encrypted sessions (hex; "
                                                            "default: the host key's, which the node uses)")] = None,
-    signing_key_file: Annotated[Optional[str], typer.Option(help="the node's Ed25519 key file (publishes the key "
+    signing_key_file: Annotated[Optional[str], typer.Option(metavar="FILE", help="the node's Ed25519 key file (publishes the key "
                                                                  "that signs receipts)")] = None,
     json: JsonOption = False,
 ) -> int:
@@ -128,6 +128,6 @@ def earnings(network: NetworkOption, key: KeyOption = None, account: AccountOpti
 
 
 def withdraw(network: NetworkOption, key: KeyOption = None, account: AccountOption = None,
-             token: Annotated[Optional[str], typer.Option(help="ERC20 address (default: ETH)")] = None,
+             token: Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="ERC20 address (default: ETH)")] = None,
              json: JsonOption = False) -> int:
     return _chain_command("withdraw", **locals())

@@ -205,10 +205,10 @@ async def _deploy(anvil: AnvilProcess, models: list[ModelSpec], dispute_window: 
     chain = await asyncio.to_thread(Chain.connect, anvil.rpc_url)
     try:
         owner = dev_account(0)
-        deployment = await deploy_marketplace(chain, owner, models=models, dispute_window=dispute_window,
-                                              progress=progress)
-        market = Marketplace(chain, deployment)
         done, total = deploy_steps(len(models)), deploy_steps(len(models)) + len(HOSTS) + len(CLIENTS)
+        deployment = await deploy_marketplace(chain, owner, models=models, dispute_window=dispute_window,
+                                              progress=lambda step, _steps, label: progress(step, total, label))
+        market = Marketplace(chain, deployment)
         for n, index in enumerate(HOSTS, 1):
             await mint(chain, owner, market.stake_token, dev_account(index).address, HOST_FAB)
             done += 1
@@ -238,19 +238,23 @@ def _print_summary(path: Path, network: NetworkConfig, anvil: AnvilProcess,
     d: Deployment = network.deployment
     print(f"devnet up: anvil (pid {anvil.pid}) at {network.rpc_url}, chain id {d.chain_id}, "
           f"block every {BLOCK_TIME:g} s; log {_log_path(path)}")
-    print(f"  marketplace {d.marketplace}  node registry {d.node_registry}  model registry {d.model_registry}")
-    print(f"  host earnings {d.host_earnings}  proof system {d.proof_system}")
-    print(f"  FAB (stake) {d.stake_token}  USDC {d.stable_token}  fee {d.fee_basis_points / 100:g}%  "
-          f"dispute window {d.dispute_window} s")
+    print(f"  fee {d.fee_basis_points / 100:g}%, dispute window {d.dispute_window} s")
     for (repo, file_name, _digest), source in specs:
         print(f"  approved model {repo}/{file_name} ({source})")
-    owner = dev_account(0).address
-    print(f"  owner (and treasury): {owner}")
+    contracts = table("contract", "address", title="contracts")
+    for name, address in (("marketplace", d.marketplace), ("node registry", d.node_registry),
+                          ("model registry", d.model_registry), ("host earnings", d.host_earnings),
+                          ("proof system", d.proof_system), ("FAB (stake)", d.stake_token), ("USDC", d.stable_token)):
+        contracts.add_row(name, address)
+    print_table(contracts)
+    accounts = table("account", "address", "holds", title="accounts (every one also holds 10000 ETH; private keys "
+                     "are in the network file, development only)")
+    accounts.add_row("owner", dev_account(0).address, "treasury")
     for n, index in enumerate(HOSTS, 1):
-        print(f"  host{n}: {dev_account(index).address}  {format_units(HOST_FAB, 18, 'FAB')}")
+        accounts.add_row(f"host{n}", dev_account(index).address, format_units(HOST_FAB, 18, "FAB"))
     for n, index in enumerate(CLIENTS, 1):
-        print(f"  client{n}: {dev_account(index).address}  {format_units(CLIENT_USDC, 6, 'USDC')}")
-    print("  every account also holds 10000 ETH; private keys are in the network file (development only)")
+        accounts.add_row(f"client{n}", dev_account(index).address, format_units(CLIENT_USDC, 6, "USDC"))
+    print_table(accounts)
     print(f"network file: {path}  (use --network {path} --account host1; stop with: fabstir devnet down "
           f"--file {path})")
 

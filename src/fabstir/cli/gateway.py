@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(gateway, name="gateway")
 
 
-KeysFileOption = Annotated[Optional[str], typer.Option(help="the keys file (default: as for the gateway, "
+KeysFileOption = Annotated[Optional[str], typer.Option(metavar="FILE", help="the keys file (default: as for the gateway, "
                                                             "$XDG_DATA_HOME/fabstir/gateway-keys.json)")]
 
 
@@ -39,12 +39,12 @@ def serve(
     hosts: Annotated[Optional[list[str]], typer.Option("--host", metavar="URL", help="a host to serve from "
                                                        "(repeatable); with --network, hosts come from the "
                                                        "chain")] = None,
-    network: Annotated[Optional[str], typer.Option(help="network file: open a paid session per conversation on "
+    network: Annotated[Optional[str], typer.Option(metavar="FILE", help="network file: open a paid session per conversation on "
                                                         "that chain (client key in $FABSTIR_CLIENT_KEY)")] = None,
     deposit: Annotated[int, typer.Option(help="escrow per paid session, in base units (wei)")] = 0,
-    strategy: Annotated[str, typer.Option(help="default host choice: cheapest, fastest, reputable, composite, "
+    strategy: Annotated[str, typer.Option(metavar="NAME", help="default host choice: cheapest, fastest, reputable, composite, "
                                                "round_robin")] = "composite",
-    bind: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    bind: Annotated[str, typer.Option(metavar="ADDRESS", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port (0 picks a free one)")] = 8000,
     api_keys: Annotated[Optional[list[str]], typer.Option("--api-key", metavar="KEY", help="accept this bearer "
                                                           "token (repeatable; default: "
@@ -52,7 +52,7 @@ def serve(
     insecure_no_api_key: Annotated[bool, typer.Option("--insecure-no-api-key", help="serve without any API key "
                                                       "(anyone who can reach the port spends your "
                                                       "deposits)")] = False,
-    keys_file: Annotated[Optional[str], typer.Option(help="API keys with spending caps (default "
+    keys_file: Annotated[Optional[str], typer.Option(metavar="FILE", help="API keys with spending caps (default "
                                                           "$XDG_DATA_HOME/fabstir/gateway-keys.json; used when it "
                                                           "holds keys and no --api-key is given)")] = None,
     json: Annotated[bool, typer.Option("--json", help="when serving, print {\"url\": ..., \"base_url\": ...} as "
