@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -232,3 +233,30 @@ def test_free_demo_output_in_a_pipe(tiny_model: Path) -> None:
     assert summary["completion_tokens"] == 9
     assert "summary" in lines and f"completion_tokens  {summary['completion_tokens']}" in lines
     assert f"model              {summary['model']}" in lines
+
+
+@pytest.mark.parametrize("argv", [
+    ["discovery", "serve", "--port", "0"],
+    ["gateway", "--host", "http://127.0.0.1:9", "--port", "0", "--api-key", "sk-test"],
+    ["node", "serve", "--port", "0", "--context-window", "256", "--parallel", "1", "--threads", "1"],
+], ids=["discovery", "gateway", "node"])
+async def test_servers_print_their_url_as_json(argv: list[str], tiny_model: Path) -> None:
+    """With ``--json`` a server's first line of stdout is ``{"url": ...}`` once it listens (and it answers there)."""
+    import httpx
+
+    if argv[0] == "node":
+        argv = [*argv, "--model", str(tiny_model)]
+    process = await asyncio.create_subprocess_exec(*FABSTIR, *argv, "--json", stdin=asyncio.subprocess.DEVNULL,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 120)
+        assert line, (await process.communicate())[1].decode()
+        ready = json.loads(line)
+        assert ready["url"].startswith("http://127.0.0.1:")
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(ready["url"] + "/health")).status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode in (0, 130)
