@@ -26,7 +26,7 @@ FACADE = "fabstir"
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"errors", "_clock", "_retry", "_version"}),
     frozenset({"_net", "keys", "protocol"}),
-    frozenset({"chain", "storage"}),
+    frozenset({"chain", "storage", "fingerprints"}),
     frozenset({"discovery", "zk"}),
     frozenset({"sdk", "node"}),
     frozenset({FACADE, "gateway"}),

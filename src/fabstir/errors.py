@@ -22,8 +22,10 @@
      ├── StorageError             conversation storage failed: STORAGE_KEY_INVALID, STORAGE_TAMPERED,
      │                            STORAGE_NOT_FOUND, STORAGE_STALE_POINTER, STORAGE_BAD_FORMAT,
      │                            STORAGE_UNAVAILABLE, STORAGE_BUCKET_NOT_FOUND, STORAGE_ACCESS_DENIED
-     └── EngineError              the inference engine failed
-          └── ModelNotFoundError  (also a built-in ``FileNotFoundError``)
+     ├── EngineError              the inference engine failed
+     │    └── ModelNotFoundError  (also a built-in ``FileNotFoundError``)
+     └── FingerprintError         an activation fingerprint is malformed or cannot be checked:
+                                  FINGERPRINT_MALFORMED, FINGERPRINT_MISSING, FINGERPRINT_UNCHECKABLE
 
 Every error has a ``code`` (a string from :class:`fabstir.protocol.ErrorCode` where
 one applies) and a human ``message``; ``str(error)`` is a one-line description fit
@@ -42,6 +44,7 @@ __all__ = [
     "ConnectionClosedError",
     "EngineError",
     "FabstirError",
+    "FingerprintError",
     "InvalidMessageIndexError",
     "LocalProtocolError",
     "ModelNotFoundError",
@@ -218,6 +221,12 @@ class ModelNotFoundError(EngineError, FileNotFoundError):
     """The model file does not exist or cannot be read."""
 
     default_code = "MODEL_NOT_FOUND"
+
+
+class FingerprintError(FabstirError):
+    """An activation fingerprint is malformed, missing, or cannot be checked against this model."""
+
+    default_code = "FINGERPRINT_MALFORMED"
 
 
 class ProofError(FabstirError):

@@ -77,7 +77,7 @@ async def test_version(node: NodeServer) -> None:
     assert info["date"] == "2026-11-26"
     assert info["features"] == ["server-context", "message-index", "session-resume", "stream-cancel",
                                 "http-sse", "signed-receipts", "rate-limits", "signed-messages", "continue-from",
-                                "permessage-deflate", "e2e-v1", "e2e-compression"]
+                                "permessage-deflate", "e2e-v1", "e2e-compression", "activation-fingerprint"]
     assert info["chains"] == [] and info["breaking_changes"] == []
 
 
@@ -89,7 +89,7 @@ async def test_version_without_extensions_or_compression(node_factory: NodeFacto
     async with client_for(plain_ws) as client:
         assert (await client.get("/v1/version")).json()["features"] == [
             "server-context", "message-index", "session-resume", "stream-cancel", "http-sse", "signed-receipts",
-            "rate-limits", "signed-messages", "continue-from", "e2e-v1", "e2e-compression"]
+            "rate-limits", "signed-messages", "continue-from", "e2e-v1", "e2e-compression", "activation-fingerprint"]
 
 
 async def test_models(node: NodeServer) -> None:

@@ -146,8 +146,10 @@ def as_coded_error(exc: BaseException, where: str) -> FabstirError:
 
 def receipt_for(runtime: NodeRuntime, session_id: str, index: int, answer: Answer,
                 admitted: AdmittedJob | None) -> dict[str, object]:
-    """The host's signed receipt for an answer: tokens sent, price, and the SHA-256 of the text."""
+    """The host's signed receipt for an answer: tokens sent, price, and the SHA-256 of the text; from an engine
+    that fingerprints, the answer's activation fingerprint and the SHA-256 of the rendered prompt."""
     billing = runtime.billing
+    fingerprint = answer.finished.fingerprint
     receipt = Receipt(
         host=billing.host.address if billing is not None else "",
         model=runtime.inference.model_id,
@@ -157,5 +159,7 @@ def receipt_for(runtime: NodeRuntime, session_id: str, index: int, answer: Answe
         price_per_token=admitted.price_per_token if admitted is not None else None,
         text_sha256=text_digest(answer.text),
         key="",
+        fingerprint=fingerprint.to_text() if fingerprint is not None else None,
+        prompt_sha256=text_digest(answer.prepared.fitted.text) if fingerprint is not None else None,
     )
     return sign_receipt(receipt, runtime.signing_key).to_wire()

@@ -63,6 +63,9 @@ class Feature(enum.StrEnum):
     USAGE_COUNTERSIGN = "usage-countersign"
     """The node takes ``usage_ack``: the depositor's countersignature of the tokens it received (consented billing,
     see :mod:`fabstir.chain.usage`)."""
+    ACTIVATION_FINGERPRINT = "activation-fingerprint"
+    """Each signed receipt carries the answer's activation fingerprint and the hash of the rendered prompt
+    (:mod:`fabstir.fingerprints`): anyone holding the named model can check the host served it."""
 
 
 PROTOCOL_FEATURES: tuple[str, ...] = tuple(f.value for f in Feature)

@@ -140,27 +140,37 @@ class Receipt:
     text_sha256: str
     key: str
     sig: str = ""
+    fingerprint: str | None = None
+    """Extension (feature ``activation-fingerprint``): base64 of the answer's activation fingerprint
+    (:mod:`fabstir.fingerprints`); absent from the wire, and from what is signed, when ``None``."""
+    prompt_sha256: str | None = None
+    """Extension, with ``fingerprint``: hex SHA-256 of the rendered prompt the host generated from."""
 
     def unsigned(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "sig"}
+        return {k: v for k, v in self.to_wire().items() if k != "sig"}
 
     def to_wire(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k not in _OPTIONAL}
 
     @classmethod
     def from_wire(cls, obj: object) -> Receipt:
         """Raises SignatureError if the object is not a receipt."""
         if not isinstance(obj, dict):
             raise SignatureError("receipt must be an object")
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in _OPTIONAL]
         try:
-            receipt = cls(**{k: obj[k] for k in names})
+            fields: dict[str, Any] = {k: obj[k] for k in names} | {k: obj.get(k) for k in _OPTIONAL}
+            receipt = cls(**fields)
         except (KeyError, TypeError):
             raise SignatureError(f"receipt needs {', '.join(names)}") from None
         if not all(isinstance(getattr(receipt, k), str) for k in ("host", "model", "session_id", "text_sha256",
-                                                                  "key", "sig")):
+                                                                  "key", "sig")) \
+                or not all(isinstance(getattr(receipt, k), str | None) for k in _OPTIONAL):
             raise SignatureError("receipt fields have the wrong types")
         return receipt
+
+
+_OPTIONAL = ("fingerprint", "prompt_sha256")
 
 
 def sign_receipt(receipt: Receipt, key: SigningKey) -> Receipt:

@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Literal, Protocol, TypeAlias
 
+from fabstir.fingerprints import Fingerprint
+
 __all__ = ["Engine", "Finished", "GenerationParams", "TokenPiece", "GenerationEvent", "FinishReason"]
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -46,6 +48,9 @@ class Finished:
 
     finish_reason: FinishReason
     completion_tokens: int
+    fingerprint: Fingerprint | None = None
+    """The activation fingerprint of the generated tokens (:mod:`fabstir.fingerprints`), from an engine that
+    makes one; ``None`` otherwise."""
 
 
 GenerationEvent: TypeAlias = TokenPiece | Finished

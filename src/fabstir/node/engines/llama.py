@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fabstir.errors import EngineError, ModelNotFoundError
+from fabstir.fingerprints import fingerprint_states, last_state, live_states, state_width
 from fabstir.node.engines.base import Finished, GenerationEvent, GenerationParams, TokenPiece
 from fabstir.node.engines.stops import StopMatcher
 
@@ -31,6 +32,7 @@ class LlamaCppEngine:
         context_window: int = 2048,
         threads: int | None = None,
         seed: int = 0,
+        fingerprints: bool = True,
     ) -> None:
         path = Path(model_path)
         if not path.is_file():
@@ -39,6 +41,7 @@ class LlamaCppEngine:
         self._model_id = model_id or path.stem
         self._eog = _end_of_generation_check(self._llama)
         self._pieces: dict[int, bytes] = {}
+        self._n_embd = state_width(self._llama) if fingerprints else 0
 
     @property
     def model_id(self) -> str:
@@ -64,6 +67,9 @@ class LlamaCppEngine:
         stops = StopMatcher(params.stop)
         is_end, piece_of = self._eog, self._piece
         generated = 0
+        fingerprinted: list[int] = []
+        states: list[Any] = []
+        n_embd, llama = self._n_embd, self._llama
         held_tokens = 0
         reason = "length"
         tokens = self._llama.generate(
@@ -82,6 +88,12 @@ class LlamaCppEngine:
                 if is_end(token):
                     reason = "stop"
                     break
+                if n_embd:  # states after the prompt only: the one of the token before this (decoded last)
+                    if fingerprinted:
+                        states.append(last_state(llama, n_embd))
+                    else:
+                        live_states(llama, True)
+                    fingerprinted.append(token)
                 generated += 1
                 held_tokens += 1
                 text = stops.feed(decoder.decode(piece_of(token)))
@@ -99,10 +111,13 @@ class LlamaCppEngine:
         finally:
             tokens.close()
             self._llama.__dict__.pop("_init_sampler", None)
+            if n_embd:
+                live_states(llama, False)
         tail = "" if stops.stopped else stops.feed(decoder.decode(b"", final=True)) + stops.flush()
         if tail:
             yield TokenPiece(tail, held_tokens)
-        yield Finished(reason, generated)  # type: ignore[arg-type]
+        fingerprint = fingerprint_states(_stack(states, n_embd), fingerprinted) if n_embd else None
+        yield Finished(reason, generated, fingerprint)  # type: ignore[arg-type]
 
     def _answer_tokens(self, prompt: str, prompt_tokens: list[int], answer_prefix: str) -> list[int]:
         """The tokens of ``answer_prefix``, the end of ``prompt`` (a continued answer); ``[]`` for none."""
@@ -145,6 +160,12 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         self._llama.close()
+
+
+def _stack(states: list[Any], n_embd: int) -> Any:
+    import numpy as np
+
+    return np.stack(states) if states else np.zeros((0, n_embd), dtype=np.float32)
 
 
 def _load_llama(path: Path, context_window: int, threads: int | None, seed: int) -> Any:
