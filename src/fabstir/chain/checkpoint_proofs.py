@@ -73,7 +73,7 @@ async def submit_checkpoint_proof(market: Marketplace, host: LocalAccount, job_i
     """
     call = market.marketplace.functions.submitCheckpointProof(job_id, tokens, transcript_hash, proof)
     receipt = await market.chain.transact(host, call)
-    return SubmittedProof(receipt["transactionHash"].hex(), int(receipt["gasUsed"]), int(receipt["blockNumber"]))
+    return SubmittedProof(_hex(receipt["transactionHash"]), int(receipt["gasUsed"]), int(receipt["blockNumber"]))
 
 
 async def checkpoint_verifier(market: Marketplace) -> str | None:
@@ -91,9 +91,13 @@ async def proven_checkpoints(market: Marketplace, job_id: int, from_block: int =
         ordered = sorted(logs, key=lambda log: (int(log["blockNumber"]), int(log["logIndex"])))
         return [ProvenCheckpoint(job_id, str(log["args"]["host"]), int(log["args"]["cumulativeTokens"]),
                                  bytes(log["args"]["transcriptHash"]), bytes(log["args"]["commitment"]),
-                                 log["transactionHash"].hex(), int(log["blockNumber"])) for log in ordered]
+                                 _hex(log["transactionHash"]), int(log["blockNumber"])) for log in ordered]
 
     return await market.chain.run(fetch)
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
 
 
 def _deploy_sync(chain: Chain, owner: LocalAccount, market: Marketplace) -> tuple[str, str]:

@@ -16,7 +16,7 @@ import typer
 from typer._click.exceptions import ClickException, UsageError
 
 from fabstir import __version__
-from fabstir.cli import commands_client, commands_devnet, commands_node, gateway
+from fabstir.cli import commands_client, commands_devnet, commands_node, gateway, proofs, verify
 from fabstir.errors import FabstirError
 
 __all__ = ["app", "main", "run"]
@@ -43,6 +43,8 @@ commands_client.register(app)
 commands_node.register(app)
 gateway.register(app)
 commands_devnet.register(app)
+proofs.register(app)
+verify.register(app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

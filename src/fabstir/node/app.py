@@ -109,7 +109,13 @@ def build_billing(config: NodeConfig, model_file: str, progress: Progress | None
     ledger = config.ledger_path or str(default_ledger_path(account.address))
     if progress:
         progress(f"billing on {network.name} (chain {chain.chain_id}) as host {account.address}; ledger {ledger}")
-    return BillingService(host, ledger, checkpoint_tokens=config.checkpoint_tokens)
+    proofs = None
+    if config.checkpoint_proofs:
+        from fabstir.zk.service import ProofService
+
+        proofs = ProofService(host.market, account, Path(ledger).parent / f"proofs-{account.address.lower()}",
+                              keys_dir=config.zk_cache, progress=progress)
+    return BillingService(host, ledger, checkpoint_tokens=config.checkpoint_tokens, proofs=proofs)
 
 
 def default_ledger_path(address: str) -> Path:

@@ -56,6 +56,10 @@ for every job in turn:
 
 On start, unfinished jobs are loaded from the ledger and resumed, so a node that
 restarts mid-session still bills and settles what it served.
+
+6. With a proof service (``proofs``, :class:`fabstir.zk.service.ProofService`), every checkpoint that lands
+   is handed to it (job, cumulative tokens, transcript hash: the countersigned one, else the node's own at
+   the last answer that ended), and it proves and submits it in the background (issue 14 P3).
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ from fabstir.chain.usage import UsageAck, UsageTranscript
 from fabstir.errors import ContractError, FabstirError
 from fabstir.node.checkpoint_index import CheckpointRecord
 from fabstir.node.host_chain import HostChain
+from fabstir.zk.service import ProofService
 
 __all__ = ["BillingService", "FLUSH_SECONDS", "FLUSH_TOKENS", "JobLedgerEntry", "MIN_PROVEN_TOKENS"]
 
@@ -255,8 +260,11 @@ class BillingService:
         defer_while_streaming: bool = True,
         flush_tokens: int = FLUSH_TOKENS,
         flush_seconds: float = FLUSH_SECONDS,
+        proofs: ProofService | None = None,
     ) -> None:
         self.host = host
+        self.proofs = proofs
+        """Proves each checkpoint that lands, in the background (``None``: checkpoints are not proved)."""
         self.checkpoint_tokens = checkpoint_tokens
         self.min_tokens = min_tokens
         self.retry_delay = retry_delay
@@ -451,6 +459,8 @@ class BillingService:
                      entry.submitted)
         self._worker = asyncio.create_task(self._run(), name="fabstir-billing")
         self._poke()
+        if self.proofs is not None:
+            await self.proofs.start()
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until the worker has nothing left to do right now (tests, the demo)."""
@@ -468,6 +478,8 @@ class BillingService:
                 await self._worker
         self.flush()
         self._ledger.close()
+        if self.proofs is not None:
+            await self.proofs.aclose()
 
     # --- worker ----------------------------------------------------------------------
 
@@ -610,6 +622,10 @@ class BillingService:
         entry.submitted += entry.pending_tokens
         entry.pending_tokens, entry.pending_hash = 0, ""
         self._save(entry, landed=landed)
+        if self.proofs is not None:
+            consent = self._consents.get(entry.job_id)
+            self.proofs.enqueue(entry.job_id, entry.submitted,
+                                consent.transcript.transcript_hash if consent is not None else bytes(32))
 
     async def _checkpoint(self, entry: JobLedgerEntry) -> None:
         tokens = self._claim(entry)
@@ -633,6 +649,8 @@ class BillingService:
             entry.submitted = ack.tokens
         consent.ack_landed = ack.tokens
         self._save(entry, landed=landed, consent=consent)
+        if self.proofs is not None:
+            self.proofs.enqueue(entry.job_id, ack.tokens, ack.transcript_hash)
         log.info("job %d: countersigned checkpoint of %d tokens in total", entry.job_id, ack.tokens)
 
     async def _settle(self, entry: JobLedgerEntry) -> float | None:

@@ -97,6 +97,11 @@ class NodeConfig:
     """Submit a checkpoint every this many tokens (and at the end of a response)."""
     ledger_path: str | None = None
     """SQLite file of the node's billing; default ``~/.local/share/fabstir/ledger-<address>.db``."""
+    checkpoint_proofs: bool = False
+    """Prove every checkpoint with the EZKL circuit and submit the proof (issue 14 P3; needs the ``proofs``
+    extra and a marketplace with a checkpoint verifier). Proofs and their history go next to the ledger."""
+    zk_cache: str | None = None
+    """Where the circuit's keys are built once (default ``$FABSTIR_ZK_CACHE`` or ``~/.cache/fabstir/zk``)."""
     seed: int = 0
     """Sampling seed (same seed, prompt and temperature give the same text)."""
     discovery_url: str | None = None

@@ -29,6 +29,7 @@ from fabstir.sdk.usage_log import UsageLog
 from fabstir.storage import Backend, ConversationStore, StorageKey
 
 if TYPE_CHECKING:
+    from fabstir.sdk.proofs import ProofsClient
     from fabstir.sdk.sync import SyncSDK
 
 __all__ = ["FabstirSDK"]
@@ -115,6 +116,13 @@ class FabstirSDK:
     def sessions(self) -> SessionManager:
         """Paid session jobs on chain: create, inspect, complete, time out."""
         return SessionManager(self)
+
+    @functools.cached_property
+    def proofs(self) -> ProofsClient:
+        """Checkpoint proofs verified on chain, per job (issue 14 P3)."""
+        from fabstir.sdk.proofs import ProofsClient
+
+        return ProofsClient(self)
 
     @functools.cached_property
     def registry(self) -> NodeRegistryClient:
