@@ -1,7 +1,7 @@
 """Benchmarks of the fabstir SDK and node: ``python benchmarks/run.py NAME [--json] [options]``.
 
 NAME is ``overhead``, ``peer``, ``concurrency``, ``billing``, ``session_open``, ``compression``, ``security``,
-``encryption``, ``selection``, ``discovery``, ``fairness``, ``limits``, ``failover``, ``gateway`` or ``all``. Progress goes to
+``encryption``, ``selection``, ``discovery``, ``fairness``, ``limits``, ``failover``, ``gateway``, ``proofs`` or ``all``. Progress goes to
 stderr; with ``--json`` the last line of stdout is one JSON object. See
 ``benchmarks/README.md`` for what each number means. Every result carries the machine's load average
 (``os.getloadavg``) before and after it ran. Without ``../shared/models/stories260K.gguf`` (or ``--model``)
@@ -36,12 +36,13 @@ from gateway import GatewayOptions, run_gateway  # noqa: E402
 from limits import run_limits  # noqa: E402
 from overhead import run_overhead  # noqa: E402
 from peer import run_peer  # noqa: E402
+from proofs import run_proofs  # noqa: E402
 from security import run_security  # noqa: E402
 from selection import run_selection  # noqa: E402
 from session_open import run_session_open  # noqa: E402
 
 BENCHMARKS = ("overhead", "peer", "concurrency", "billing", "session_open", "compression", "security",
-              "encryption", "selection", "discovery", "fairness", "limits", "failover", "gateway")
+              "encryption", "selection", "discovery", "fairness", "limits", "failover", "gateway", "proofs")
 NAMES = (*BENCHMARKS, "all")
 
 
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="measured rounds of those streams (default 10, after one warm-up round)")
     parser.add_argument("--gateway-max-tokens", type=int, default=16, help="tokens per concurrent stream (default 16)")
     parser.add_argument("--gateway-parallel", type=int, default=2, help="node engines for gateway (default 2)")
+    parser.add_argument("--proofs-answers", type=int, default=50,
+                        help="answers per honest and per cheating host in proofs (default 50)")
     parser.add_argument("--timeout", type=float, default=120.0, help="limit in seconds for one run or burst")
     return parser
 
@@ -125,6 +128,8 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
             results[name] = await run_gateway(settings, GatewayOptions(
                 streams=args.gateway_streams, rounds=args.gateway_rounds, max_tokens=args.gateway_max_tokens,
                 parallel=args.gateway_parallel, timeout=args.timeout))
+        elif name == "proofs":
+            results[name] = await run_proofs(settings, scratch, args.proofs_answers)
         else:
             results[name] = await run_concurrency(settings, concurrency)
         results[name]["load_average"] = {"before": load_before, "after": load_average()}
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for number in (args.max_tokens, args.runs, args.sessions, args.parallel, args.threads,
                    args.concurrency_threads, args.concurrency_max_tokens, args.billing_prompts, args.gateway_streams,
-                   args.gateway_rounds, args.gateway_max_tokens, args.gateway_parallel):
+                   args.gateway_rounds, args.gateway_max_tokens, args.gateway_parallel, args.proofs_answers):
         if number < 1:
             print("error: counts must be at least 1", file=sys.stderr)
             return 2

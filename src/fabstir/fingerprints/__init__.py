@@ -12,7 +12,7 @@ See docs/proofs.md (P2).
 from __future__ import annotations
 
 from fabstir.fingerprints.check import ChunkCheck, Tolerances, Verdict, compare
-from fabstir.fingerprints.llama_states import PrefillStates, last_state, live_states, state_width
+from fabstir.fingerprints.llama_states import PrefillStates, last_state, live_states, stack_states, state_width
 from fabstir.fingerprints.scheme import CHUNK_TOKENS, TOP_K, Chunk, Fingerprint, fingerprint_states, top_k_of
 from fabstir.fingerprints.verify import Verifier, verify_answer
 
@@ -30,6 +30,7 @@ __all__ = [
     "fingerprint_states",
     "last_state",
     "live_states",
+    "stack_states",
     "state_width",
     "top_k_of",
     "verify_answer",

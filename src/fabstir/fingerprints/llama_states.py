@@ -12,6 +12,7 @@ does).
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy.typing as npt
 
 from fabstir.errors import FingerprintError, ModelNotFoundError
 
-__all__ = ["PrefillStates", "live_states", "last_state", "state_width"]
+__all__ = ["PrefillStates", "last_state", "live_states", "stack_states", "state_width"]
 
 
 def state_width(llama: Any) -> int:
@@ -38,14 +39,20 @@ def live_states(llama: Any, on: bool) -> None:
     llama_cpp.llama_set_embeddings(llama.ctx, on)
 
 
-def last_state(llama: Any, n_embd: int) -> npt.NDArray[np.float32]:
-    """The hidden state of the position ``llama`` decoded last (a copy)."""
+def last_state(llama: Any, n_embd: int) -> bytes:
+    """The hidden state of the position ``llama`` decoded last: ``n_embd`` float32 as bytes (a copy; the
+    cheapest one per token, :func:`stack_states` makes an array of them at the end)."""
     import llama_cpp
 
     pointer = llama_cpp.llama_get_embeddings_ith(llama.ctx, -1)
     if not pointer:
         raise FingerprintError("llama.cpp returned no hidden state", code="FINGERPRINT_UNCHECKABLE")
-    return np.ctypeslib.as_array(pointer, shape=(n_embd,)).copy()
+    return ctypes.string_at(pointer, 4 * n_embd)
+
+
+def stack_states(states: list[bytes], n_embd: int) -> npt.NDArray[np.float32]:
+    """The states read by :func:`last_state`, one row each."""
+    return np.frombuffer(b"".join(states), dtype=np.float32).reshape(len(states), n_embd)
 
 
 class PrefillStates:

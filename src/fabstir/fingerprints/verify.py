@@ -36,7 +36,8 @@ class Verifier:
         if fingerprint.n_embd != states.n_embd:
             return Verdict(False, f"the fingerprint's states are {fingerprint.n_embd} wide, the named model's "
                                   f"{states.n_embd}: another model")
-        if any(not 0 <= token < states.vocab_size() for token in fingerprint.tokens):
+        vocabulary = states.vocab_size()
+        if any(not 0 <= token < vocabulary for token in fingerprint.tokens):
             return Verdict(False, "the fingerprint's tokens are outside the named model's vocabulary")
         if answer_text is not None and not states.detokenize(fingerprint.tokens).startswith(answer_text):
             return Verdict(False, "the fingerprint's tokens do not spell the answer received")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fabstir.errors import EngineError, ModelNotFoundError
-from fabstir.fingerprints import fingerprint_states, last_state, live_states, state_width
+from fabstir.fingerprints import fingerprint_states, last_state, live_states, stack_states, state_width
 from fabstir.node.engines.base import Finished, GenerationEvent, GenerationParams, TokenPiece
 from fabstir.node.engines.stops import StopMatcher
 
@@ -68,7 +68,7 @@ class LlamaCppEngine:
         is_end, piece_of = self._eog, self._piece
         generated = 0
         fingerprinted: list[int] = []
-        states: list[Any] = []
+        states: list[bytes] = []
         n_embd, llama = self._n_embd, self._llama
         held_tokens = 0
         reason = "length"
@@ -116,7 +116,7 @@ class LlamaCppEngine:
         tail = "" if stops.stopped else stops.feed(decoder.decode(b"", final=True)) + stops.flush()
         if tail:
             yield TokenPiece(tail, held_tokens)
-        fingerprint = fingerprint_states(_stack(states, n_embd), fingerprinted) if n_embd else None
+        fingerprint = fingerprint_states(stack_states(states, n_embd), fingerprinted) if n_embd else None
         yield Finished(reason, generated, fingerprint)  # type: ignore[arg-type]
 
     def _answer_tokens(self, prompt: str, prompt_tokens: list[int], answer_prefix: str) -> list[int]:
@@ -160,12 +160,6 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         self._llama.close()
-
-
-def _stack(states: list[Any], n_embd: int) -> Any:
-    import numpy as np
-
-    return np.stack(states) if states else np.zeros((0, n_embd), dtype=np.float32)
 
 
 def _load_llama(path: Path, context_window: int, threads: int | None, seed: int) -> Any:
