@@ -4,6 +4,10 @@ The result is one JSON object merged from independent parts (:data:`PARTS`): eac
 ``(settings, scratch) -> dict`` run in turn, so another kind of proof adds its function and keys without
 touching the others.
 
+``checkpoint_proofs`` (P3, EZKL checkpoint proofs verified on chain): ``keygen_s``, ``prove_s``,
+``verify_local_s``, ``proof_bytes``, ``calldata_bytes``, ``verify_onchain_gas``, ``halo2_verify_gas`` (see
+``proofs_zk.py``).
+
 ``fingerprints`` (P2, activation fingerprints):
 
 - ``fingerprint_overhead``: tokens/s of a llama.cpp engine that fingerprints (hidden states read while
@@ -31,6 +35,7 @@ from fabstir.node.engines.base import Finished, GenerationParams, TokenPiece
 from fabstir.node.engines.llama import LlamaCppEngine
 from fabstir.testing.substitution import quantize_gguf, run_host
 from fabstir.testing.tiny_gguf import write_tiny_gguf
+from proofs_zk import measure_checkpoint_proofs
 
 Part = Callable[[Settings, Path], dict[str, object]]
 
@@ -42,7 +47,7 @@ def measure_fingerprints(settings: Settings, scratch: Path, answers: int = 50) -
     return {**_overhead(settings), **_detection(settings, scratch, answers)}
 
 
-PARTS: dict[str, Part] = {"fingerprints": measure_fingerprints}
+PARTS: dict[str, Part] = {"fingerprints": measure_fingerprints, "checkpoint_proofs": measure_checkpoint_proofs}
 """Every part of the ``proofs`` benchmark, in the order they run."""
 
 
