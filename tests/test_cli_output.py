@@ -8,6 +8,7 @@ borders and progress is a live bar on stderr.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import re
 import signal
@@ -260,3 +261,18 @@ async def test_servers_print_their_url_as_json(argv: list[str], tiny_model: Path
         process.send_signal(signal.SIGINT)
         await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode in (0, 130)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ezkl") is None, reason="ezkl (the proofs extra) is not installed")
+def test_proof_keys_are_built_once_under_a_progress_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    plain(monkeypatch)
+    assert main(["node", "proof-keys", "--cache-dir", str(tmp_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    built = json.loads(captured.out)
+    assert Path(built["directory"]).parent == tmp_path and built["pk_bytes"] > 0 and len(built["vk_sha256"]) == 64
+    assert "[fabstir] zk: keys ready in" in captured.err and not ANSI.search(captured.err)
+    assert main(["node", "proof-keys", "--cache-dir", str(tmp_path)]) == 0
+    again = capsys.readouterr()
+    assert built["directory"] in again.out and built["vk_sha256"] in again.out
+    assert "keys ready" not in again.err, "built once"

@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
     node.command("unregister", help="leave the registry and get the stake back")(unregister)
     node.command("earnings", help="show what the host may withdraw")(earnings)
     node.command("withdraw", help="withdraw the host's earnings")(withdraw)
+    node.command("proof-keys", help="build the checkpoint-proof keys now (once; a proving node builds them on "
+                                    "first use otherwise)")(proof_keys)
     app.add_typer(node, name="node")
 
 
@@ -131,3 +133,26 @@ def withdraw(network: NetworkOption, key: KeyOption = None, account: AccountOpti
              token: Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="ERC20 address (default: ETH)")] = None,
              json: JsonOption = False) -> int:
     return _chain_command("withdraw", **locals())
+
+
+def proof_keys(
+    cache_dir: Annotated[Optional[str], typer.Option(metavar="DIR", help="where the keys are kept (default: "
+                                                                         "$FABSTIR_ZK_CACHE, else "
+                                                                         "~/.cache/fabstir/zk)")] = None,
+    srs: Annotated[Optional[str], typer.Option(metavar="FILE", help="the structured reference string (default: "
+                                                                    "the bundled development SRS)")] = None,
+    json: Annotated[bool, typer.Option("--json", help="print the keys' directory and build record as one line of "
+                                                      "JSON")] = False,
+) -> int:
+    from fabstir.cli.output import print_json, progress_lines
+    from fabstir.zk.keys import ensure_keys
+
+    with progress_lines("building the checkpoint-proof keys", 3) as line:
+        keys = ensure_keys(cache_dir, srs=srs, progress=line)
+    if json:
+        print_json({"directory": str(keys.directory), **keys.info})
+    else:
+        info = keys.info
+        print(f"checkpoint-proof keys of circuit {info['circuit']} ({info['circuit_id']}) in {keys.directory}: "
+              f"proving key {info['pk_bytes'] / 1e6:.1f} MB, verifying key sha256 {info['vk_sha256']}")
+    return 0
