@@ -24,8 +24,10 @@
      │                            STORAGE_UNAVAILABLE, STORAGE_BUCKET_NOT_FOUND, STORAGE_ACCESS_DENIED
      ├── EngineError              the inference engine failed
      │    └── ModelNotFoundError  (also a built-in ``FileNotFoundError``)
-     └── FingerprintError         an activation fingerprint is malformed or cannot be checked:
-                                  FINGERPRINT_MALFORMED, FINGERPRINT_MISSING, FINGERPRINT_UNCHECKABLE
+     ├── FingerprintError         an activation fingerprint is malformed or cannot be checked:
+     │                            FINGERPRINT_MALFORMED, FINGERPRINT_MISSING, FINGERPRINT_UNCHECKABLE
+     └── ProofError               a checkpoint proof cannot be made or does not verify: ZK_UNAVAILABLE,
+                                  ZK_KEYS_FAILED, PROOF_FAILED, PROOF_MALFORMED
 
 Every error has a ``code`` (a string from :class:`fabstir.protocol.ErrorCode` where
 one applies) and a human ``message``; ``str(error)`` is a one-line description fit
@@ -231,6 +233,6 @@ class FingerprintError(FabstirError):
 
 class ProofError(FabstirError):
     """A checkpoint proof cannot be built, is malformed, or does not verify (codes ZK_UNAVAILABLE,
-    ZK_KEYS_FAILED, PROOF_FAILED, PROOF_MALFORMED, PROOF_INVALID)."""
+    ZK_KEYS_FAILED, PROOF_FAILED, PROOF_MALFORMED)."""
 
     default_code = "PROOF_ERROR"

@@ -19,7 +19,12 @@ pytest.importorskip("ezkl", reason="checkpoint proofs need the ezkl package (the
 @pytest.fixture(scope="session")
 def zk_keys(tmp_path_factory: pytest.TempPathFactory) -> CircuitKeys:
     """The checkpoint circuit's keys, built once for the whole session (about 2 s) under a temporary folder."""
-    return ensure_keys(tmp_path_factory.mktemp("zk-keys"), progress=print)
+    return session_keys(tmp_path_factory)
+
+
+def session_keys(tmp_path_factory: pytest.TempPathFactory) -> CircuitKeys:
+    """The keys in the session's temporary folder (``ensure_keys`` builds them the first time only)."""
+    return ensure_keys(tmp_path_factory.getbasetemp() / "zk-keys", progress=print)
 
 
 @pytest.fixture
