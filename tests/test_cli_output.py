@@ -145,7 +145,8 @@ def test_progress_bar_is_stopped_by_an_error(capsys: pytest.CaptureFixture[str],
 @pytest.mark.parametrize("command", [
     [], ["demo"], ["chat"], ["hosts"], ["sessions"], ["spend"], ["node"], ["node", "serve"], ["node", "register"],
     ["node", "earnings"], ["discovery", "serve"], ["gateway"], ["gateway", "keys"], ["gateway", "keys", "list"],
-    ["devnet"], ["devnet", "up"], ["devnet", "status"], ["devnet", "down"],
+    ["devnet"], ["devnet", "up"], ["devnet", "status"], ["devnet", "down"], ["node", "proof-keys"], ["proofs"],
+    ["verify"],
 ])
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str],
                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,7 +154,8 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
     assert main([*command, "--help"]) == 0
     out = capsys.readouterr().out
     assert "Usage: fabstir" in out and "--help" in out
-    if command in (["hosts"], ["sessions"], ["spend"], ["devnet", "status"], ["gateway", "keys", "list"]):
+    if command in (["hosts"], ["sessions"], ["spend"], ["devnet", "status"], ["gateway", "keys", "list"], ["proofs"],
+                   ["verify"], ["node", "earnings"]):
         assert "--json" in out
 
 
