@@ -18,6 +18,7 @@ from fabstir.node.billing import BillingService
 from fabstir.node.config import load_node_config
 from fabstir.node.host_chain import HostChain
 from fabstir.sdk import FabstirSDK, PromptOptions
+from fabstir.zk.history import ProofHistory
 from fabstir.zk.keys import CircuitKeys
 from fabstir.zk.service import ProofService
 from tests.conftest import NodeFactory
@@ -104,3 +105,34 @@ def test_a_node_turns_checkpoint_proofs_on_by_configuration() -> None:
     config = load_node_config(env={"FABSTIR_NODE_CHECKPOINT_PROOFS": "true", "FABSTIR_NODE_ZK_CACHE": "/tmp/k"})
     assert config.checkpoint_proofs and config.zk_cache == "/tmp/k"
     assert not load_node_config(env={}).checkpoint_proofs
+
+
+async def test_a_proof_made_but_not_submitted_is_submitted_after_a_restart(proven_world: PaidWorld,
+                                                                          zk_keys: CircuitKeys,
+                                                                          tmp_path: Path) -> None:
+    """The host stopped between proving and submitting: the next start submits the cached proof."""
+    world = proven_world
+    await register(world, "http://127.0.0.1:9")
+    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client) as sdk:
+        job = (await sdk.sessions.create_session(world.host.address, world.model, DEPOSIT, HOST_PRICE_NATIVE)).job_id
+    host = HostChain(world.market, world.host, world.model)
+    await host.submit_checkpoint(job, 40, host.proof_hash(job, 40))
+    first = ProofService(world.market, world.host, tmp_path / "proofs", keys_dir=zk_keys.directory.parent)
+    await first.start()
+    assert await first.ready(timeout=120)
+    proof = await first.generate_proof(job, 40)
+    first.history.put(first._record(proof, "proved", True))  # what the worker writes before it submits
+    await first.aclose()
+    stored = ProofHistory(tmp_path / "proofs" / "proofs.db")
+    assert [r.status for r in stored.for_job(job)] == ["proved"]
+    stored.close()
+
+    second = ProofService(world.market, world.host, tmp_path / "proofs", keys_dir=zk_keys.directory.parent)
+    await second.start()
+    try:
+        assert await second.ready(timeout=120)
+        await second.wait_idle(timeout=120)
+        (record,) = second.get_proof_history(job)
+        assert record.status == "verified" and record.proof_hash == "0x" + proof.proof_hash.hex()
+    finally:
+        await second.aclose()

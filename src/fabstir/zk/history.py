@@ -97,6 +97,13 @@ class ProofHistory:
                                     "ORDER BY tokens, created_ms", (job_id,)).fetchall()
         return [_record(row) for row in rows]
 
+    def unfinished(self) -> list[ProofRecord]:
+        """Proofs made but not submitted, or that failed (not refused by the chain): to try again."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM proofs WHERE status IN (?, ?) "
+                                    "ORDER BY created_ms", (PROVED, FAILED)).fetchall()
+        return [_record(row) for row in rows]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

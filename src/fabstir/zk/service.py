@@ -6,7 +6,8 @@ a separate process (EZKL holds the GIL for the whole ~1.5-4 s of proving, which 
 node were it a thread), verifies it there too, writes it to the cache (``<directory>/proofs/``: a statement
 proved once is never proved again), submits it (``submitCheckpointProof``) and records the outcome in the
 history (:class:`~fabstir.zk.history.ProofHistory`). The circuit's keys are built once, in that process, into
-the keys cache (:func:`fabstir.zk.keys.ensure_keys`).
+the keys cache (:func:`fabstir.zk.keys.ensure_keys`). On start, proofs a previous run made but did not submit,
+or that failed (the chain unreachable), are tried again (a made proof comes from the cache).
 
 The service runs only where the marketplace takes checkpoint proofs (``FEATURE_CHECKPOINT_PROOFS`` and a
 checkpoint verifier set on its ProofSystem); elsewhere :meth:`start` leaves it disabled and checkpoints are
@@ -230,6 +231,8 @@ class ProofService:
                 self._queue.get_nowait()
                 self._queue.task_done()
             return
+        for record in self.history.unfinished():  # a previous run stopped before submitting these
+            self._queue.put_nowait((record.job_id, record.tokens, bytes.fromhex(record.transcript_hash[2:])))
         while True:
             job_id, tokens, transcript_hash = await self._queue.get()
             try:
