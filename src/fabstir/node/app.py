@@ -45,6 +45,8 @@ def load_engines(config: NodeConfig, progress: Progress | None = None) -> Engine
     say = progress or (lambda _text: None)
     if config.engine == "openai":
         return _upstream_engines(config, say)
+    if config.engine == "llama-batch":
+        return _batching_engine(config, say)
     from fabstir.node.engines.llama import LlamaCppEngine
 
     path = resolve_model_path(config.model_path, progress=say)
@@ -56,6 +58,18 @@ def load_engines(config: NodeConfig, progress: Progress | None = None) -> Engine
                            threads=config.threads, seed=config.seed)
         )
     return EnginePool(engines)
+
+
+def _batching_engine(config: NodeConfig, say: Progress) -> EnginePool:
+    """One llama.cpp context decoding ``config.parallel`` answers together; the pool hands out its seats."""
+    from fabstir.node.engines.batching import BatchingEngine
+
+    path = resolve_model_path(config.model_path, progress=say)
+    say(f"loading model {path.name} (batching engine: {config.parallel} sequences, context {config.context_window}"
+        " each)")
+    engine = BatchingEngine(path, model_id=config.model_id, context_window=config.context_window,
+                            sequences=config.parallel, threads=config.threads, seed=config.seed)
+    return EnginePool(engine.slots())
 
 
 def _upstream_engines(config: NodeConfig, say: Progress) -> EnginePool:

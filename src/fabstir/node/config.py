@@ -19,9 +19,10 @@ from fabstir.errors import ConfigError
 from fabstir.node.engines.templates import TEMPLATES
 from fabstir.protocol import DEFAULT_MAX_FRAME_BYTES
 
-__all__ = ["NodeConfig", "load_node_config", "check_host_key", "ENV_PREFIX"]
+__all__ = ["NodeConfig", "load_node_config", "check_host_key", "ENV_PREFIX", "ENGINES"]
 
 ENV_PREFIX = "FABSTIR_NODE_"
+ENGINES = ("llama", "llama-batch", "openai")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -36,8 +37,9 @@ class NodeConfig:
     """GGUF file to serve; ``None`` uses the default model package (Gemma 3 270M). With ``engine = "openai"``:
     the model's name on the upstream server (also the file part of its on-chain id)."""
     engine: str = "llama"
-    """``llama``: llama.cpp in this process; ``openai``: forward to the OpenAI-compatible server at :attr:`upstream`
-    (vLLM, llama-server, Ollama, SGLang, llama_cpp.server)."""
+    """``llama``: llama.cpp in this process, one context per answer in flight; ``llama-batch``: llama.cpp in this
+    process, one context decoding every answer in flight together (continuous batching); ``openai``: forward to
+    the OpenAI-compatible server at :attr:`upstream` (vLLM, llama-server, Ollama, SGLang, llama_cpp.server)."""
     upstream: str | None = None
     """Base URL of the upstream server for ``engine = "openai"`` (e.g. ``http://127.0.0.1:8000``)."""
     model_id: str | None = None
@@ -47,7 +49,8 @@ class NodeConfig:
     context_window: int = 2048
     """Tokens of context per engine (prompt plus completion)."""
     parallel: int = 2
-    """Engine instances, i.e. responses generated at the same time."""
+    """Responses generated at the same time: engine instances, or with ``llama-batch`` the sequences decoded together
+    (its KV cache holds ``context_window * parallel`` tokens)."""
     threads: int | None = None
     """CPU threads per engine; ``None`` uses all cores."""
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
@@ -135,8 +138,8 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
-        if self.engine not in ("llama", "openai"):
-            raise ConfigError(f"unknown engine {self.engine!r}; choose llama or openai")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown engine {self.engine!r}; choose {', '.join(ENGINES)}")
         if self.engine == "openai" and (not self.upstream or not self.model_path):
             raise ConfigError("engine openai needs --upstream URL and --model NAME (the upstream's model)",
                               code="UPSTREAM_REQUIRED")

@@ -1,0 +1,509 @@
+"""The continuous-batching llama.cpp engine: many answers decoded together in one context.
+
+One llama.cpp context holds a unified KV cache with one sequence (``seq_id``) per answer in flight. A
+scheduler thread owns the context; every step it
+
+1. admits waiting requests into free sequences (the node's engine pool decides who may wait here: it
+   hands out :meth:`BatchingEngine.slots`, one per sequence, in its fair per-client order),
+2. builds one ``llama_batch``: the last sampled token of every generating sequence, then prompt tokens of
+   sequences still reading their prompt, at most ``prefill_chunk`` of them while others generate (so a long
+   prompt is read in chunks between decode steps and never stalls the streams),
+3. runs one ``llama_decode`` and samples each sequence that produced logits with its own sampler chain
+   (built exactly as ``llama-cpp-python`` builds :class:`~fabstir.node.engines.llama.LlamaCppEngine`'s, so a
+   greedy answer is the same text, and a seeded one the same draw),
+4. hands each request its :class:`TokenPiece` (stop sequences and UTF-8 held back per sequence, as the
+   single engine does), and finishes those that stopped, reached ``max_tokens`` or were cancelled; a finished
+   sequence is free for the next request at the next step.
+
+KV reuse: a finished sequence keeps its tokens in the cache. A new request goes to the free sequence whose
+cached tokens share the longest prefix with its prompt (a session's next turn, or another answer to the same
+system prompt) and only the rest is read; the tail that differs is removed first.
+
+Threads: :meth:`BatchingEngine.generate` (any thread, the pool's workers) submits and then blocks on the
+request's own queue; only the scheduler thread touches the llama.cpp context.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from fabstir.errors import EngineError, ModelNotFoundError
+from fabstir.node.engines.base import Engine, Finished, FinishReason, GenerationEvent, GenerationParams, TokenPiece
+from fabstir.node.engines.stops import StopMatcher
+
+__all__ = ["BatchingEngine"]
+
+PENALTY_LAST_N = 64
+"""Tokens the repeat penalty looks back at (``llama-cpp-python``'s ``last_n_tokens_size``)."""
+BATCH_TOKENS = 512
+"""Tokens in one decode step at most (the context's ``n_batch``, as the single engine's)."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Request:
+    """One answer: submitted by :meth:`BatchingEngine.generate`, advanced by the scheduler."""
+
+    prompt: list[int]
+    params: GenerationParams
+    primed: list[int]
+    cancelled: Callable[[], bool]
+    events: queue.SimpleQueue[GenerationEvent | BaseException] = dataclasses.field(
+        default_factory=queue.SimpleQueue)
+    abandoned: bool = False
+    """The consumer stopped listening (set from its thread): finish at the next step."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Sequence:
+    """One ``seq_id`` of the KV cache and what it is doing."""
+
+    seq_id: int
+    cached: list[int] = dataclasses.field(default_factory=list)
+    """Tokens in the KV cache for this sequence, in position order."""
+    request: _Request | None = None
+    sampler: Any = None
+    todo: list[int] = dataclasses.field(default_factory=list)
+    """Tokens to feed: what is left of the prompt, or the one token sampled last."""
+    output_index: int = -1
+    """Index of this sequence's logits in the current batch (-1: none)."""
+    generated: int = 0
+    held_tokens: int = 0
+    decoder: Any = None
+    stops: StopMatcher | None = None
+    last_used: int = 0
+
+
+class BatchingEngine:
+    """One llama.cpp context decoding up to ``sequences`` answers at once (see the module docstring).
+
+    Args:
+        model_path: the GGUF file.
+        context_window: tokens each answer's sequence may hold (prompt plus completion); the KV cache
+            holds ``context_window * sequences`` tokens.
+        sequences: answers decoded together at most (the node's pool hands out this many slots).
+        threads: CPU threads for decoding (``None``: all cores).
+        prefill_chunk: prompt tokens read per step at most while other sequences are generating.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        model_id: str | None = None,
+        context_window: int = 2048,
+        sequences: int = 8,
+        threads: int | None = None,
+        seed: int = 0,
+        prefill_chunk: int = 256,
+        flash_attention: bool = False,
+    ) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelNotFoundError(f"model file not found: {path}")
+        if sequences < 1 or context_window < 1 or prefill_chunk < 1:
+            raise EngineError("sequences, context_window and prefill_chunk must be at least 1")
+        self._lib = _llama_cpp()
+        self._model_id = model_id or path.stem
+        self._context_window = context_window
+        self._prefill_chunk = min(prefill_chunk, BATCH_TOKENS)
+        self._seed = seed
+        self._model, self._ctx = _load(self._lib, path, context_window * sequences, sequences,
+                                       threads or max(1, os.cpu_count() or 1), flash_attention)
+        self._memory = self._lib.llama_get_memory(self._ctx)
+        self._batch = self._lib.llama_batch_init(BATCH_TOKENS, 0, 1)
+        self._vocab = self._model.vocab
+        self._n_vocab = int(self._lib.llama_vocab_n_tokens(self._vocab))
+        self._eos = int(self._model.token_eos())
+        self._eog: dict[int, bool] = {}
+        self._pieces: dict[int, bytes] = {}
+        self._sequences = [_Sequence(i) for i in range(sequences)]
+        self._pending: deque[_Request] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._clock = 0
+        self._thread = threading.Thread(target=self._run, name="fabstir-batch", daemon=True)
+        self._thread.start()
+
+    # --- the Engine interface -----------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window
+
+    @property
+    def sequences(self) -> int:
+        """Answers decoded together at most."""
+        return len(self._sequences)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenize(text))
+
+    def cached_tokens(self) -> list[int]:
+        """Tokens each sequence holds in the KV cache (a snapshot, for tests and monitoring)."""
+        with self._wake:
+            return [len(seq.cached) for seq in self._sequences]
+
+    def slots(self) -> list[Engine]:
+        """One handle per sequence, for the node's :class:`~fabstir.node.engines.pool.EnginePool`."""
+        return [_Slot(self) for _ in self._sequences]
+
+    def generate(
+        self, prompt: str, params: GenerationParams, cancelled: Callable[[], bool]
+    ) -> Iterator[GenerationEvent]:
+        """Submit ``prompt`` to the running batch and yield its events as the scheduler produces them."""
+        tokens = self._tokenize(prompt)
+        if len(tokens) >= self._context_window:
+            raise EngineError(f"prompt of {len(tokens)} tokens does not fit the context window "
+                              f"({self._context_window})", code="PROMPT_TOO_LONG")
+        request = _Request(tokens, params, self._answer_tokens(prompt, tokens, params.answer_prefix), cancelled)
+        with self._wake:
+            if self._closed:
+                raise EngineError("the engine is closed", code="ENGINE_CLOSED")
+            self._pending.append(request)
+            self._wake.notify()
+        finished = False
+        try:
+            while True:
+                event = request.events.get()
+                if isinstance(event, BaseException):
+                    raise EngineError(f"batched generation failed: {event}") from event
+                yield event
+                if isinstance(event, Finished):
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                request.abandoned = True
+                with self._wake:
+                    self._wake.notify()
+
+    def close(self) -> None:
+        """Stop the scheduler (answers in flight end as cancelled) and free the model."""
+        with self._wake:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        lib = self._lib
+        for seq in self._sequences:
+            self._free_sampler(seq)
+        lib.llama_batch_free(self._batch)
+        lib.llama_free(self._ctx)
+        self._model.close()
+
+    # --- tokens -----------------------------------------------------------------------------------
+
+    def _tokenize(self, text: str) -> list[int]:
+        if self._closed:
+            raise EngineError("the engine is closed", code="ENGINE_CLOSED")
+        return list(self._model.tokenize(text.encode("utf-8"), add_bos=True, special=True))
+
+    def _answer_tokens(self, prompt: str, prompt_tokens: list[int], answer_prefix: str) -> list[int]:
+        """The tokens of ``answer_prefix``, the end of ``prompt`` (as :class:`LlamaCppEngine` finds them)."""
+        if not answer_prefix or not prompt.endswith(answer_prefix):
+            return []
+        before = len(self._tokenize(prompt[: len(prompt) - len(answer_prefix)]))
+        return prompt_tokens[before:]
+
+    def _piece(self, token: int) -> bytes:
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = bytes(self._model.detokenize([token]))
+        return piece
+
+    def _is_end(self, token: int) -> bool:
+        answer = self._eog.get(token)
+        if answer is None:
+            answer = self._eog[token] = token == self._eos or bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+        return answer
+
+    # --- the scheduler ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._admit():
+                try:
+                    self._step()
+                except Exception as exc:  # every answer in flight gets the error
+                    self._fail_all(exc)
+        finally:
+            for seq in self._sequences:
+                if seq.request is not None:
+                    self._finish(seq, "cancelled")
+            with self._wake:
+                pending, self._pending = list(self._pending), deque()
+            for request in pending:
+                request.events.put(Finished("cancelled", 0))
+
+    def _admit(self) -> bool:
+        """Move waiting requests into free sequences; block while there is nothing to do. False: closed."""
+        with self._wake:
+            while True:
+                if self._closed:
+                    return False
+                active = any(seq.request is not None for seq in self._sequences)
+                if self._pending and any(seq.request is None for seq in self._sequences):
+                    break
+                if active:
+                    return True
+                self._wake.wait()
+            admitted = []
+            while self._pending:
+                free = [seq for seq in self._sequences if seq.request is None]
+                if not free:
+                    break
+                request = self._pending.popleft()
+                seq = max(free, key=lambda s: (_common_prefix(s.cached, request.prompt), -s.last_used))
+                admitted.append((seq, request))
+                seq.request = request  # reserved under the lock; set up below
+        for seq, request in admitted:
+            try:
+                self._start(seq, request)
+            except Exception as exc:  # this request fails; the others go on
+                self._release(seq, exc)
+        return True
+
+    def _start(self, seq: _Sequence, request: _Request) -> None:
+        """Give ``seq`` to ``request``: keep the cached prefix, build its sampler."""
+        lib = self._lib
+        keep = min(_common_prefix(seq.cached, request.prompt), len(request.prompt) - 1)
+        if keep < len(seq.cached):
+            if not lib.llama_memory_seq_rm(self._memory, seq.seq_id, keep, -1):
+                keep = 0
+                lib.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+            del seq.cached[keep:]
+        seq.todo = request.prompt[keep:]
+        seq.generated = seq.held_tokens = 0
+        seq.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        seq.stops = StopMatcher(request.params.stop)
+        seq.sampler = self._sampler(request.params)
+        for token in request.primed:
+            lib.llama_sampler_accept(seq.sampler, token)
+        self._clock += 1
+        seq.last_used = self._clock
+
+    def _sampler(self, params: GenerationParams) -> Any:
+        """The chain ``llama-cpp-python`` builds for ``Llama.generate`` (top_k 40, min_p 0, typical 1)."""
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        add = lib.llama_sampler_chain_add
+        add(chain, lib.llama_sampler_init_penalties(self._n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0))
+        if params.temperature < 0.0:
+            add(chain, lib.llama_sampler_init_dist(params.seed))
+        elif params.temperature == 0.0:
+            add(chain, lib.llama_sampler_init_greedy())
+        else:
+            add(chain, lib.llama_sampler_init_top_k(40))
+            add(chain, lib.llama_sampler_init_typical(1.0, 1))
+            add(chain, lib.llama_sampler_init_top_p(params.top_p, 1))
+            add(chain, lib.llama_sampler_init_min_p(0.0, 1))
+            add(chain, lib.llama_sampler_init_temp(params.temperature))
+            add(chain, lib.llama_sampler_init_dist(params.seed))
+        return chain
+
+    def _step(self) -> None:
+        """One decode of every generating sequence plus a chunk of prompts; then sample and hand out."""
+        lib = self._lib
+        batch = self._batch
+        n = 0
+        decoding: list[_Sequence] = []
+        reading: list[_Sequence] = []
+        for seq in self._sequences:
+            request = seq.request
+            if request is None:
+                continue
+            if request.abandoned or request.cancelled():
+                self._finish(seq, "cancelled")
+            elif seq.generated:
+                decoding.append(seq)
+            else:
+                reading.append(seq)
+        budget = BATCH_TOKENS - len(decoding)
+        if decoding:
+            budget = min(budget, self._prefill_chunk)
+        for seq in decoding:
+            n = self._add(seq, seq.todo, n, True)
+            seq.todo = []
+        for seq in sorted(reading, key=lambda s: s.last_used):
+            if budget <= 0:
+                seq.output_index = -1
+                continue
+            chunk = seq.todo[:budget]
+            seq.todo = seq.todo[len(chunk):]
+            budget -= len(chunk)
+            n = self._add(seq, chunk, n, not seq.todo)
+            if seq.todo:
+                seq.output_index = -1
+        if n == 0:
+            return
+        batch.n_tokens = n
+        code = lib.llama_decode(self._ctx, batch)
+        if code != 0:
+            raise EngineError(f"llama_decode failed with code {code}", code="ENGINE_DECODE_FAILED")
+        for seq in decoding + reading:
+            if seq.request is not None and seq.output_index >= 0:
+                self._advance(seq, int(lib.llama_sampler_sample(seq.sampler, self._ctx, seq.output_index)))
+
+    def _add(self, seq: _Sequence, tokens: list[int], n: int, wants_logits: bool) -> int:
+        """Append ``tokens`` of ``seq`` to the batch at index ``n``; the last one outputs logits if asked."""
+        batch = self._batch
+        seq_id = seq.seq_id
+        pos = len(seq.cached)
+        for token in tokens:
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq_id
+            batch.logits[n] = 0
+            pos += 1
+            n += 1
+        seq.cached.extend(tokens)
+        if wants_logits and tokens:
+            batch.logits[n - 1] = 1
+            seq.output_index = n - 1
+        return n
+
+    def _advance(self, seq: _Sequence, token: int) -> None:
+        """``token`` was sampled for ``seq``: hand out its text, or finish."""
+        request = seq.request
+        assert request is not None and seq.stops is not None
+        if self._is_end(token):
+            self._finish(seq, "stop")
+            return
+        seq.generated += 1
+        seq.held_tokens += 1
+        text = seq.stops.feed(seq.decoder.decode(self._piece(token)))
+        if text:
+            request.events.put(TokenPiece(text, seq.held_tokens))
+            seq.held_tokens = 0
+        if seq.stops.stopped:
+            self._finish(seq, "stop")
+        elif seq.generated >= request.params.max_tokens or len(seq.cached) >= self._context_window:
+            self._finish(seq, "length")
+        elif request.abandoned or request.cancelled():
+            self._finish(seq, "cancelled")
+        else:
+            seq.todo = [token]
+
+    def _finish(self, seq: _Sequence, reason: FinishReason) -> None:
+        """End ``seq``'s answer (its cache stays for reuse) and free the sequence."""
+        request = seq.request
+        assert request is not None and seq.stops is not None
+        stops = seq.stops
+        if not stops.stopped:
+            tail = stops.feed(seq.decoder.decode(b"", final=True)) + stops.flush()
+            if tail:
+                request.events.put(TokenPiece(tail, seq.held_tokens))
+        self._release(seq, Finished(reason, seq.generated))
+
+    def _release(self, seq: _Sequence, last: GenerationEvent | BaseException) -> None:
+        """Hand ``seq``'s request its ``last`` event and free the sequence for the next request."""
+        request = seq.request
+        assert request is not None
+        request.events.put(last)
+        self._free_sampler(seq)
+        seq.todo = []
+        seq.output_index = -1
+        with self._wake:
+            seq.request = None
+
+    def _free_sampler(self, seq: _Sequence) -> None:
+        if seq.sampler is not None:
+            self._lib.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+
+    def _fail_all(self, exc: BaseException) -> None:
+        """A decode failed: every answer in flight ends with ``exc``; the cache is cleared."""
+        self._lib.llama_memory_clear(self._memory, True)
+        for seq in self._sequences:
+            seq.cached.clear()
+            if seq.request is not None:
+                self._release(seq, exc)
+
+
+class _Slot:
+    """One seat in the batch for the node's engine pool: generation goes to the shared engine."""
+
+    def __init__(self, engine: BatchingEngine) -> None:
+        self._engine = engine
+
+    @property
+    def model_id(self) -> str:
+        return self._engine.model_id
+
+    @property
+    def context_window(self) -> int:
+        return self._engine.context_window
+
+    def count_tokens(self, text: str) -> int:
+        return self._engine.count_tokens(text)
+
+    def generate(
+        self, prompt: str, params: GenerationParams, cancelled: Callable[[], bool]
+    ) -> Iterator[GenerationEvent]:
+        return self._engine.generate(prompt, params, cancelled)
+
+    def close(self) -> None:
+        self._engine.close()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError:
+        raise EngineError(
+            "the llama.cpp engine is not installed: pip install 'fabstir[llama]'", code="ENGINE_NOT_INSTALLED"
+        ) from None
+    return llama_cpp
+
+
+def _load(lib: Any, path: Path, n_ctx: int, sequences: int, threads: int, flash_attention: bool) -> tuple[Any, Any]:
+    """The model (``llama-cpp-python``'s wrapper, for its tokenizer) and a context with a unified KV cache."""
+    from llama_cpp._internals import LlamaModel
+    from llama_cpp._logger import set_verbose
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    set_verbose(False)
+    lib.llama_backend_init()
+    try:
+        model: Any = LlamaModel(path_model=str(path), params=lib.llama_model_default_params(), verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        raise EngineError(f"could not load model {path}: {exc}", code="MODEL_LOAD_FAILED") from None
+    params = lib.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = params.n_ubatch = BATCH_TOKENS
+    params.n_seq_max = sequences
+    params.kv_unified = True
+    params.n_threads = params.n_threads_batch = threads
+    params.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
+                              else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    with suppress_stdout_stderr(disable=False):
+        ctx = lib.llama_init_from_model(model.model, params)
+    if not ctx:
+        model.close()
+        raise EngineError(f"could not create a llama.cpp context for {path} ({n_ctx} tokens, {sequences} "
+                          "sequences)", code="MODEL_LOAD_FAILED")
+    return model, ctx
+

@@ -1,0 +1,207 @@
+"""The continuous-batching engine (:mod:`fabstir.node.engines.batching`) against the one-context engine.
+
+Real llama.cpp over the suite's own tiny random-weight model (and stories260K where ../shared/models exists).
+Greedy answers must be the single engine's text, token counts and finish reasons, whether a request runs
+alone or among many; a cancelled sequence is freed for the next request at once while the others go on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fabstir.errors import EngineError
+from fabstir.node.engines.base import Finished, GenerationEvent, GenerationParams, TokenPiece
+from fabstir.node.engines.batching import BatchingEngine
+from fabstir.node.engines.llama import LlamaCppEngine
+
+PROMPTS = ["Once upon a time", "The little dog", "Lily and Tom went to the park", "One day", "The sun was",
+           "A big red ball", "Tom said", "She was happy because", "Once upon a time there was"]
+GREEDY = GenerationParams(max_tokens=24, temperature=0.0, repeat_penalty=1.1)
+
+Outcome = tuple[str, str, int]
+"""Text, finish reason and completion tokens of one answer."""
+
+
+def outcome(events: Iterator[GenerationEvent]) -> Outcome:
+    parts: list[str] = []
+    finished = None
+    for event in events:
+        if isinstance(event, TokenPiece):
+            parts.append(event.text)
+        else:
+            finished = event
+    assert isinstance(finished, Finished)
+    return "".join(parts), finished.finish_reason, finished.completion_tokens
+
+
+def never() -> bool:
+    return False
+
+
+@pytest.fixture(scope="module", params=["tiny", "stories"])
+def model(request: pytest.FixtureRequest) -> Path:
+    path: Path = request.getfixturevalue("tiny_model" if request.param == "tiny" else "stories_model")
+    return path
+
+
+@pytest.fixture(scope="module")
+def single(model: Path) -> Iterator[LlamaCppEngine]:
+    engine = LlamaCppEngine(model, context_window=512, threads=1)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def batching(model: Path) -> Iterator[BatchingEngine]:
+    engine = BatchingEngine(model, context_window=512, sequences=4, threads=1)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def expected(single: LlamaCppEngine) -> dict[str, Outcome]:
+    return {prompt: outcome(single.generate(prompt, GREEDY, never)) for prompt in PROMPTS}
+
+
+def run_all(engine: BatchingEngine, jobs: list[tuple[str, GenerationParams]]) -> list[Outcome]:
+    """Every job on its own thread at once (more jobs than sequences queue for one)."""
+    results: list[Outcome | BaseException | None] = [None] * len(jobs)
+
+    def work(index: int) -> None:
+        prompt, params = jobs[index]
+        try:
+            results[index] = outcome(engine.generate(prompt, params, never))
+        except BaseException as exc:  # reported below
+            results[index] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(thread.is_alive() for thread in threads), "a generation never finished"
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def test_alone_greedy_is_the_single_engines_answer(batching: BatchingEngine, expected: dict[str, Outcome]) -> None:
+    for prompt in PROMPTS[:3]:
+        assert outcome(batching.generate(prompt, GREEDY, never)) == expected[prompt]
+    assert expected[PROMPTS[0]][2] > 0
+
+
+def test_many_at_once_each_get_their_own_answer(batching: BatchingEngine, expected: dict[str, Outcome]) -> None:
+    jobs = [(prompt, GREEDY) for prompt in PROMPTS + PROMPTS[:3]]  # 12 answers over 4 sequences
+    results = run_all(batching, jobs)
+    assert results == [expected[prompt] for prompt, _ in jobs]
+    assert len({text for text, _, _ in results}) > 1, "the prompts must give different answers"
+
+
+def test_seeded_sampling_is_the_single_engines_draw(single: LlamaCppEngine, batching: BatchingEngine) -> None:
+    params = GenerationParams(max_tokens=20, temperature=0.8, top_p=0.9, seed=11)
+    want = outcome(single.generate(PROMPTS[1], params, never))
+    got = run_all(batching, [(PROMPTS[1], params), (PROMPTS[2], GREEDY), (PROMPTS[3], GREEDY)])
+    assert got[0] == want
+
+
+def test_stops_apply_per_sequence(single: LlamaCppEngine, batching: BatchingEngine,
+                                  expected: dict[str, Outcome]) -> None:
+    jobs = []
+    for prompt in PROMPTS[:4]:
+        text = expected[prompt][0]
+        stop = text[len(text) // 2: len(text) // 2 + 2] or "x"  # a stop somewhere in this answer only
+        jobs.append((prompt, GenerationParams(max_tokens=24, temperature=0.0, repeat_penalty=1.1, stop=(stop,))))
+    want = [outcome(single.generate(prompt, params, never)) for prompt, params in jobs]
+    assert any(reason == "stop" for _, reason, _ in want)
+    assert run_all(batching, jobs) == want
+
+
+def test_continuation_is_the_rest_of_the_answer(single: LlamaCppEngine, batching: BatchingEngine) -> None:
+    prompt = PROMPTS[0]
+    whole = outcome(single.generate(prompt, GenerationParams(max_tokens=30, temperature=0.0), never))
+    pieces = [e.text for e in single.generate(prompt, GenerationParams(max_tokens=30, temperature=0.0), never)
+              if isinstance(e, TokenPiece)]
+    cut = len(pieces) // 2
+    prefix = "".join(pieces[:cut])
+    params = GenerationParams(max_tokens=30, temperature=0.0, answer_prefix=prefix)
+    rest_single = outcome(single.generate(prompt + prefix, params, never))
+    rest_batch = run_all(batching, [(prompt + prefix, params), (PROMPTS[2], GREEDY)])[0]
+    assert rest_batch == rest_single
+    assert whole[0].startswith(prefix) and prefix
+
+
+def test_cancel_frees_the_sequence_at_once_and_the_others_go_on(model: Path) -> None:
+    engine = BatchingEngine(model, context_window=512, sequences=2, threads=1)
+    try:
+        long_params = GenerationParams(max_tokens=400, temperature=0.0, repeat_penalty=1.0)
+        cancel = threading.Event()
+        doomed = engine.generate(PROMPTS[0], long_params, cancel.is_set)
+        survivor = engine.generate(PROMPTS[1], long_params, never)
+        assert isinstance(next(doomed), TokenPiece)
+        assert isinstance(next(survivor), TokenPiece)
+        cancel.set()
+        ended = [event for event in doomed if isinstance(event, Finished)]
+        assert ended[0].finish_reason == "cancelled" and ended[0].completion_tokens < 400
+        # both sequences were taken; the cancelled one is free again while the survivor still generates
+        third = outcome(engine.generate(PROMPTS[2], GenerationParams(max_tokens=3, temperature=0.0), never))
+        assert third[2] == 3
+        rest = outcome(survivor)
+        assert rest[1] == "length" and rest[2] == 400
+    finally:
+        engine.close()
+
+
+def test_abandoned_generator_frees_its_sequence(model: Path) -> None:
+    engine = BatchingEngine(model, context_window=512, sequences=1, threads=1)
+    try:
+        stream = engine.generate(PROMPTS[0], GenerationParams(max_tokens=400, temperature=0.0), never)
+        next(stream)
+        stream.close()  # type: ignore[attr-defined]  # the consumer went away without cancelling
+        done = outcome(engine.generate(PROMPTS[1], GenerationParams(max_tokens=2, temperature=0.0), never))
+        assert done[2] == 2
+    finally:
+        engine.close()
+
+
+def test_a_session_turn_reuses_the_cached_prefix(model: Path, single: LlamaCppEngine) -> None:
+    engine = BatchingEngine(model, context_window=512, sequences=2, threads=1)
+    try:
+        first = outcome(engine.generate(PROMPTS[0], GREEDY, never))
+        follow_up = PROMPTS[0] + first[0] + " Then"
+        reused = outcome(engine.generate(follow_up, GREEDY, never))
+        cached = engine.cached_tokens()
+        assert max(cached) >= engine.count_tokens(follow_up), "the next turn extends the first turn's sequence"
+        assert reused == outcome(single.generate(follow_up, GREEDY, never))
+    finally:
+        engine.close()
+
+
+def test_closed_engine_refuses_and_bad_settings_are_coded(model: Path) -> None:
+    engine = BatchingEngine(model, context_window=64, sequences=1, threads=1)
+    with pytest.raises(EngineError) as too_long:
+        list(engine.generate("word " * 200, GREEDY, never))
+    assert too_long.value.code == "PROMPT_TOO_LONG"
+    engine.close()
+    engine.close()  # twice is fine
+    with pytest.raises(EngineError) as closed:
+        list(engine.generate("hi", GREEDY, never))
+    assert closed.value.code == "ENGINE_CLOSED"
+    with pytest.raises(EngineError):
+        BatchingEngine(model, sequences=0)
+
+
+def test_slots_share_one_engine(batching: BatchingEngine, expected: dict[str, Outcome]) -> None:
+    slots = batching.slots()
+    assert len(slots) == batching.sequences == 4
+    slot = slots[0]
+    assert slot.model_id == batching.model_id and slot.context_window == 512
+    assert slot.count_tokens("hello") == batching.count_tokens("hello")
+    assert outcome(slot.generate(PROMPTS[0], GREEDY, never)) == expected[PROMPTS[0]]
+
+
