@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fabstir.fingerprints import Verifier
+from fabstir.fingerprints import Tolerances, Verifier
 from fabstir.testing.substitution import quantize_gguf, run_host
 from fabstir.testing.tiny_gguf import write_tiny_gguf
 
@@ -63,3 +63,15 @@ def test_a_host_with_a_secret_system_prompt_is_always_caught(verifier: Verifier,
     run = run_host(verifier, named, answers=ANSWERS, system_prefix=SYSTEM)
     assert run.flagged == ANSWERS
     assert all("chunks differ" in v.reason for v in run.verdicts)
+
+
+def test_a_quantized_named_model_gets_measured_tolerances(named: Path, tmp_path: Path) -> None:
+    """A q8_0 model's honest hosts stray further from the batched prefill (quantized batched kernels): the
+    verifier measures that on the model itself, still passes honest hosts and still catches q4_0."""
+    named_q8 = quantize_gguf(named, tmp_path / "named-q8_0.gguf", "q8_0")
+    with Verifier(named_q8, threads=1) as verifier:
+        assert verifier.tolerances.max_mantissa_error >= Tolerances().max_mantissa_error
+        assert verifier.tolerances.min_overlap <= Tolerances().min_overlap
+        assert run_host(verifier, named_q8, answers=20, threads=2).flagged == 0
+        cheaper = quantize_gguf(named, tmp_path / "named-q4_0.gguf", "q4_0")
+        assert run_host(verifier, cheaper, answers=20).flagged == 20

@@ -11,12 +11,14 @@ See docs/proofs.md (P2).
 
 from __future__ import annotations
 
+from fabstir.fingerprints.calibrate import CALIBRATION_PROMPTS, calibrate
 from fabstir.fingerprints.check import ChunkCheck, Tolerances, Verdict, compare
 from fabstir.fingerprints.llama_states import PrefillStates, last_state, live_states, stack_states, state_width
 from fabstir.fingerprints.scheme import CHUNK_TOKENS, TOP_K, Chunk, Fingerprint, fingerprint_states, top_k_of
 from fabstir.fingerprints.verify import Verifier, verify_answer
 
 __all__ = [
+    "CALIBRATION_PROMPTS",
     "CHUNK_TOKENS",
     "TOP_K",
     "Chunk",
@@ -26,6 +28,7 @@ __all__ = [
     "Tolerances",
     "Verdict",
     "Verifier",
+    "calibrate",
     "compare",
     "fingerprint_states",
     "last_state",

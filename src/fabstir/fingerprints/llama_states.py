@@ -59,7 +59,7 @@ class PrefillStates:
     """A model loaded for recomputing hidden states: one batched prefill per answer. Not thread-safe."""
 
     def __init__(self, model_path: str | os.PathLike[str], *, context_window: int = 0, threads: int | None = None,
-                 batch: int = 512) -> None:
+                 batch: int = 64) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise ModelNotFoundError(f"model file not found: {path}")
@@ -102,26 +102,53 @@ class PrefillStates:
             raise FingerprintError(f"prompt + answer take {len(sequence)} tokens, the window {self.context_window}",
                                    code="FINGERPRINT_UNCHECKABLE")
         first = len(prompt_tokens)
-        lib, ctx, batch = self._lib, self.llama.ctx, self._batch
-        lib.llama_memory_clear(lib.llama_get_memory(ctx), True)
+        self._clear()
         rows: list[npt.NDArray[np.float32]] = []
         for start in range(0, len(sequence), self._batch_size):
-            part = sequence[start:start + self._batch_size]
-            batch.n_tokens = len(part)
-            for i, token in enumerate(part):  # with embeddings on, llama.cpp outputs every position anyway
-                batch.token[i] = token
-                batch.pos[i] = start + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = True
-            if lib.llama_decode(ctx, batch) != 0:
-                raise FingerprintError("llama.cpp could not decode the answer", code="FINGERPRINT_UNCHECKABLE")
+            block = self._decode(sequence[start:start + self._batch_size], start)
             skip = max(0, first - start)
-            if skip < len(part):
-                pointer = lib.llama_get_embeddings(ctx)
-                block = np.ctypeslib.as_array(pointer, shape=(len(part) * self.n_embd,)).reshape(len(part), -1)
-                rows.append(block[skip:].copy())
+            if skip < len(block):
+                rows.append(block[skip:])
         return np.concatenate(rows)
+
+    def decoded_states(self, prompt_tokens: list[int], count: int) -> tuple[list[int], npt.NDArray[np.float32]]:
+        """Generate ``count`` tokens greedily, one decode per token as a serving engine does; returns them and
+        the states at the positions of all but the last (the host's path, to calibrate against the
+        verifier's batched prefill: :func:`fabstir.fingerprints.calibrate`)."""
+        if len(prompt_tokens) + count > self.context_window:
+            raise FingerprintError("calibration prompt does not fit the window", code="FINGERPRINT_UNCHECKABLE")
+        self._clear()
+        for start in range(0, len(prompt_tokens), self._batch_size):
+            self._decode(prompt_tokens[start:start + self._batch_size], start)
+        tokens = [self._greedy()]
+        rows = []
+        for position in range(len(prompt_tokens), len(prompt_tokens) + count - 1):
+            rows.append(self._decode([tokens[-1]], position)[0])
+            tokens.append(self._greedy())
+        return tokens, np.stack(rows) if rows else np.zeros((0, self.n_embd), dtype=np.float32)
+
+    def _clear(self) -> None:
+        self._lib.llama_memory_clear(self._lib.llama_get_memory(self.llama.ctx), True)
+
+    def _decode(self, part: list[int], start: int) -> npt.NDArray[np.float32]:
+        """Decode ``part`` at positions ``start...``; the states of all its positions (a copy)."""
+        lib, batch = self._lib, self._batch
+        batch.n_tokens = len(part)
+        for i, token in enumerate(part):  # with embeddings on, llama.cpp outputs every position anyway
+            batch.token[i] = token
+            batch.pos[i] = start + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = True
+        if lib.llama_decode(self.llama.ctx, batch) != 0:
+            raise FingerprintError("llama.cpp could not decode the answer", code="FINGERPRINT_UNCHECKABLE")
+        pointer = lib.llama_get_embeddings(self.llama.ctx)
+        return np.ctypeslib.as_array(pointer, shape=(len(part) * self.n_embd,)).reshape(len(part), -1).copy()
+
+    def _greedy(self) -> int:
+        """The most likely next token after the position decoded last."""
+        pointer = self._lib.llama_get_logits_ith(self.llama.ctx, -1)
+        return int(np.argmax(np.ctypeslib.as_array(pointer, shape=(self.vocab_size(),))))
 
     def close(self) -> None:
         self._lib.llama_batch_free(self._batch)

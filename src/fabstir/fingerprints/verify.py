@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from fabstir.errors import FingerprintError
+from fabstir.fingerprints.calibrate import calibrate
 from fabstir.fingerprints.check import Tolerances, Verdict, compare
 from fabstir.fingerprints.llama_states import PrefillStates
 from fabstir.fingerprints.scheme import Fingerprint
@@ -20,8 +21,14 @@ class Verifier:
 
     def __init__(self, model_path: str | os.PathLike[str], *, threads: int | None = None,
                  tolerances: Tolerances | None = None) -> None:
+        """Load the model; without ``tolerances``, measure them on it (:func:`calibrate`, a few greedy
+        answers: about the cost of generating 200 tokens)."""
         self.states = PrefillStates(model_path, threads=threads)
-        self.tolerances = tolerances or Tolerances()
+        try:
+            self.tolerances = tolerances or calibrate(self.states)
+        except BaseException:
+            self.states.close()
+            raise
 
     def check(self, prompt: str, fingerprint: Fingerprint, answer_text: str | None = None) -> Verdict:
         """Whether ``fingerprint`` is what the named model computes for ``prompt`` followed by its tokens.
