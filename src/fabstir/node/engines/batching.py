@@ -19,8 +19,10 @@ KV reuse: a finished sequence keeps its tokens in the cache. A new request goes 
 cached tokens share the longest prefix with its prompt (a session's next turn, or another answer to the same
 system prompt) and only the rest is read; the tail that differs is removed first.
 
-Threads: :meth:`BatchingEngine.generate` (any thread, the pool's workers) submits and then blocks on the
-request's own queue; only the scheduler thread touches the llama.cpp context.
+Threads: :meth:`BatchingEngine.submit` (any thread) queues a request with a sink; the scheduler thread, the only
+one that touches the llama.cpp context, tokenizes it and calls the sink with each event. The node's pool hands
+the sink of its stream, so tokens go from the scheduler straight to the event loop (no thread per answer, whose
+hand-offs of the GIL would slow every step); :meth:`BatchingEngine.generate` is the blocking form.
 """
 
 from __future__ import annotations
@@ -47,18 +49,21 @@ BATCH_TOKENS = 512
 """Tokens in one decode step at most (the context's ``n_batch``, as the single engine's)."""
 
 
+Sink = Callable[[Any], None]
+"""Takes each event of one answer (:class:`TokenPiece`, then :class:`Finished`, or an exception instead)."""
+
+
 @dataclasses.dataclass(eq=False)
 class _Request:
-    """One answer: submitted by :meth:`BatchingEngine.generate`, advanced by the scheduler."""
+    """One answer: submitted by :meth:`BatchingEngine.submit`, advanced by the scheduler."""
 
-    prompt: list[int]
+    text: str
     params: GenerationParams
-    primed: list[int]
     cancelled: Callable[[], bool]
-    events: queue.SimpleQueue[GenerationEvent | BaseException] = dataclasses.field(
-        default_factory=queue.SimpleQueue)
-    abandoned: bool = False
-    """The consumer stopped listening (set from its thread): finish at the next step."""
+    put: Sink
+    prompt: list[int] = dataclasses.field(default_factory=list)
+    """The prompt's tokens (the scheduler tokenizes at admission)."""
+    primed: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(eq=False)
@@ -159,33 +164,42 @@ class BatchingEngine:
         """One handle per sequence, for the node's :class:`~fabstir.node.engines.pool.EnginePool`."""
         return [_Slot(self) for _ in self._sequences]
 
-    def generate(
-        self, prompt: str, params: GenerationParams, cancelled: Callable[[], bool]
-    ) -> Iterator[GenerationEvent]:
-        """Submit ``prompt`` to the running batch and yield its events as the scheduler produces them."""
-        tokens = self._tokenize(prompt)
-        if len(tokens) >= self._context_window:
-            raise EngineError(f"prompt of {len(tokens)} tokens does not fit the context window "
-                              f"({self._context_window})", code="PROMPT_TOO_LONG")
-        request = _Request(tokens, params, self._answer_tokens(prompt, tokens, params.answer_prefix), cancelled)
+    def submit(self, prompt: str, params: GenerationParams, cancelled: Callable[[], bool], put: Sink) -> None:
+        """Add ``prompt`` to the running batch; the scheduler thread calls ``put`` with each of its events.
+
+        The events are :class:`TokenPiece` objects and a last :class:`Finished`, or an exception instead
+        (an :class:`EngineError`: ``PROMPT_TOO_LONG``, ``ENGINE_DECODE_FAILED``). ``cancelled`` is checked every
+        step; once it is true the answer finishes as cancelled and its sequence is free.
+
+        Raises:
+            EngineError: ENGINE_CLOSED.
+        """
         with self._wake:
             if self._closed:
                 raise EngineError("the engine is closed", code="ENGINE_CLOSED")
-            self._pending.append(request)
+            self._pending.append(_Request(prompt, params, cancelled, put))
             self._wake.notify()
+
+    def generate(
+        self, prompt: str, params: GenerationParams, cancelled: Callable[[], bool]
+    ) -> Iterator[GenerationEvent]:
+        """:meth:`submit`, with the events yielded here (blocking); closing the iterator early cancels."""
+        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        abandoned = threading.Event()
+        self.submit(prompt, params, lambda: abandoned.is_set() or cancelled(), events.put)
         finished = False
         try:
             while True:
-                event = request.events.get()
+                event = events.get()
                 if isinstance(event, BaseException):
-                    raise EngineError(f"batched generation failed: {event}") from event
+                    raise event
                 yield event
                 if isinstance(event, Finished):
                     finished = True
                     return
         finally:
             if not finished:
-                request.abandoned = True
+                abandoned.set()
                 with self._wake:
                     self._wake.notify()
 
@@ -246,7 +260,7 @@ class BatchingEngine:
             with self._wake:
                 pending, self._pending = list(self._pending), deque()
             for request in pending:
-                request.events.put(Finished("cancelled", 0))
+                request.put(Finished("cancelled", 0))
 
     def _admit(self) -> bool:
         """Move waiting requests into free sequences; block while there is nothing to do. False: closed."""
@@ -271,10 +285,23 @@ class BatchingEngine:
                 seq.request = request  # reserved under the lock; set up below
         for seq, request in admitted:
             try:
+                self._read_prompt(request)
                 self._start(seq, request)
             except Exception as exc:  # this request fails; the others go on
                 self._release(seq, exc)
         return True
+
+    def _read_prompt(self, request: _Request) -> None:
+        """Tokenize ``request``'s prompt (and find its continuation's tokens).
+
+        Raises:
+            EngineError: PROMPT_TOO_LONG.
+        """
+        tokens = request.prompt = self._tokenize(request.text)
+        if len(tokens) >= self._context_window:
+            raise EngineError(f"prompt of {len(tokens)} tokens does not fit the context window "
+                              f"({self._context_window})", code="PROMPT_TOO_LONG")
+        request.primed = self._answer_tokens(request.text, tokens, request.params.answer_prefix)
 
     def _start(self, seq: _Sequence, request: _Request) -> None:
         """Give ``seq`` to ``request``: keep the cached prefix, build its sampler."""
@@ -325,7 +352,7 @@ class BatchingEngine:
             request = seq.request
             if request is None:
                 continue
-            if request.abandoned or request.cancelled():
+            if request.cancelled():
                 self._finish(seq, "cancelled")
             elif seq.generated:
                 decoding.append(seq)
@@ -387,13 +414,13 @@ class BatchingEngine:
         seq.held_tokens += 1
         text = seq.stops.feed(seq.decoder.decode(self._piece(token)))
         if text:
-            request.events.put(TokenPiece(text, seq.held_tokens))
+            request.put(TokenPiece(text, seq.held_tokens))
             seq.held_tokens = 0
         if seq.stops.stopped:
             self._finish(seq, "stop")
         elif seq.generated >= request.params.max_tokens or len(seq.cached) >= self._context_window:
             self._finish(seq, "length")
-        elif request.abandoned or request.cancelled():
+        elif request.cancelled():
             self._finish(seq, "cancelled")
         else:
             seq.todo = [token]
@@ -406,14 +433,14 @@ class BatchingEngine:
         if not stops.stopped:
             tail = stops.feed(seq.decoder.decode(b"", final=True)) + stops.flush()
             if tail:
-                request.events.put(TokenPiece(tail, seq.held_tokens))
+                request.put(TokenPiece(tail, seq.held_tokens))
         self._release(seq, Finished(reason, seq.generated))
 
     def _release(self, seq: _Sequence, last: GenerationEvent | BaseException) -> None:
         """Hand ``seq``'s request its ``last`` event and free the sequence for the next request."""
         request = seq.request
         assert request is not None
-        request.events.put(last)
+        request.put(last)
         self._free_sampler(seq)
         seq.todo = []
         seq.output_index = -1
@@ -427,6 +454,8 @@ class BatchingEngine:
 
     def _fail_all(self, exc: BaseException) -> None:
         """A decode failed: every answer in flight ends with ``exc``; the cache is cleared."""
+        if not isinstance(exc, EngineError):
+            exc = EngineError(f"batched generation failed: {type(exc).__name__}: {exc}")
         self._lib.llama_memory_clear(self._memory, True)
         for seq in self._sequences:
             seq.cached.clear()
@@ -455,6 +484,9 @@ class _Slot:
         self, prompt: str, params: GenerationParams, cancelled: Callable[[], bool]
     ) -> Iterator[GenerationEvent]:
         return self._engine.generate(prompt, params, cancelled)
+
+    def submit(self, prompt: str, params: GenerationParams, cancelled: Callable[[], bool], put: Sink) -> None:
+        self._engine.submit(prompt, params, cancelled, put)
 
     def close(self) -> None:
         self._engine.close()

@@ -1,6 +1,7 @@
 """A pool of engine instances, and the bridge from their threads to asyncio.
 
-Each engine generates on its own worker thread; tokens cross to the event
+Each engine generates on its own worker thread (an engine with a ``submit`` method, such as the batching
+engine's seats, runs its own thread and pushes events into the stream itself); tokens cross to the event
 loop through a :class:`ThreadToLoopChannel`, so the loop is never blocked and other connections keep streaming. With ``n``
 engines, ``n`` responses are generated at once; further requests wait for a
 free engine.
@@ -155,7 +156,12 @@ class EnginePool:
         """
         loop = asyncio.get_running_loop()
         events: ThreadToLoopChannel[object] = ThreadToLoopChannel(loop)
-        worker = loop.run_in_executor(self._executor, _produce, engine, prompt, params, cancel.is_set, events.put)
+        submit = getattr(engine, "submit", None)
+        worker: asyncio.Future[None] | None = None
+        if submit is not None:  # an engine with its own thread (batching) pushes its events here itself
+            submit(prompt, params, cancel.is_set, events.put)
+        else:
+            worker = loop.run_in_executor(self._executor, _produce, engine, prompt, params, cancel.is_set, events.put)
         first = True
         try:
             while True:
@@ -174,7 +180,8 @@ class EnginePool:
                     break
         finally:
             cancel.set()
-            await asyncio.shield(worker)
+            if worker is not None:
+                await asyncio.shield(worker)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
