@@ -34,9 +34,12 @@ def serve(
     model_path: Annotated[Optional[str], typer.Option("--model", metavar="FILE|NAME", help="GGUF file (default: Gemma 3 270M); with "
                                                                       "--engine openai the upstream's model "
                                                                       "name")] = None,
-    engine: Annotated[Optional[str], typer.Option(metavar="NAME", help="llama (llama.cpp in this process, the default) or openai "
-                                                       "(forward to an OpenAI-compatible server: vLLM, "
-                                                       "llama-server, Ollama, SGLang)")] = None,
+    engine: Annotated[Optional[str], typer.Option(metavar="NAME", help="llama (llama.cpp in this process, a "
+                                                                       "context per answer; the default), "
+                                                                       "llama-batch (llama.cpp, one context decoding "
+                                                                       "the --parallel answers together) or openai "
+                                                                       "(forward to an OpenAI-compatible server: "
+                                                                       "vLLM, llama-server, Ollama, SGLang)")] = None,
     upstream: Annotated[Optional[str], typer.Option(metavar="URL", help="with --engine openai: the upstream server's base "
                                                          "URL")] = None,
     model_id: Annotated[Optional[str], typer.Option(metavar="NAME", help="name clients use for the model")] = None,
@@ -44,7 +47,8 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="port (default 8080; 0 picks a free one)")] = None,
     template: Annotated[Optional[str], typer.Option(metavar="NAME", help="prompt template: plain, raw, chatml, gemma")] = None,
     context_window: Annotated[Optional[int], typer.Option(help="tokens of context (default 2048)")] = None,
-    parallel: Annotated[Optional[int], typer.Option(help="responses generated at once (default 2)")] = None,
+    parallel: Annotated[Optional[int], typer.Option(help="responses generated at once: engines, or llama-batch's "
+                                                         "sequences (default 2)")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per engine")] = None,
     max_frame_bytes: Annotated[Optional[int], typer.Option(help="largest WebSocket frame accepted")] = None,
     network: Annotated[Optional[str], typer.Option(metavar="FILE", help="network file: serve paid sessions on that chain (key in "
