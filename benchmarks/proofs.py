@@ -10,9 +10,9 @@ touching the others.
 
 ``fingerprints`` (P2, activation fingerprints):
 
-- ``fingerprint_overhead``: tokens/s of a llama.cpp engine that fingerprints (hidden states read while
-  generating) over the same engine without, side by side in ABBA order over ``runs`` answers of
-  ``max_tokens`` tokens each (target >= 0.97). ``fingerprint_overhead_prefill`` measures the alternative: no
+- ``fingerprint_overhead``: the median tokens/s of a llama.cpp engine that fingerprints (hidden states read
+  while generating) over the same engine's without, over ``runs`` answers of ``max_tokens`` tokens each per
+  side, the sides taking turns in rotating order (target >= 0.97). ``fingerprint_overhead_prefill`` measures the alternative: no
   states while generating, and one prefill pass over prompt + answer on a second (embeddings) context after
   each answer.
 - ``verify_cost_ratio``: the time to verify those answers (one prefill of prompt + answer on the verifier's
@@ -25,6 +25,7 @@ touching the others.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -84,14 +85,15 @@ def _overhead(settings: Settings) -> dict[str, object]:
     prefill = PrefillStates(settings.model, context_window=settings.context_window, threads=settings.threads)
     verifier = Verifier(settings.model, threads=settings.threads)
     params = GenerationParams(max_tokens=settings.max_tokens, temperature=0.8)
-    seconds = {"plain": 0.0, "live": 0.0, "prefill": 0.0}
-    tokens = {"plain": 0, "live": 0, "prefill": 0}
+    sides = ("plain", "live", "prefill")
+    rates: dict[str, list[float]] = {side: [] for side in sides}
+    seconds = {side: 0.0 for side in sides}
     verify_seconds = 0.0
     sizes: list[float] = []
     try:
         for number in range(settings.warmup + settings.runs):
             measured = number >= settings.warmup
-            order = ("plain", "live", "prefill") if number % 2 == 0 else ("prefill", "live", "plain")
+            order = sides[number % 3:] + sides[:number % 3]  # each side first, second and last equally often
             for side in order:
                 engine = printing if side == "live" else plain
                 text, finished, took = _generate(engine, settings.prompt, params)
@@ -102,7 +104,7 @@ def _overhead(settings: Settings) -> dict[str, object]:
                     took += time.perf_counter() - started
                 if measured:
                     seconds[side] += took
-                    tokens[side] += finished.completion_tokens
+                    rates[side].append(finished.completion_tokens / took)
                 if side == "live" and measured:
                     fingerprint = finished.fingerprint
                     assert isinstance(fingerprint, Fingerprint)
@@ -115,7 +117,7 @@ def _overhead(settings: Settings) -> dict[str, object]:
     finally:
         for closing in (plain, printing, prefill, verifier):
             closing.close()
-    rate = {side: tokens[side] / seconds[side] for side in seconds}
+    rate = {side: statistics.median(rates[side]) for side in sides}  # medians: robust to the load's spikes
     return {
         "fingerprint_overhead": round(rate["live"] / rate["plain"], 4),
         "fingerprint_overhead_prefill": round(rate["prefill"] / rate["plain"], 4),

@@ -8,9 +8,10 @@ Per chunk, over the committed (claimed) top-k indices ``I``:
 - ``mantissa_error``: the mean absolute difference of the 10-bit mantissas (fp16 ulps) where they agree.
 
 A chunk passes when all three are within :class:`Tolerances`; an answer passes when every chunk does. The
-defaults were chosen by measurement (docs/proofs.md, P2): honest hosts (1, 2, 4 threads; token-by-token
-decoding against a batched prefill) stay at overlap 1.0, no exponent mismatch and a mean mantissa error under
-0.3 ulp; stories260K at q8_0 sits near 10 ulp, at q4_0 near 100, another prompt at 10 or more.
+defaults were chosen by measurement on f32 models (docs/proofs.md, P2): honest hosts (1, 2, 4 threads;
+token-by-token decoding against a batched prefill) stay at overlap 1.0, no exponent mismatch and a mean
+mantissa error under 0.4 ulp; stories260K at q8_0 sits near 10 ulp, at q4_0 near 100, another prompt at 4 or
+more. Quantized named models need wider ones, measured on the model (:mod:`fabstir.fingerprints.calibrate`).
 """
 
 from __future__ import annotations

@@ -105,11 +105,13 @@ class Fingerprint:
 
 
 def top_k_of(rows: npt.NDArray[np.float32], top_k: int = TOP_K) -> npt.NDArray[np.int64]:
-    """Ascending flat indices of the ``top_k`` values of largest magnitude in ``rows`` (ties: lower index)."""
+    """Ascending flat indices of the ``top_k`` values of largest magnitude in ``rows`` (a tie at the k-th
+    value may go either way; the check's overlap tolerance absorbs it)."""
     flat = np.abs(rows.reshape(-1))
     k = min(top_k, flat.size)
-    order = np.argsort(-flat, kind="stable")[:k]
-    return np.sort(order).astype(np.int64)
+    if k == flat.size:
+        return np.arange(k, dtype=np.int64)
+    return np.sort(np.argpartition(flat, flat.size - k)[flat.size - k:]).astype(np.int64)
 
 
 def fingerprint_states(states: npt.NDArray[np.float32], tokens: list[int] | tuple[int, ...], *,
