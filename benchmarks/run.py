@@ -1,7 +1,8 @@
 """Benchmarks of the fabstir SDK and node: ``python benchmarks/run.py NAME [--json] [options]``.
 
 NAME is ``overhead``, ``peer``, ``concurrency``, ``billing``, ``session_open``, ``compression``, ``security``,
-``encryption``, ``selection``, ``discovery``, ``fairness``, ``limits``, ``failover``, ``gateway``, ``proofs`` or ``all``. Progress goes to
+``encryption``, ``selection``, ``discovery``, ``fairness``, ``limits``, ``failover``, ``gateway``, ``proofs``,
+``throughput`` or ``all``. Progress goes to
 stderr; with ``--json`` the last line of stdout is one JSON object. See
 ``benchmarks/README.md`` for what each number means. Every result carries the machine's load average
 (``os.getloadavg``) before and after it ran. Without ``../shared/models/stories260K.gguf`` (or ``--model``)
@@ -40,9 +41,11 @@ from proofs import run_proofs  # noqa: E402
 from security import run_security  # noqa: E402
 from selection import run_selection  # noqa: E402
 from session_open import run_session_open  # noqa: E402
+from throughput import ThroughputOptions, run_throughput  # noqa: E402
 
 BENCHMARKS = ("overhead", "peer", "concurrency", "billing", "session_open", "compression", "security",
-              "encryption", "selection", "discovery", "fairness", "limits", "failover", "gateway", "proofs")
+              "encryption", "selection", "discovery", "fairness", "limits", "failover", "gateway", "proofs",
+              "throughput")
 NAMES = (*BENCHMARKS, "all")
 
 
@@ -81,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gateway-parallel", type=int, default=2, help="node engines for gateway (default 2)")
     parser.add_argument("--proofs-answers", type=int, default=50,
                         help="answers per honest and per cheating host in proofs (default 50)")
+    parser.add_argument("--throughput-models", default="gemma,stories",
+                        help="models for throughput: gemma (the default model package), stories (--model)")
+    parser.add_argument("--throughput-levels", default="1,8,32", help="concurrent streams per level (default 1,8,32)")
+    parser.add_argument("--throughput-slots", type=int, default=32,
+                        help="sequences in our batch and llama-server slots (default 32)")
+    parser.add_argument("--throughput-threads", type=int, default=2, help="threads on both sides (default 2)")
+    parser.add_argument("--throughput-max-tokens", type=int, default=64, help="tokens per stream (default 64)")
+    parser.add_argument("--throughput-rounds", type=int, default=2, help="measured rounds per level (default 2)")
     parser.add_argument("--timeout", type=float, default=120.0, help="limit in seconds for one run or burst")
     return parser
 
@@ -130,6 +141,12 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
                 parallel=args.gateway_parallel, timeout=args.timeout))
         elif name == "proofs":
             results[name] = await run_proofs(settings, scratch, args.proofs_answers)
+        elif name == "throughput":
+            results[name] = await run_throughput(settings, ThroughputOptions(
+                models=tuple(args.throughput_models.split(",")),
+                levels=tuple(int(level) for level in args.throughput_levels.split(",")),
+                slots=args.throughput_slots, threads=args.throughput_threads,
+                max_tokens=args.throughput_max_tokens, rounds=args.throughput_rounds, timeout=max(args.timeout, 300.0)))
         else:
             results[name] = await run_concurrency(settings, concurrency)
         results[name]["load_average"] = {"before": load_before, "after": load_average()}
