@@ -181,3 +181,26 @@ async def test_receipts_are_signed_and_verified(node: NodeServer) -> None:
         with pytest.raises(Exception) as info:
             await sdk.inference.send_prompt("wrong key published")
         assert getattr(info.value, "code", "") == "RECEIPT_INVALID"
+
+
+@pytest.mark.parametrize("catch_up", [False, True])
+async def test_a_consumer_that_fell_behind_catches_up_in_one_piece(node: NodeServer, catch_up: bool) -> None:
+    """While the consumer holds the first piece, the rest of the answer arrives; with ``catch_up`` the next
+    piece carries every frame that arrived meanwhile, without it one piece per frame. Same text either way,
+    and the first piece never waits for more."""
+    async with FabstirSDK(default_options=PromptOptions(max_tokens=12, temperature=0.0)) as sdk:
+        await sdk.inference.connect_to_session("behind", node.url)
+        session = sdk.inference.session("behind")
+        pieces: list[str] = []
+        async with session.stream("tell me more", catch_up=catch_up) as stream:
+            async for piece in stream:
+                pieces.append(piece)
+                if len(pieces) == 1:  # hold on until the whole answer is in (the inbox ends with stream_end)
+                    inbox = session.channel().transport._inbox  # type: ignore[attr-defined]
+                    async with asyncio.timeout(60):
+                        while not any('"stream_end"' in frame for frame in inbox):
+                            await asyncio.sleep(0.01)
+                    behind = sum('"stream_chunk"' in frame and '"content":""' not in frame for frame in inbox)
+            result = stream.result
+    assert "".join(pieces) == result.text and result.tokens_used == 12 and behind >= 1
+    assert len(pieces) == (2 if catch_up else 1 + behind)

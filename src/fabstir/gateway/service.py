@@ -167,7 +167,8 @@ class Gateway:
         """Start the answer to ``request``'s last message on ``session``."""
         options = PromptOptions(model=request.model if self.paid else "", max_tokens=request.max_tokens,
                                 temperature=request.temperature)
-        return Reply(session, session.stream(request.prompt, options), stateless=request.stateless)
+        # catch_up: pieces that piled up while the client parsed the last chunk go out as one chunk
+        return Reply(session, session.stream(request.prompt, options, catch_up=True), stateless=request.stateless)
 
     async def pieces(self, reply: Reply) -> AsyncIterator[str]:
         """The answer's text pieces; its result is kept on ``reply``, and the session re-indexed at the end.

@@ -293,8 +293,13 @@ class Session:
 
     # --- prompts --------------------------------------------------------------------------------
 
-    def stream(self, prompt: str, options: PromptOptions | None = None) -> InferenceStream:
+    def stream(self, prompt: str, options: PromptOptions | None = None, *, catch_up: bool = False
+               ) -> InferenceStream:
         """The answer to ``prompt`` as an async iterator of text pieces (``async with`` closes it early).
+
+        By default each piece is one frame of the host's. With ``catch_up``, every piece after the first also
+        takes the frames already received behind it: a consumer that fell behind (a relay such as the gateway)
+        gets one piece for all of them instead of paying its per-piece cost for each.
 
         Raises:
             SessionError: REQUEST_IN_PROGRESS (one request at a time) or VALIDATION_ERROR (empty prompt).
@@ -304,7 +309,7 @@ class Session:
                                code="REQUEST_IN_PROGRESS")
         if not prompt:
             raise SessionError("prompt must not be empty", code="VALIDATION_ERROR")
-        return InferenceStream(self, prompt, options or self.sdk.default_options)
+        return InferenceStream(self, prompt, options or self.sdk.default_options, catch_up=catch_up)
 
     async def send(self, prompt: str, options: PromptOptions | None = None, *,
                    on_token: TokenCallback | None = None) -> InferenceResult:

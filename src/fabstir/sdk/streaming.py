@@ -60,10 +60,13 @@ _HOST_LOST = (ConnectionClosedError, RemoteProtocolError, RequestTimeoutError)
 class InferenceStream:
     """Async iterator over one answer's text; :attr:`result` holds the :class:`InferenceResult` after."""
 
-    def __init__(self, session: Session, prompt: str, options: PromptOptions) -> None:
+    def __init__(self, session: Session, prompt: str, options: PromptOptions, *, catch_up: bool = False) -> None:
         self._session = session
         self._prompt = prompt
         self._options = options
+        self._catch_up = catch_up
+        """After the first piece, the frames already received go out as one piece (a consumer that fell behind
+        catches up at once instead of one piece per frame); see :meth:`Session.stream`."""
         self._result: InferenceResult | None = None
         self._iterator: AsyncGenerator[str, None] | None = None
         self._answer: AnswerRecorder | None = None
@@ -239,34 +242,59 @@ class InferenceStream:
             session.state.move(SessionState.STREAMING)
             timeouts = session.sdk.timeouts
             timeout, between = timeouts.first_token, timeouts.between_frames
-            # the per-token path: one frame in, its events out (no per-frame lookups beyond these)
-            receive, feed, events = channel.transport.receive, protocol.receive_frame, protocol.events_received
-            clock, sealed = time.perf_counter, protocol.encrypted
-            answer = self._answer
+            # the per-token path: the frame that arrived (and, catching up, those already behind it) in, their
+            # events out, their text as one piece; no lookups beyond these
+            transport = channel.transport
+            receive, drain = transport.receive, transport.drain
+            feed, events = protocol.receive_frame, protocol.events_received
+            clock, sealed, catch_up = time.perf_counter, protocol.encrypted, self._catch_up
             text_append, part_append = self._text.append, self._part_text.append
             while True:
+                failure: Exception | None = None
                 try:
                     feed(await receive(timeout), now=clock())
                 except RequestTimeoutError:
                     if not protocol.final_seen:
                         raise
                     protocol.end_after_final(clock())  # no stream_end after the final chunk: finish anyway
+                else:
+                    for frame in drain() if catch_up and self._part_text else ():  # the first piece goes alone
+                        try:
+                            feed(frame, now=clock())
+                        except Exception as exc:  # raised once the pieces before it are delivered
+                            failure = exc
+                            break
+                piece: list[str] = []
+                piece_tokens = 0
                 for event in events():
                     if type(event) is ChunkReceived:
                         self.tokens_received += event.tokens
                         session.job_tokens += event.tokens
                         text_append(event.text)
                         part_append(event.text)
-                        if answer is not None:
-                            answer.add(event.text, event.tokens)
-                        yield event.text
+                        piece.append(event.text)
+                        piece_tokens += event.tokens
                     elif type(event) is StreamEnded and event.request_id == request_id:
+                        if piece:
+                            yield self._deliver(piece, piece_tokens)
                         self._end(event.snapshot, request_id)
                         return
+                if piece:
+                    yield self._deliver(piece, piece_tokens)
+                if failure is not None:
+                    raise failure
                 timeout = _e2e.END_GRACE_S if sealed and protocol.final_seen else between
         finally:
             if protocol.busy and protocol.awaiting == request_id:
                 protocol.abandon()
+
+    def _deliver(self, texts: list[str], tokens: int) -> str:
+        """One piece for the consumer from the chunks taken together; the recorder stores it as delivered, so a
+        stored partial answer ends where a piece the user saw ended."""
+        text = texts[0] if len(texts) == 1 else "".join(texts)
+        if self._answer is not None:
+            self._answer.add(text, tokens)
+        return text
 
     def _end(self, snapshot: StreamSnapshot, request_id: str) -> None:
         if snapshot.error is not None:
