@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,14 +178,17 @@ def test_anvil_on_loopback_free_port_and_stopped_by_pid(anvil_binary: Path) -> N
 
 
 def test_devnet_up_brings_the_whole_marketplace_and_down_stops_it(devnet_file: Path, tmp_path: Path) -> None:
-    """Anvil, a discovery service and two hosts at different prices; a client finds and pays the cheaper one."""
+    """Anvil, a discovery service and two hosts at different prices; a client finds and pays the cheaper one;
+    with ``--checkpoint-proofs`` the host's checkpoint of that session is proved and verified on chain."""
     from fabstir.cli.devnet_market import HOST_PRICES, processes_path, stop_marketplace
     from fabstir.testing.tiny_gguf import write_tiny_gguf
 
+    pytest.importorskip("ezkl", reason="checkpoint proofs need the ezkl package (the test extra installs it)")
     model = write_tiny_gguf(tmp_path / "tiny.gguf", seed=0, context_length=512)
+    zk_cache = {"FABSTIR_ZK_CACHE": str(tmp_path / "zk")}  # the hosts build the circuit's keys here, once
     try:
         up = cli("devnet", "up", "--file", str(devnet_file), "--hosts", "2", "--host-model", str(model),
-                 "--dispute-window", "2", timeout=300)
+                 "--dispute-window", "2", "--checkpoint-proofs", env=zk_cache, timeout=300)
         assert up.returncode == 0, up.stdout + up.stderr
         assert "approved model local/tiny.gguf" in up.stdout and "discovery service http://127.0.0.1:" in up.stdout
         assert f"{HOST_PRICES[0]} wei per 1000 tokens" in up.stdout and "fabstir gateway --network" in up.stdout
@@ -202,6 +206,18 @@ def test_devnet_up_brings_the_whole_marketplace_and_down_stops_it(devnet_file: P
                               env={**os.environ, "FABSTIR_CLIENT_KEY": network.accounts["client1"]})
         assert chat.returncode == 0, chat.stderr
         assert services[1]["url"] in chat.stderr and "[cost" in chat.stderr, "the cheaper host, paid"
+        sessions = cli("sessions", "--network", str(devnet_file), "--account", "client1", "--json")
+        assert sessions.returncode == 0, sessions.stderr
+        (job,) = [row["job_id"] for row in json.loads(sessions.stdout)]
+        deadline = time.monotonic() + 240
+        while True:  # the host proves the checkpoint it claimed when the chat left, then submits the proof
+            listed = cli("proofs", str(job), "--network", str(devnet_file), "--json")
+            assert listed.returncode == 0, listed.stderr
+            proofs = json.loads(listed.stdout)
+            if proofs or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert proofs and all(p["verified"] and p["job_id"] == job for p in proofs), proofs
     finally:
         down = cli("devnet", "down", "--file", str(devnet_file))
         stop_marketplace(devnet_file)  # safety net when the test failed before down

@@ -44,6 +44,9 @@ def up(
                                             "service (0: the chain alone)")] = 2,
     host_model: Annotated[Optional[str], typer.Option(metavar="FILE", help="GGUF file the hosts serve (default: the default "
                                                            "model)")] = None,
+    checkpoint_proofs: Annotated[bool, typer.Option(
+        "--checkpoint-proofs", help="also deploy the EZKL checkpoint-proof verifier, and have the hosts prove "
+                                    "their checkpoints on chain (needs the proofs extra: ezkl, onnx)")] = False,
     json: Annotated[bool, typer.Option("--json", help="print the devnet (RPC URL, contracts, accounts, services) "
                                                       "as one JSON line on stdout instead of the summary")] = False,
 ) -> int:

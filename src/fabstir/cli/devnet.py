@@ -118,6 +118,7 @@ def _up(args: argparse.Namespace) -> int:
     if not 0 <= hosts <= len(HOSTS):
         raise ConfigError(f"--hosts must be 0 to {len(HOSTS)} (the devnet's host accounts), got {hosts}")
     host_model = getattr(args, "host_model", None)
+    checkpoint_proofs = bool(getattr(args, "checkpoint_proofs", False))
     served = f"local/{Path(host_model).name}" if host_model else DEFAULT_DEVNET_MODEL
     wanted = list(args.models or [DEFAULT_DEVNET_MODEL])
     if hosts and served not in wanted:
@@ -126,9 +127,10 @@ def _up(args: argparse.Namespace) -> int:
     log_path = _log_path(path)
     anvil = start_anvil(args.port, block_time=BLOCK_TIME, detached=True, log_path=log_path)
     try:
-        steps = deploy_steps(len(specs)) + len(HOSTS) + len(CLIENTS)
+        steps = deploy_steps(len(specs)) + len(HOSTS) + len(CLIENTS) + (1 if checkpoint_proofs else 0)
         with progress_bar(f"deploying the marketplace contracts on anvil (pid {anvil.pid})", steps) as advance:
-            network = asyncio.run(_deploy(anvil, [spec for spec, _ in specs], args.dispute_window, advance))
+            network = asyncio.run(_deploy(anvil, [spec for spec, _ in specs], args.dispute_window, advance,
+                                          checkpoint_proofs=checkpoint_proofs))
         network = NetworkConfig(name="devnet", rpc_url=network.rpc_url, deployment=network.deployment,
                                 accounts=network.accounts, anvil_pid=anvil.pid, anvil_port=anvil.port,
                                 anvil_log=str(log_path))
@@ -156,7 +158,8 @@ def _up(args: argparse.Namespace) -> int:
                     if not as_json:
                         print(line, flush=True)
 
-                services = start_marketplace(path, network.accounts, host_model, served, hosts, say=said)
+                services = start_marketplace(path, network.accounts, host_model, served, hosts, say=said,
+                                             checkpoint_proofs=checkpoint_proofs)
         except BaseException:
             stop_anvil_pid(anvil.pid)
             raise
@@ -201,14 +204,21 @@ def _print_usage(path: Path, network: NetworkConfig, model: str) -> None:
 
 
 async def _deploy(anvil: AnvilProcess, models: list[ModelSpec], dispute_window: int,
-                  progress: StepProgress) -> NetworkConfig:
+                  progress: StepProgress, *, checkpoint_proofs: bool = False) -> NetworkConfig:
     chain = await asyncio.to_thread(Chain.connect, anvil.rpc_url)
     try:
         owner = dev_account(0)
-        done, total = deploy_steps(len(models)), deploy_steps(len(models)) + len(HOSTS) + len(CLIENTS)
+        done = deploy_steps(len(models))
+        total = done + len(HOSTS) + len(CLIENTS) + (1 if checkpoint_proofs else 0)
         deployment = await deploy_marketplace(chain, owner, models=models, dispute_window=dispute_window,
                                               progress=lambda step, _steps, label: progress(step, total, label))
         market = Marketplace(chain, deployment)
+        if checkpoint_proofs:
+            from fabstir.chain.checkpoint_proofs import deploy_checkpoint_verifier
+
+            await deploy_checkpoint_verifier(market, owner)
+            done += 1
+            progress(done, total, "deployed the checkpoint-proof verifier")
         for n, index in enumerate(HOSTS, 1):
             await mint(chain, owner, market.stake_token, dev_account(index).address, HOST_FAB)
             done += 1

@@ -46,8 +46,9 @@ def processes_path(network_file: Path) -> Path:
 
 
 def start_marketplace(network_file: Path, accounts: dict[str, str], model_path: str | None, model: str,
-                      hosts: int, say: object = print) -> list[Service]:
-    """Start the discovery service and ``hosts`` registered host nodes serving ``model_path`` as ``model``.
+                      hosts: int, say: object = print, *, checkpoint_proofs: bool = False) -> list[Service]:
+    """Start the discovery service and ``hosts`` registered host nodes serving ``model_path`` as ``model``
+    (with ``checkpoint_proofs``, each host proves its checkpoints; the marketplace needs a checkpoint verifier).
 
     Raises:
         ConfigError: a process did not come up (its log's tail in the message); everything started is stopped.
@@ -67,8 +68,10 @@ def start_marketplace(network_file: Path, accounts: dict[str, str], model_path: 
                     "--ledger", str(data / "ledger.db")]
             if model_path:
                 argv += ["--model", model_path]
-            host = _launch(name, argv, network_file, {"FABSTIR_NODE_HOST_KEY": accounts[name],
-                                                      "XDG_DATA_HOME": str(data)})
+            env = {"FABSTIR_NODE_HOST_KEY": accounts[name], "XDG_DATA_HOME": str(data)}
+            if checkpoint_proofs:
+                env["FABSTIR_NODE_CHECKPOINT_PROOFS"] = "1"
+            host = _launch(name, argv, network_file, env)
             started.append(host)
             price = HOST_PRICES[(number - 1) % len(HOST_PRICES)]
             _fabstir(["node", "register", "--network", str(network_file), "--account", name, "--api-url", host.url,
