@@ -12,11 +12,13 @@ touching the others.
 
 - ``fingerprint_overhead``: the median tokens/s of a llama.cpp engine that fingerprints (hidden states read
   while generating) over the same engine's without, over ``runs`` answers of ``max_tokens`` tokens each per
-  side, the sides taking turns in rotating order (target >= 0.97). ``fingerprint_overhead_prefill`` measures the alternative: no
-  states while generating, and one prefill pass over prompt + answer on a second (embeddings) context after
-  each answer.
-- ``verify_cost_ratio``: the time to verify those answers (one prefill of prompt + answer on the verifier's
-  context, top-k and comparison) over the time to generate them (target <= 0.10).
+  side in ABBA order (target >= 0.97). ``fingerprint_overhead_prefill`` measures the alternative the same
+  way: no states while generating, and one prefill pass over prompt + answer on a second (embeddings) context
+  after each answer.
+- ``verify_cost_ratio``: the time to verify ``runs`` fingerprinted answers (one prefill of prompt + answer on
+  the verifier's context, top-k and comparison; the verifier's calibration, once per model, not counted) over
+  the time it took to generate them (target <= 0.10). Nothing runs between the answers, nor between the
+  checks, so neither pollutes the other's caches.
 - ``caught`` / ``cheating_answers`` and ``false_alarms`` / ``honest_answers`` over the P2 test set: hosts
   serving a random-weight GGUF, the named model at q8_0 and q4_0, and the named model with a secret system
   prompt (each ``proofs_answers`` answers), and honest hosts with 1, 2 and 4 threads.
@@ -25,6 +27,7 @@ touching the others.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -83,51 +86,65 @@ def _overhead(settings: Settings) -> dict[str, object]:
     plain = LlamaCppEngine(settings.model, fingerprints=False, **kwargs)
     printing = LlamaCppEngine(settings.model, fingerprints=True, **kwargs)
     prefill = PrefillStates(settings.model, context_window=settings.context_window, threads=settings.threads)
-    verifier = Verifier(settings.model, threads=settings.threads)
     params = GenerationParams(max_tokens=settings.max_tokens, temperature=0.8)
-    sides = ("plain", "live", "prefill")
-    rates: dict[str, list[float]] = {side: [] for side in sides}
-    seconds = {side: 0.0 for side in sides}
-    verify_seconds = 0.0
-    sizes: list[float] = []
+    prompt = settings.prompt
+    prompt_tokens = prefill.tokenize(prompt)
+    answers: list[tuple[str, Fingerprint, float]] = []
+
+    def live() -> float:
+        text, finished, took = _generate(printing, prompt, params)
+        assert isinstance(finished.fingerprint, Fingerprint)
+        answers.append((text, finished.fingerprint, took))
+        return finished.completion_tokens / took
+
+    def without() -> float:
+        _, finished, took = _generate(plain, prompt, params)
+        return finished.completion_tokens / took
+
+    def after() -> float:  # the alternative: no states while generating, one prefill pass after the answer
+        text, finished, took = _generate(plain, prompt, params)
+        started = time.perf_counter()
+        prefill.answer_states(prompt_tokens, list(prefill.llama.tokenize(text.encode(), add_bos=False)))
+        return finished.completion_tokens / (took + time.perf_counter() - started)
+
     try:
-        for number in range(settings.warmup + settings.runs):
-            measured = number >= settings.warmup
-            order = sides[number % 3:] + sides[:number % 3]  # each side first, second and last equally often
-            for side in order:
-                engine = printing if side == "live" else plain
-                text, finished, took = _generate(engine, settings.prompt, params)
-                if side == "prefill":  # the alternative: states by one prefill pass after the answer
-                    started = time.perf_counter()
-                    answer = list(prefill.llama.tokenize(text.encode(), add_bos=False, special=True))
-                    prefill.answer_states(prefill.tokenize(settings.prompt), answer)
-                    took += time.perf_counter() - started
-                if measured:
-                    seconds[side] += took
-                    rates[side].append(finished.completion_tokens / took)
-                if side == "live" and measured:
-                    fingerprint = finished.fingerprint
-                    assert isinstance(fingerprint, Fingerprint)
-                    started = time.perf_counter()
-                    verdict = verifier.check(settings.prompt, fingerprint, text)
-                    verify_seconds += time.perf_counter() - started
-                    if not verdict.honest:
-                        raise RuntimeError(f"an honest answer was flagged: {verdict.reason}")
-                    sizes.append(len(fingerprint.to_bytes()) * 32 / max(1, len(fingerprint.tokens) - 1))
+        live_rate, plain_rate = _abba(live, without, settings)
+        answers.clear()
+        after_rate, plain_rate_2 = _abba(after, without, settings)
+        _abba(live, live, dataclasses.replace(settings, warmup=0))  # answers to verify, nothing else between
     finally:
-        for closing in (plain, printing, prefill, verifier):
+        for closing in (plain, printing, prefill):
             closing.close()
-    rate = {side: statistics.median(rates[side]) for side in sides}  # medians: robust to the load's spikes
+    log(f"verifying {len(answers)} answers")
+    with Verifier(settings.model, threads=settings.threads) as verifier:
+        started = time.perf_counter()
+        verdicts = [verifier.check(prompt, fingerprint, text) for text, fingerprint, _ in answers]
+        verify_seconds = time.perf_counter() - started
+    if not all(v.honest for v in verdicts):
+        raise RuntimeError(f"an honest answer was flagged: {[v.reason for v in verdicts if not v.honest][0]}")
+    sizes = [len(f.to_bytes()) * 32 / max(1, len(f.tokens) - 1) for _, f, _ in answers]
     return {
-        "fingerprint_overhead": round(rate["live"] / rate["plain"], 4),
-        "fingerprint_overhead_prefill": round(rate["prefill"] / rate["plain"], 4),
-        "verify_cost_ratio": round(verify_seconds / seconds["live"], 4),
-        "tokens_per_s_plain": round(rate["plain"], 1),
-        "tokens_per_s_fingerprinted": round(rate["live"], 1),
+        "fingerprint_overhead": round(live_rate / plain_rate, 4),
+        "fingerprint_overhead_prefill": round(after_rate / plain_rate_2, 4),
+        "verify_cost_ratio": round(verify_seconds / sum(took for _, _, took in answers), 4),
+        "tokens_per_s_plain": round(plain_rate, 1),
+        "tokens_per_s_fingerprinted": round(live_rate, 1),
         "fingerprint_bytes_per_32_tokens": round(sum(sizes) / len(sizes), 1),
         "runs": settings.runs,
         "max_tokens": settings.max_tokens,
     }
+
+
+def _abba(first: Callable[[], float], second: Callable[[], float], settings: Settings) -> tuple[float, float]:
+    """Median tokens/s of two sides run in ABBA order (warm-ups first, unmeasured)."""
+    rates: tuple[list[float], list[float]] = ([], [])
+    for number in range(settings.warmup + settings.runs):
+        pair = ((0, first), (1, second)) if number % 2 == 0 else ((1, second), (0, first))
+        for side, run in pair:
+            rate = run()
+            if number >= settings.warmup:
+                rates[side].append(rate)
+    return statistics.median(rates[0]), statistics.median(rates[1])
 
 
 def _detection(settings: Settings, scratch: Path, answers: int) -> dict[str, object]:
