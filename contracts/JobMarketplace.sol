@@ -37,6 +37,11 @@ import {SafeTransfer} from "./lib/SafeTransfer.sol";
 ///      for the treasury; payment - fee goes to HostEarnings for the host; deposit - payment is pushed back to
 ///      the depositor. A refund that cannot be pushed is credited to the depositor instead (withdrawRefund /
 ///      withdrawTokenRefund), so a depositor can never block the host's settlement.
+///   5. Substitution disputes (ours, `FEATURE_SUBSTITUTION_DISPUTES`): while a session is active, the validator the
+///      owner appoints may report that its host served another model than the job names (`reportSubstitution`,
+///      with the hash and location of the public evidence). The session closes with the host paid nothing, the
+///      whole deposit goes back to the depositor, and half the registry's MIN_STAKE (at most the host's stake)
+///      moves from the host's stake to the depositor.
 contract JobMarketplace is Ownable, ReentrancyGuard {
     using SafeTransfer for IERC20;
 
@@ -59,6 +64,12 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     /// @notice Feature bit of `marketplaceFeatures`: hosts may prove claimed checkpoints with a SNARK bound to
     ///         the checkpoint's usage commitment (`submitCheckpointProof`, verified by the ProofSystem).
     uint256 public constant FEATURE_CHECKPOINT_PROOFS = 4;
+    /// @notice Feature bit of `marketplaceFeatures`: the substitution validator's reports (`reportSubstitution`)
+    ///         refund the whole deposit and slash the host's stake.
+    uint256 public constant FEATURE_SUBSTITUTION_DISPUTES = 8;
+    /// @notice Stake slashed per upheld substitution report: this share of the registry's MIN_STAKE, in basis
+    ///         points (capped at what the host has staked).
+    uint256 public constant SUBSTITUTION_SLASH_BPS = 5000;
     /// @notice EIP-712 type of the depositor's countersignature of its usage.
     bytes32 public constant USAGE_TYPEHASH =
         keccak256("UsageAck(uint256 jobId,uint256 cumulativeTokens,bytes32 transcriptHash)");
@@ -133,6 +144,10 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     mapping(uint256 => bytes32) public sessionModel;
     mapping(uint256 => ProofSubmission[]) private _proofs;
     mapping(uint256 => UsageRecord) public usage;
+    /// @notice Rules on substitution reports (zero: none are taken); appointed by the owner. A trusted role.
+    address public substitutionValidator;
+    /// @notice The evidence hash of each job closed by a substitution report (zero: none).
+    mapping(uint256 => bytes32) public substitutionEvidence;
 
     event SessionJobCreated(uint256 indexed jobId, address indexed depositor, address indexed host, uint256 deposit);
     event SessionJobCreatedForModel(
@@ -168,6 +183,19 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     );
     event UsageDisputed(
         uint256 indexed jobId, uint256 claimedTokens, uint256 acknowledgedTokens, bytes32 transcriptHash
+    );
+
+    event SubstitutionValidatorUpdated(address indexed validator);
+    /// @notice The validator upheld a substitution report: `host` is paid nothing for `jobId`, the depositor gets
+    ///         the whole deposit back and `slashed` of the host's stake. The evidence (answer record and verdict,
+    ///         re-checkable by anyone holding the named model) hashes to `evidenceHash` and lies at `evidenceUri`.
+    event SubstitutionReported(
+        uint256 indexed jobId,
+        address indexed host,
+        address indexed validator,
+        bytes32 evidenceHash,
+        string evidenceUri,
+        uint256 slashed
     );
 
     modifier onlyTreasury() {
@@ -223,6 +251,12 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
         require(treasury != address(0), "Zero address");
         treasuryAddress = treasury;
         emit TreasuryUpdated(treasury);
+    }
+
+    /// @notice Appoints the validator whose substitution reports this marketplace acts on (zero: none).
+    function setSubstitutionValidator(address validator) external onlyOwner {
+        substitutionValidator = validator;
+        emit SubstitutionValidatorUpdated(validator);
     }
 
     // ------------------------------------------------------------------ opening sessions
@@ -381,6 +415,28 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
 
     // ------------------------------------------------------------------ ending sessions
 
+    /// @notice The validator reports that the host of active session `jobId` served another model than the job
+    ///         names. The session closes unpaid: the whole deposit goes back to the depositor, and the host's stake
+    ///         is slashed (see SUBSTITUTION_SLASH_BPS) to the depositor. A job is reported once (it is closed).
+    function reportSubstitution(uint256 jobId, bytes32 evidenceHash, string calldata evidenceUri)
+        external
+        nonReentrant
+    {
+        require(msg.sender == substitutionValidator && msg.sender != address(0), "Only validator");
+        SessionJob storage job = _session(jobId);
+        require(job.status == SessionStatus.Active, "Session not active");
+        require(evidenceHash != bytes32(0), "No evidence");
+        substitutionEvidence[jobId] = evidenceHash;
+        job.tokensUsed = 0;
+        (, uint256 refund) = _close(job, SessionStatus.Completed);
+        uint256 slashed = nodeRegistry.slash(
+            job.host, nodeRegistry.MIN_STAKE() * SUBSTITUTION_SLASH_BPS / BASIS_POINTS, job.depositor
+        );
+        emit SubstitutionReported(jobId, job.host, msg.sender, evidenceHash, evidenceUri, slashed);
+        emit SessionCompleted(jobId, 0, 0, refund);
+        _refund(jobId, job.depositor, job.paymentToken, refund);
+    }
+
     /// @notice Ends and settles the session. The depositor may call at any time (settling accepts the claims it
     ///         did not dispute); the host once `disputeWindow` seconds have passed since its last checkpoint (or
     ///         the start), or at once when the depositor countersigned every token claimed.
@@ -455,7 +511,8 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     /// @notice What this marketplace adds to the public one, as `FEATURE_*` bits. The public contracts lack this
     ///         function; clients look for its selector in the code before calling it.
     function marketplaceFeatures() external pure returns (uint256) {
-        return FEATURE_EXACT_BILLING | FEATURE_USAGE_COUNTERSIGN | FEATURE_CHECKPOINT_PROOFS;
+        return FEATURE_EXACT_BILLING | FEATURE_USAGE_COUNTERSIGN | FEATURE_CHECKPOINT_PROOFS
+            | FEATURE_SUBSTITUTION_DISPUTES;
     }
 
     /// @notice The EIP-712 digest the depositor signs to countersign `cumulativeTokens` received on `jobId`

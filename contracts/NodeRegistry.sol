@@ -3,6 +3,7 @@ pragma solidity 0.8.28;
 
 import {IERC20} from "./lib/IERC20.sol";
 import {IModelRegistryView} from "./lib/IMarketplaceDeps.sol";
+import {Ownable} from "./lib/Ownable.sol";
 import {ReentrancyGuard} from "./lib/ReentrancyGuard.sol";
 import {SafeTransfer} from "./lib/SafeTransfer.sol";
 
@@ -15,7 +16,10 @@ import {SafeTransfer} from "./lib/SafeTransfer.sol";
 ///      A host may override its default prices per model (`setModelPricing`); `getModelPricing` applies the
 ///      override and falls back to the default. Names, signatures and events match the public registry's
 ///      wherever it has the same function or event.
-contract NodeRegistry is ReentrancyGuard {
+///      Slashing: the owner names one slashing authority (`setSlashingAuthority`, as on the public registry; ours
+///      wires it to the marketplace, whose substitution validator rules on reports). `slash` moves up to the
+///      amount asked from a host's stake to the address given (ours: the depositor the host cheated).
+contract NodeRegistry is Ownable, ReentrancyGuard {
     using SafeTransfer for IERC20;
 
     uint256 public constant MIN_PRICE_PER_TOKEN_NATIVE = 1;
@@ -51,6 +55,8 @@ contract NodeRegistry is ReentrancyGuard {
     mapping(address => uint256) private _registeredSlot; // index + 1; 0 = not registered
     mapping(bytes32 => address[]) private _modelNodes;
     mapping(bytes32 => mapping(address => uint256)) private _modelNodeSlot; // index + 1; 0 = not listed
+    /// @notice The only address that may `slash` stakes (zero: none may).
+    address public slashingAuthority;
 
     event NodeRegistered(address indexed operator, uint256 stakedAmount, string metadata, bytes32[] models);
     event NodeUnregistered(address indexed operator, uint256 returnedAmount);
@@ -64,6 +70,9 @@ contract NodeRegistry is ReentrancyGuard {
     );
     event NodeActiveChanged(address indexed operator, bool active);
     event StakeAdded(address indexed operator, uint256 amount, uint256 total);
+    event SlashingAuthorityUpdated(address indexed previousAuthority, address indexed newAuthority);
+    /// @notice `amount` of `operator`'s stake went to `to`; `remainingStake` is what it has left.
+    event StakeSlashed(address indexed operator, uint256 amount, uint256 remainingStake, address indexed to);
 
     modifier onlyRegistered() {
         require(_registeredSlot[msg.sender] != 0, "Not registered");
@@ -118,6 +127,25 @@ contract NodeRegistry is ReentrancyGuard {
         node.stakedAmount += amount;
         fabToken.safeTransferFrom(msg.sender, address(this), amount);
         emit StakeAdded(msg.sender, amount, node.stakedAmount);
+    }
+
+    /// @notice Moves up to `amount` of `host`'s stake to `to` (all of it when it has less) and returns what moved;
+    ///         0 for an unregistered host. The slashing authority only. The host stays registered.
+    function slash(address host, uint256 amount, address to) external nonReentrant returns (uint256 slashed) {
+        require(msg.sender == slashingAuthority, "Not slashing authority");
+        require(to != address(0), "Zero address");
+        Node storage node = nodes[host];
+        slashed = amount < node.stakedAmount ? amount : node.stakedAmount;
+        if (slashed == 0) return 0;
+        node.stakedAmount -= slashed;
+        fabToken.safeTransfer(to, slashed);
+        emit StakeSlashed(host, slashed, node.stakedAmount, to);
+    }
+
+    /// @notice Names the one address that may `slash` (zero: none). Owner only.
+    function setSlashingAuthority(address newAuthority) external onlyOwner {
+        emit SlashingAuthorityUpdated(slashingAuthority, newAuthority);
+        slashingAuthority = newAuthority;
     }
 
     /// @notice Removes the caller from every list and returns the whole stake.

@@ -65,6 +65,6 @@ async def test_deploy_reports_each_transaction() -> None:
     finally:
         chain.close()
     assert [done for done, _, _ in seen] == list(range(1, deploy_steps(2) + 1))
-    assert {total for _, total, _ in seen} == {deploy_steps(2)} == {12}
+    assert {total for _, total, _ in seen} == {deploy_steps(2)} == {13}
     assert seen[0][2] == "deployed FabstirToken" and seen[6][2] == "deployed JobMarketplace"
     assert [label for _, _, label in seen[-2:]] == ["called addTrustedModel"] * 2

@@ -15,6 +15,9 @@ interface INodeRegistryView {
     function getNodePricing(address host, address token) external view returns (uint256);
     function getModelPricing(address host, bytes32 modelId, address token) external view returns (uint256);
     function nodeSupportsModel(address operator, bytes32 modelId) external view returns (bool);
+    // solhint-disable-next-line func-name-mixedcase
+    function MIN_STAKE() external view returns (uint256);
+    function slash(address host, uint256 amount, address to) external returns (uint256 slashed);
 }
 
 interface IHostEarningsCredit {

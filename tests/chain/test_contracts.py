@@ -468,9 +468,10 @@ def test_checkpoint_rules(m: Market) -> None:
     with c.reverts("Too few tokens"):  # any positive claim: ours bill a session's last remainder too
         m.prove(job, 0, "none")
     features = m.market.functions
-    assert features.marketplaceFeatures().call() == 7 == (features.FEATURE_EXACT_BILLING().call()
+    assert features.marketplaceFeatures().call() == 15 == (features.FEATURE_EXACT_BILLING().call()
                                                           | features.FEATURE_USAGE_COUNTERSIGN().call()
-                                                          | features.FEATURE_CHECKPOINT_PROOFS().call())
+                                                          | features.FEATURE_CHECKPOINT_PROOFS().call()
+                                                          | features.FEATURE_SUBSTITUTION_DISPUTES().call())
     m.prove(job, 99, "few")  # under the public contracts' 100-token minimum
     m.prove(job, 160_000 - 99, "big", wait=100)
     c.travel(9)

@@ -74,6 +74,7 @@ def _deploy_all_sync(
 
     send(bound.host_earnings.functions.setAuthorizedCaller(Web3.to_checksum_address(market), True))
     send(bound.proof_system.functions.setAuthorizedCaller(Web3.to_checksum_address(market), True))
+    send(bound.node_registry.functions.setSlashingAuthority(Web3.to_checksum_address(market)))
     send(bound.marketplace.functions.addAcceptedToken(Web3.to_checksum_address(usdc), STABLE_MIN_DEPOSIT,
                                                       STABLE_MAX_DEPOSIT))
     for repo, file_name, digest in models:
@@ -95,7 +96,8 @@ async def deploy_marketplace(
 ) -> Deployment:
     """Deploy every contract, wire them together, accept the local stablecoin and approve ``models``.
 
-    The deployer owns the contracts and is the treasury. Returns the :class:`Deployment`
+    The deployer owns the contracts and is the treasury; the marketplace is the NodeRegistry's slashing
+    authority (substitution disputes), with no validator appointed yet. Returns the :class:`Deployment`
     record other processes load with ``--config``. ``progress`` follows the transactions
     (:func:`deploy_steps` of them).
     """
@@ -104,5 +106,5 @@ async def deploy_marketplace(
 
 
 def deploy_steps(models: int) -> int:
-    """Transactions :func:`deploy_marketplace` sends: seven contracts, three wiring calls, one per model."""
-    return 7 + 3 + models
+    """Transactions :func:`deploy_marketplace` sends: seven contracts, four wiring calls, one per model."""
+    return 7 + 4 + models

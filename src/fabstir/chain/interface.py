@@ -80,6 +80,17 @@ EXTRAS: dict[tuple[str, str], str] = {
                                            "FEATURE_CHECKPOINT_PROOFS",
     ("ProofSystem", "setCheckpointVerifier"): "checkpoint proofs (P3): owner wiring on local chains and new "
                                               "deployments",
+    ("JobMarketplace", "setSubstitutionValidator"): "substitution disputes (P2): owner wiring, ours only",
+    ("JobMarketplace", "substitutionValidator"): "substitution disputes (P2): read only where marketplaceFeatures "
+                                                 "has FEATURE_SUBSTITUTION_DISPUTES",
+    ("JobMarketplace", "reportSubstitution"): "substitution disputes (P2): sent only where marketplaceFeatures has "
+                                              "FEATURE_SUBSTITUTION_DISPUTES",
+    ("JobMarketplace", "substitutionEvidence"): "substitution disputes (P2): read only where marketplaceFeatures "
+                                                "has FEATURE_SUBSTITUTION_DISPUTES",
+    ("JobMarketplace", "SUBSTITUTION_SLASH_BPS"): "substitution disputes (P2): read only where "
+                                                  "marketplaceFeatures has FEATURE_SUBSTITUTION_DISPUTES",
+    ("JobMarketplace", "SubstitutionReported"): "substitution disputes (P2): the on-chain record of upheld "
+                                                "reports, ours only",
     ("NodeRegistry", "NodeActiveChanged"): "our real active flag (setNodeActive); the public flag never changes",
     ("NodeRegistry", "StakeAdded"): "our stake() event; the public registry emits none for added stake",
 }

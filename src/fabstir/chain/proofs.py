@@ -32,6 +32,7 @@ __all__ = [
     "ERC1967_IMPLEMENTATION_SLOT",
     "FEATURES_GETTER",
     "FEATURE_EXACT_BILLING",
+    "FEATURE_SUBSTITUTION_DISPUTES",
     "FEATURE_USAGE_COUNTERSIGN",
     "ProofForm",
     "SIGNED_SUBMIT",
@@ -55,6 +56,9 @@ FEATURE_EXACT_BILLING = 1
 FEATURE_USAGE_COUNTERSIGN = 2
 """``marketplaceFeatures`` bit: depositor-countersigned checkpoints (``submitCountersignedProof``) and disputes of
 provisional claims (``disputeUsage``); see :mod:`fabstir.chain.usage`."""
+FEATURE_SUBSTITUTION_DISPUTES = 8
+"""``marketplaceFeatures`` bit: the owner-appointed validator's ``reportSubstitution`` closes a job unpaid, refunds
+the whole deposit and slashes the host's stake; see :mod:`fabstir.chain.substitution`."""
 
 UNSIGNED_SUBMIT_ABI: dict[str, Any] = {
     "type": "function",

@@ -16,7 +16,7 @@ import typer
 from typer._click.exceptions import ClickException, UsageError
 
 from fabstir import __version__
-from fabstir.cli import commands_client, commands_devnet, commands_node, gateway, proofs, verify
+from fabstir.cli import commands_client, commands_devnet, commands_node, disputes, gateway, proofs, verify
 from fabstir.errors import FabstirError
 
 __all__ = ["app", "main", "run"]
@@ -45,6 +45,7 @@ gateway.register(app)
 commands_devnet.register(app)
 proofs.register(app)
 verify.register(app)
+disputes.register(app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,115 @@
+"""Substitution disputes on chain (issue 14 P2): the validator's report closes a job unpaid and slashes its host.
+
+Our marketplace (feature bit :data:`~fabstir.chain.proofs.FEATURE_SUBSTITUTION_DISPUTES`) acts on reports from
+one validator its owner appoints (``setSubstitutionValidator``). ``reportSubstitution(jobId, evidenceHash,
+evidenceUri)`` on an active job closes it with the host paid nothing, pushes the whole deposit back to the
+depositor, and moves ``SUBSTITUTION_SLASH_BPS`` of the NodeRegistry's ``MIN_STAKE`` (at most the host's stake)
+from the host's stake to the depositor. Each report leaves a ``SubstitutionReported`` event, the public record
+of the evidence (its hash and where it lies). The chain cannot check the evidence: the validator is trusted
+(docs/proofs.md, "Disputes on chain").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from web3.logs import DISCARD
+
+from fabstir.chain.contracts import Marketplace
+
+__all__ = [
+    "SubstitutionReport",
+    "report_substitution",
+    "set_substitution_validator",
+    "slash_amount",
+    "substitution_evidence",
+    "substitution_reports",
+    "substitution_validator",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class SubstitutionReport:
+    """One ``SubstitutionReported`` event: an upheld report that closed ``job_id``."""
+
+    job_id: int
+    host: str
+    validator: str
+    evidence_hash: bytes
+    evidence_uri: str
+    slashed: int
+    """Stake moved from the host to the depositor (stake-token base units)."""
+    tx_hash: str
+    block_number: int
+
+
+async def set_substitution_validator(market: Marketplace, owner: LocalAccount, validator: str | None) -> str:
+    """Appoint ``validator`` (``None``: nobody; reports are refused). ``owner`` owns the marketplace; returns the
+    transaction hash.
+
+    Raises:
+        ContractError: "Only owner".
+    """
+    address = Web3.to_checksum_address(validator) if validator else "0x" + "00" * 20
+    receipt = await market.chain.transact(owner, market.marketplace.functions.setSubstitutionValidator(address))
+    return _hex(receipt["transactionHash"])
+
+
+async def substitution_validator(market: Marketplace) -> str | None:
+    """The appointed validator (``None``: none)."""
+    address = str(await market.chain.call(market.marketplace.functions.substitutionValidator()))
+    return None if int(address, 16) == 0 else address
+
+
+async def slash_amount(market: Marketplace) -> int:
+    """What an upheld report slashes from a host with enough stake: ``MIN_STAKE x SUBSTITUTION_SLASH_BPS / 10000``."""
+    min_stake = int(await market.chain.call(market.node_registry.functions.MIN_STAKE()))
+    share = int(await market.chain.call(market.marketplace.functions.SUBSTITUTION_SLASH_BPS()))
+    return min_stake * share // 10_000
+
+
+async def report_substitution(market: Marketplace, validator: LocalAccount, job_id: int, evidence_hash: bytes,
+                              evidence_uri: str = "") -> SubstitutionReport:
+    """``reportSubstitution``: close ``job_id`` unpaid, refund its deposit and slash its host.
+
+    Raises:
+        ContractError: "Only validator", "Session not active" (settled, or already reported), "Session not
+            found", "No evidence" (a zero hash).
+    """
+    call = market.marketplace.functions.reportSubstitution(job_id, evidence_hash, evidence_uri)
+    receipt = await market.chain.transact(validator, call)
+    logs = market.marketplace.events.SubstitutionReported().process_receipt(receipt, errors=DISCARD)
+    return _report(logs[0])
+
+
+async def substitution_evidence(market: Marketplace, job_id: int) -> bytes | None:
+    """The evidence hash of the report that closed ``job_id`` (``None``: it was not reported)."""
+    value = bytes(await market.chain.call(market.marketplace.functions.substitutionEvidence(job_id)))
+    return None if not any(value) else value
+
+
+async def substitution_reports(market: Marketplace, job_id: int | None = None,
+                               from_block: int = 0) -> list[SubstitutionReport]:
+    """Upheld reports (``SubstitutionReported`` logs), of ``job_id`` or of every job, in chain order."""
+    event = market.marketplace.events.SubstitutionReported
+
+    def fetch() -> list[SubstitutionReport]:
+        filters = {} if job_id is None else {"jobId": job_id}
+        logs = event().get_logs(from_block=from_block, argument_filters=filters)
+        return [_report(log) for log in sorted(logs, key=lambda log: (int(log["blockNumber"]), int(log["logIndex"])))]
+
+    return await market.chain.run(fetch)
+
+
+def _report(log: Any) -> SubstitutionReport:
+    args = log["args"]
+    return SubstitutionReport(int(args["jobId"]), str(args["host"]), str(args["validator"]),
+                              bytes(args["evidenceHash"]), str(args["evidenceUri"]), int(args["slashed"]),
+                              _hex(log["transactionHash"]), int(log["blockNumber"]))
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + bytes(value).hex()

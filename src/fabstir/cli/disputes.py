@@ -1,0 +1,98 @@
+"""``fabstir dispute substitution JOB --record FILE --model PATH --network FILE``: the validator's on-chain report.
+
+Runs the same check as ``fabstir verify`` on the answer record; only when the host is caught does it send the
+job's ``reportSubstitution`` (the job closes unpaid, the deposit goes back in full, the host's stake is slashed).
+The validator's key is ``--account NAME`` of the network file or ``$FABSTIR_VALIDATOR_KEY``. Exit codes: 0 the
+answer is honest (nothing sent), 3 caught and reported, 1 a coded error (a refused report among them), 2 usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated, Any, Optional
+
+import typer
+
+from fabstir.cli.verify import CAUGHT
+
+__all__ = ["register", "run_substitution"]
+
+
+def register(app: typer.Typer) -> None:
+    dispute = typer.Typer(help="disputes on chain: a validator's report of a caught model substitution",
+                          no_args_is_help=True)
+    dispute.command("substitution", help="verify an answer record and, when its host is caught, report the job "
+                                         "on chain (refund + stake slash); exit 0 honest, 3 reported")(substitution)
+    app.add_typer(dispute, name="dispute")
+
+
+def substitution(
+    job: Annotated[int, typer.Argument(metavar="JOB", help="the session job id the answer was served under")],
+    record: Annotated[str, typer.Option(metavar="FILE", help="answer record (JSON: prompt, answer, receipt)")],
+    model: Annotated[str, typer.Option(metavar="PATH", help="GGUF file of the model the job names")],
+    network: Annotated[str, typer.Option(metavar="FILE", help="network file (fabstir devnet up writes one)")],
+    account: Annotated[Optional[str], typer.Option(metavar="NAME", help="the validator: a named account of the "
+                                                                        "network file (default: "
+                                                                        "$FABSTIR_VALIDATOR_KEY)")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="llama.cpp threads (default: all cores)")] = None,
+    key: Annotated[Optional[str], typer.Option(metavar="HEX", help="the host's published Ed25519 key: the "
+                                                                   "receipt must be signed by it")] = None,
+    evidence_out: Annotated[Optional[str], typer.Option(metavar="FILE", help="write the evidence JSON here (to "
+                                                                             "publish at --evidence-uri)")] = None,
+    evidence_uri: Annotated[str, typer.Option(metavar="URI", help="where the evidence is published (recorded "
+                                                                  "on chain)")] = "",
+    json: Annotated[bool, typer.Option("--json", help="print JSON (one line)")] = False,
+) -> int:
+    return asyncio.run(run_substitution(job, record_path=record, model=model, network=network, account=account,
+                                        threads=threads, key=key, evidence_out=evidence_out,
+                                        evidence_uri=evidence_uri, as_json=json))
+
+
+async def run_substitution(job: int, *, record_path: str, model: str, network: str, account: str | None,
+                           threads: int | None, key: str | None, evidence_out: str | None, evidence_uri: str,
+                           as_json: bool) -> int:
+    from eth_account import Account
+
+    from fabstir.chain.network import NetworkConfig
+    from fabstir.cli.output import print_json
+    from fabstir.errors import ConfigError
+    from fabstir.fingerprints import Verifier
+    from fabstir.sdk import FabstirSDK
+    from fabstir.sdk.disputes import evidence_hash, report_substitution, save_evidence, substitution_evidence
+    from fabstir.sdk.verification import load_record, verify_record
+
+    config = NetworkConfig.load(network)
+    secret = config.accounts.get(account) if account else os.environ.get("FABSTIR_VALIDATOR_KEY")
+    if account and secret is None:
+        raise ConfigError(f"no account named {account!r} in the network file")
+    if not secret:
+        raise ConfigError("give --account NAME or the validator's key in $FABSTIR_VALIDATOR_KEY")
+    validator = Account.from_key(secret)
+    record = load_record(record_path)
+    with Verifier(model, threads=threads) as verifier:
+        verdict = verify_record(verifier, record, expected_key=key)
+    result: dict[str, Any] = {"job_id": job, "honest": verdict.honest, "reason": verdict.reason, "model": model,
+                              "reported": False}
+    if not verdict.honest:
+        evidence = substitution_evidence(config.deployment.chain_id, config.deployment.marketplace, job, record,
+                                         verdict)
+        if evidence_out is not None:
+            save_evidence(evidence_out, evidence)
+        chain = config.connect()
+        try:
+            async with FabstirSDK(chain=chain, deployment=config.deployment, account=validator) as sdk:
+                report = await report_substitution(sdk, job, record, verdict, evidence_uri=evidence_uri)
+        finally:
+            chain.close()
+        result.update(reported=True, tx_hash=report.tx_hash, host=report.host, slashed=report.slashed,
+                      evidence_hash="0x" + evidence_hash(evidence).hex(), evidence_uri=report.evidence_uri)
+    if as_json:
+        print_json(result)
+    elif verdict.honest:
+        print(f"honest: the answer's fingerprint matches {model}; nothing reported")
+    else:
+        print(f"CAUGHT: {verdict.reason}")
+        print(f"reported job {job} on chain: tx {result['tx_hash']}, host {result['host']} slashed "
+              f"{result['slashed']} (stake-token base units), deposit refunded in full")
+    return 0 if verdict.honest else CAUGHT
