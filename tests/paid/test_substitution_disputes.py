@@ -78,7 +78,8 @@ async def billed_node(world: PaidWorld, node_factory: NodeFactory, host: LocalAc
                       **settings: Any) -> NodeServer:
     billing = BillingService(HostChain(world.market, host, world.model), ledger, checkpoint_tokens=20, min_tokens=1,
                              retry_delay=0.2, defer_while_streaming=False, complete_sessions=False)
-    return await node_factory(billing=billing, parallel=1, **settings)
+    node: NodeServer = await node_factory(billing=billing, parallel=1, **settings)
+    return node
 
 
 async def answered_job(world: PaidWorld, node: NodeServer, host: LocalAccount) -> tuple[int, dict[str, Any]]:
@@ -98,6 +99,10 @@ async def answered_job(world: PaidWorld, node: NodeServer, host: LocalAccount) -
 
 async def fab(world: PaidWorld, address: str) -> int:
     return int(await world.chain.call(world.market.stake_token.functions.balanceOf(address)))
+
+
+async def stable_balance(world: PaidWorld, address: str) -> int:
+    return int(await world.chain.call(world.market.stable_token.functions.balanceOf(address)))
 
 
 async def stake(world: PaidWorld, host: str) -> int:
@@ -143,6 +148,8 @@ async def test_a_substituting_host_is_caught_refunded_and_slashed(world: PaidWor
                                                    record, verdict))
     assert (report.job_id, report.host, report.validator, report.evidence_hash, report.evidence_uri,
             report.slashed) == (job_id, host, validator.address, expected, "ipfs://evidence", slash)
+    gas = world.chain.w3.eth.get_transaction_receipt(report.tx_hash)["gasUsed"]  # type: ignore[arg-type]
+    print(f"\nreportSubstitution: {gas} gas (ETH job, {claimed} tokens claimed, refund pushed, stake slashed)")
     final = await jobs.get_session_job(market, job_id)
     assert claimed > 0 and final.status is JobStatus.COMPLETED and final.tokens_used == 0
     assert await substitution.substitution_evidence(market, job_id) == expected
@@ -155,12 +162,14 @@ async def test_a_substituting_host_is_caught_refunded_and_slashed(world: PaidWor
 
 
 async def test_the_cli_reports_the_caught_host_and_never_the_honest_one(
-        world: PaidWorld, validator: LocalAccount, node_factory: NodeFactory, tiny_model: Path,
+        world: PaidWorld, node_factory: NodeFactory, tiny_model: Path,
         random_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """``fabstir dispute substitution``: the honest host's answer verifies, nothing is sent (the validator's nonce
-    does not move) and the job stays active; the cheat's is reported (exit 3), with the published evidence file
-    hashing to what the chain records."""
+    """``fabstir dispute validator`` appoints the validator (the owner's key); ``fabstir dispute substitution``:
+    the honest host's answer verifies, nothing is sent (the validator's nonce does not move) and the job stays
+    active; the cheat's is reported (exit 3), with the published evidence file hashing to what the chain
+    records."""
+    validator = dev_account(4)
     honest_node = await billed_node(world, node_factory, world.host, tmp_path / "honest.db")
     await register(world, honest_node.url)
     cheat = dev_account(5)
@@ -172,16 +181,20 @@ async def test_the_cli_reports_the_caught_host_and_never_the_honest_one(
     (tmp_path / "cheat.json").write_text(json.dumps(cheat_record), encoding="utf-8")
     network = tmp_path / "network.json"
     NetworkConfig("test", "http://127.0.0.1:9", world.market.deployment,
-                  accounts={"validator": validator.key.hex()}).save(network)
+                  accounts={"validator": validator.key.hex(), "owner": world.owner.key.hex()}).save(network)
 
     def cli(job: int, record: Path, *extra: str) -> int:
         return main(["dispute", "substitution", str(job), "--record", str(record), "--model", str(tiny_model),
                      "--network", str(network), "--account", "validator", "--threads", "1", "--json", *extra])
 
-    nonce = world.chain.w3.eth.get_transaction_count(validator.address)
     with monkeypatch.context() as patch:  # the CLI's network file points at this in-process chain
         patch.setattr(NetworkConfig, "connect", lambda _self: world.chain)
         patch.setattr(world.chain, "close", lambda: None)
+        appoint = ["dispute", "validator", validator.address, "--network", str(network), "--account", "owner",
+                   "--json"]
+        assert await asyncio.to_thread(main, appoint) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["validator"] == validator.address
+        nonce = world.chain.w3.eth.get_transaction_count(validator.address)
         assert await asyncio.to_thread(cli, honest_job, tmp_path / "honest.json") == 0
         honest = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert (honest["honest"], honest["reported"]) == (True, False)
@@ -238,6 +251,16 @@ async def test_reports_need_the_appointed_validator_an_active_job_and_evidence(w
     authority = str(await world.chain.call(market.node_registry.functions.slashingAuthority()))
     assert authority.lower() == market.deployment.marketplace.lower()
 
+    async with FabstirSDK(chain=world.chain, deployment=market.deployment, account=world.client) as sdk:
+        stable_job = (await sdk.sessions.create_session(world.host.address, world.model, 10**6, 10_000,
+                                                        token=market.deployment.stable_token)).job_id
+    usdc = (await stable_balance(world, world.client.address), await stake(world, world.host.address))
+    sent = await world.chain.transact(validator, market.marketplace.functions.reportSubstitution(
+        stable_job, b"\x02" * 32, "ipfs://e"))
+    assert (await stable_balance(world, world.client.address), await stake(world, world.host.address)) == (
+        usdc[0] + 10**6, usdc[1] - 500 * 10**18)  # the ERC-20 deposit back in full, the stake slashed
+    print(f"\nreportSubstitution: {sent['gasUsed']} gas (ERC-20 job, refund pushed, stake slashed)")
+
     receipt = {"host": world.stranger.address}
     caught = Verdict(False, "1 of 1 chunks differ from the named model (first: chunk 0)")
     async with FabstirSDK(chain=world.chain, deployment=market.deployment, account=validator) as sdk:
@@ -248,4 +271,4 @@ async def test_reports_need_the_appointed_validator_an_active_job_and_evidence(w
             await report_substitution(sdk, job, {"receipt": receipt}, caught)
         assert wrong_host.value.code == "DISPUTE_WRONG_HOST"
     assert (await jobs.get_session_job(market, job)).status is JobStatus.ACTIVE
-    assert await substitution.substitution_reports(market) == []
+    assert [r.job_id for r in await substitution.substitution_reports(market)] == [stable_job]

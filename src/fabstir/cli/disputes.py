@@ -1,4 +1,5 @@
-"""``fabstir dispute substitution JOB --record FILE --model PATH --network FILE``: the validator's on-chain report.
+"""``fabstir dispute substitution JOB --record FILE --model PATH --network FILE``: the validator's on-chain report;
+``fabstir dispute validator [ADDRESS] --network FILE``: the marketplace owner appoints (or shows) the validator.
 
 Runs the same check as ``fabstir verify`` on the answer record; only when the host is caught does it send the
 job's ``reportSubstitution`` (the job closes unpaid, the deposit goes back in full, the host's stake is slashed).
@@ -24,7 +25,57 @@ def register(app: typer.Typer) -> None:
                           no_args_is_help=True)
     dispute.command("substitution", help="verify an answer record and, when its host is caught, report the job "
                                          "on chain (refund + stake slash); exit 0 honest, 3 reported")(substitution)
+    dispute.command("validator", help="show the substitution validator, or appoint ADDRESS (the marketplace "
+                                      "owner's key: --account NAME or $FABSTIR_OWNER_KEY)")(validator)
     app.add_typer(dispute, name="dispute")
+
+
+def validator(
+    network: Annotated[str, typer.Option(metavar="FILE", help="network file (fabstir devnet up writes one)")],
+    address: Annotated[Optional[str], typer.Argument(metavar="ADDRESS", help="the validator to appoint (omit to "
+                                                                            "show the current one)")] = None,
+    account: Annotated[Optional[str], typer.Option(metavar="NAME", help="the owner: a named account of the "
+                                                                        "network file (default: "
+                                                                        "$FABSTIR_OWNER_KEY)")] = None,
+    json: Annotated[bool, typer.Option("--json", help="print JSON (one line)")] = False,
+) -> int:
+    return asyncio.run(run_validator(address, network=network, account=account, as_json=json))
+
+
+async def run_validator(address: str | None, *, network: str, account: str | None, as_json: bool) -> int:
+    from fabstir.chain.contracts import Marketplace
+    from fabstir.chain.network import NetworkConfig
+    from fabstir.chain.substitution import set_substitution_validator, substitution_validator
+    from fabstir.cli.output import print_json
+
+    config = NetworkConfig.load(network)
+    owner = _signer(config.accounts, account, "FABSTIR_OWNER_KEY", "the marketplace owner") if address else None
+    chain = config.connect()
+    try:
+        market = Marketplace(chain, config.deployment)
+        tx_hash = await set_substitution_validator(market, owner, address) if owner is not None else None
+        current = await substitution_validator(market)
+    finally:
+        chain.close()
+    if as_json:
+        print_json({"validator": current, "tx_hash": tx_hash})
+    else:
+        print(f"substitution validator: {current or 'none (reports are refused)'}"
+              + (f" (appointed in tx {tx_hash})" if tx_hash else ""))
+    return 0
+
+
+def _signer(accounts: dict[str, str], name: str | None, variable: str, role: str) -> Any:
+    from eth_account import Account
+
+    from fabstir.errors import ConfigError
+
+    secret = accounts.get(name) if name else os.environ.get(variable)
+    if name and secret is None:
+        raise ConfigError(f"no account named {name!r} in the network file")
+    if not secret:
+        raise ConfigError(f"give --account NAME or {role}'s key in ${variable}")
+    return Account.from_key(secret)
 
 
 def substitution(
@@ -52,23 +103,15 @@ def substitution(
 async def run_substitution(job: int, *, record_path: str, model: str, network: str, account: str | None,
                            threads: int | None, key: str | None, evidence_out: str | None, evidence_uri: str,
                            as_json: bool) -> int:
-    from eth_account import Account
-
     from fabstir.chain.network import NetworkConfig
     from fabstir.cli.output import print_json
-    from fabstir.errors import ConfigError
     from fabstir.fingerprints import Verifier
     from fabstir.sdk import FabstirSDK
     from fabstir.sdk.disputes import evidence_hash, report_substitution, save_evidence, substitution_evidence
     from fabstir.sdk.verification import load_record, verify_record
 
     config = NetworkConfig.load(network)
-    secret = config.accounts.get(account) if account else os.environ.get("FABSTIR_VALIDATOR_KEY")
-    if account and secret is None:
-        raise ConfigError(f"no account named {account!r} in the network file")
-    if not secret:
-        raise ConfigError("give --account NAME or the validator's key in $FABSTIR_VALIDATOR_KEY")
-    validator = Account.from_key(secret)
+    reporter = _signer(config.accounts, account, "FABSTIR_VALIDATOR_KEY", "the validator")
     record = load_record(record_path)
     with Verifier(model, threads=threads) as verifier:
         verdict = verify_record(verifier, record, expected_key=key)
@@ -81,7 +124,7 @@ async def run_substitution(job: int, *, record_path: str, model: str, network: s
             save_evidence(evidence_out, evidence)
         chain = config.connect()
         try:
-            async with FabstirSDK(chain=chain, deployment=config.deployment, account=validator) as sdk:
+            async with FabstirSDK(chain=chain, deployment=config.deployment, account=reporter) as sdk:
                 report = await report_substitution(sdk, job, record, verdict, evidence_uri=evidence_uri)
         finally:
             chain.close()
