@@ -228,7 +228,8 @@ def _result(record: dict[str, Any]) -> Any:
 async def test_reports_need_the_appointed_validator_an_active_job_and_evidence(world: PaidWorld) -> None:
     """No validator appointed: refused. Only the owner appoints. A settled job cannot be reported, nor a job
     with a zero evidence hash; only the marketplace may slash; the SDK refuses an honest verdict, a record of
-    another host, before anything is sent. The feature bit is advertised."""
+    another host, before anything is sent. The feature bit is advertised. A host that unregistered before the
+    report loses nothing but the job's pay."""
     market = world.market
     assert await jobs.marketplace_features(market) & FEATURE_SUBSTITUTION_DISPUTES
     assert await substitution.substitution_validator(market) is None
@@ -272,3 +273,9 @@ async def test_reports_need_the_appointed_validator_an_active_job_and_evidence(w
         assert wrong_host.value.code == "DISPUTE_WRONG_HOST"
     assert (await jobs.get_session_job(market, job)).status is JobStatus.ACTIVE
     assert [r.job_id for r in await substitution.substitution_reports(market)] == [stable_job]
+
+    # a host that unregisters first takes its stake back: the report still refunds, and slashes nothing
+    await world.chain.transact(world.host, market.node_registry.functions.unregisterNode())
+    before = await world.chain.balance(world.client.address)
+    late = await substitution.report_substitution(market, validator, job, b"\x03" * 32)
+    assert late.slashed == 0 and await world.chain.balance(world.client.address) == before + DEPOSIT

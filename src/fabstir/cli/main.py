@@ -1,5 +1,5 @@
 """The ``fabstir`` command (typer + rich): ``demo``, ``chat``, ``hosts``, ``sessions``, ``spend``, ``node ...``,
-``discovery serve``, ``gateway``, ``devnet ...``.
+``discovery serve``, ``gateway``, ``devnet ...``, ``proofs``, ``verify``, ``dispute ...``.
 
 ``main(argv)`` returns the exit code; failures print one line (``error: CODE: message``) on stderr, never a
 traceback: exit 1 for a coded error, 2 for a usage error (``error: USAGE: ...``), 130 when interrupted.
