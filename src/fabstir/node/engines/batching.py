@@ -123,6 +123,7 @@ class BatchingEngine:
         self._model, self._ctx = _load(self._lib, path, context_window * sequences, sequences,
                                        threads or max(1, os.cpu_count() or 1), flash_attention)
         self._memory = self._lib.llama_get_memory(self._ctx)
+        self._sample = _sample_holding_the_gil(self._lib)
         self._batch = self._lib.llama_batch_init(BATCH_TOKENS, 0, 1)
         self._vocab = self._model.vocab
         self._n_vocab = int(self._lib.llama_vocab_n_tokens(self._vocab))
@@ -382,7 +383,7 @@ class BatchingEngine:
             raise EngineError(f"llama_decode failed with code {code}", code="ENGINE_DECODE_FAILED")
         for seq in decoding + reading:
             if seq.request is not None and seq.output_index >= 0:
-                self._advance(seq, int(lib.llama_sampler_sample(seq.sampler, self._ctx, seq.output_index)))
+                self._advance(seq, int(self._sample(seq.sampler, self._ctx, seq.output_index)))
 
     def _add(self, seq: _Sequence, tokens: list[int], n: int, wants_logits: bool) -> int:
         """Append ``tokens`` of ``seq`` to the batch at index ``n``; the last one outputs logits if asked."""
@@ -499,6 +500,23 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def _sample_holding_the_gil(lib: Any) -> Callable[[Any, Any, int], int]:
+    """``llama_sampler_sample`` called without releasing the GIL.
+
+    Sampling one sequence takes microseconds; ctypes releases the GIL around every call, and taking it back
+    can wait for whatever thread holds it (the event loop, for up to the 5 ms switch interval), once per
+    sequence per step. Only ``llama_decode`` needs to let other threads run.
+    """
+    import ctypes
+
+    from llama_cpp import llama_cpp as bindings
+
+    function = ctypes.PyDLL(bindings._lib._name).llama_sampler_sample
+    function.argtypes = [lib.llama_sampler_p_ctypes, lib.llama_context_p_ctypes, ctypes.c_int32]
+    function.restype = ctypes.c_int32
+    return function
 
 
 def _llama_cpp() -> Any:
