@@ -205,3 +205,40 @@ def test_slots_share_one_engine(batching: BatchingEngine, expected: dict[str, Ou
     assert outcome(slot.generate(PROMPTS[0], GREEDY, never)) == expected[PROMPTS[0]]
 
 
+
+
+def test_a_long_prompt_is_read_in_chunks_while_others_stream(model: Path) -> None:
+    engine = BatchingEngine(model, context_window=512, sequences=2, threads=1, prefill_chunk=32)
+    try:
+        long_prompt = "the dog and the cat went out " * 6
+        while engine.count_tokens(long_prompt) < 200:
+            long_prompt += "and then they played "
+        order: list[str] = []
+        done = threading.Event()
+        stream_done = threading.Event()
+
+        def streaming(event: object) -> None:
+            if isinstance(event, TokenPiece):
+                order.append("a")
+            elif isinstance(event, Finished):
+                stream_done.set()
+
+        def reader(event: object) -> None:
+            if isinstance(event, (TokenPiece, Finished)):
+                order.append("b")
+                done.set()
+
+        engine.submit(PROMPTS[0], GenerationParams(max_tokens=300, temperature=0.0), never, streaming)
+        deadline = threading.Event()
+        while "a" not in order and not deadline.wait(0.01):
+            pass
+        mark = len(order)
+        engine.submit(long_prompt, GenerationParams(max_tokens=2, temperature=0.0), never, reader)
+        assert done.wait(120), "the long prompt was never answered"
+        while_reading = order[mark: order.index("b")]
+        # 200+ prompt tokens in chunks of 32 take 7 steps, and the stream gets a token at each (read in one
+        # step, the long prompt's first token would come with the stream's next one)
+        assert while_reading.count("a") >= 4, order[:40]
+        assert stream_done.wait(120)
+    finally:
+        engine.close()
