@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--throughput-threads", type=int, default=2, help="threads on both sides (default 2)")
     parser.add_argument("--throughput-max-tokens", type=int, default=64, help="tokens per stream (default 64)")
     parser.add_argument("--throughput-rounds", type=int, default=2, help="measured rounds per level (default 2)")
+    parser.add_argument("--throughput-no-flash-attention", action="store_true",
+                        help="run our batching engine without flash attention (llama-server uses it by default)")
     parser.add_argument("--timeout", type=float, default=120.0, help="limit in seconds for one run or burst")
     return parser
 
@@ -146,7 +148,8 @@ async def run(args: argparse.Namespace, scratch: Path) -> dict[str, object]:
                 models=tuple(args.throughput_models.split(",")),
                 levels=tuple(int(level) for level in args.throughput_levels.split(",")),
                 slots=args.throughput_slots, threads=args.throughput_threads,
-                max_tokens=args.throughput_max_tokens, rounds=args.throughput_rounds, timeout=max(args.timeout, 300.0)))
+                max_tokens=args.throughput_max_tokens, rounds=args.throughput_rounds, timeout=max(args.timeout, 300.0),
+                flash_attention=not args.throughput_no_flash_attention))
         else:
             results[name] = await run_concurrency(settings, concurrency)
         results[name]["load_average"] = {"before": load_before, "after": load_average()}

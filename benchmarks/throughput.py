@@ -48,6 +48,8 @@ class ThroughputOptions:
     max_tokens: int = 64
     rounds: int = 2
     today: bool = True
+    flash_attention: bool = True
+    """Ours with llama.cpp's flash attention, as ``llama-server`` runs by default (``-fa auto``)."""
     timeout: float = 300.0
 
 
@@ -167,8 +169,9 @@ async def _measure_model(settings: Settings, model: Path, options: ThroughputOpt
     ctx = settings.context_window
     servers: dict[str, tuple[ManagedProcess, str]] = {}
     try:
+        ours_env = {**UNCAPPED, "FABSTIR_NODE_FLASH_ATTENTION": "1" if options.flash_attention else "0"}
         servers["ours"] = await start_node(model_settings, parallel=options.slots, threads=options.threads,
-                                           env=UNCAPPED, extra=("--engine", "llama-batch"), name="fabstir-batch")
+                                           env=ours_env, extra=("--engine", "llama-batch"), name="fabstir-batch")
         servers["peer"] = await start_peer(binary, model, options, ctx)
         if options.today:
             servers["today"] = await start_node(model_settings, parallel=2, threads=options.threads, env=UNCAPPED,
@@ -235,4 +238,5 @@ async def run_throughput(settings: Settings, options: ThroughputOptions) -> dict
     return {"models": results, "levels": list(options.levels), "slots": options.slots, "threads": options.threads,
             "max_tokens": options.max_tokens, "rounds": options.rounds, "context_window": settings.context_window,
             "peer": f"llama-server ({binary})", "ours": "fabstir node serve --engine llama-batch",
+            "ours_flash_attention": options.flash_attention,
             "today": "fabstir node serve --engine llama --parallel 2" if options.today else None}

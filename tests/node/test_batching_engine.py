@@ -242,3 +242,12 @@ def test_a_long_prompt_is_read_in_chunks_while_others_stream(model: Path) -> Non
         assert stream_done.wait(120)
     finally:
         engine.close()
+
+
+def test_flash_attention_engine_answers(model: Path, expected: dict[str, Outcome]) -> None:
+    engine = BatchingEngine(model, context_window=512, sequences=2, threads=1, flash_attention=True)
+    try:
+        text, reason, tokens = outcome(engine.generate(PROMPTS[0], GREEDY, never))
+        assert tokens == expected[PROMPTS[0]][2] and reason == expected[PROMPTS[0]][1] and text
+    finally:
+        engine.close()

@@ -58,9 +58,11 @@ async def test_the_node_runs_one_batching_engine(node: NodeServer) -> None:
     assert type(pool.primary).__name__ == "_Slot"
 
 
-async def test_many_http_answers_at_once_match_their_answers_alone(node_factory: NodeFactory) -> None:
-    """More requests than sequences: each greedy answer is the one it gets alone; the per-client cap still holds."""
-    server = await node_factory(template="raw", max_concurrent_per_client=0)
+@pytest.mark.parametrize("flash_attention", [False, True])
+async def test_many_http_answers_at_once_match_their_answers_alone(node_factory: NodeFactory,
+                                                                   flash_attention: bool) -> None:
+    """More requests than sequences: each greedy answer is the one it gets alone."""
+    server = await node_factory(template="raw", max_concurrent_per_client=0, flash_attention=flash_attention)
     prompts = [f"story number {i} begins" for i in range(10)]
 
     async def ask(client: httpx.AsyncClient, prompt: str) -> tuple[str, int]:
@@ -91,6 +93,7 @@ async def test_per_client_cap_decides_who_joins_the_batch(node_factory: NodeFact
 
 
 def test_engine_setting_names_the_batching_engine() -> None:
-    assert load_node_config(env={"FABSTIR_NODE_ENGINE": "llama-batch"}).engine == "llama-batch"
+    config = load_node_config(env={"FABSTIR_NODE_ENGINE": "llama-batch", "FABSTIR_NODE_FLASH_ATTENTION": "1"})
+    assert config.engine == "llama-batch" and config.flash_attention is True
     with pytest.raises(ConfigError, match="llama-batch"):
         NodeConfig(engine="batched")

@@ -68,7 +68,8 @@ def _batching_engine(config: NodeConfig, say: Progress) -> EnginePool:
     say(f"loading model {path.name} (batching engine: {config.parallel} sequences, context {config.context_window}"
         " each)")
     engine = BatchingEngine(path, model_id=config.model_id, context_window=config.context_window,
-                            sequences=config.parallel, threads=config.threads, seed=config.seed)
+                            sequences=config.parallel, threads=config.threads, seed=config.seed,
+                            flash_attention=config.flash_attention)
     return EnginePool(engine.slots())
 
 

@@ -53,6 +53,9 @@ class NodeConfig:
     (its KV cache holds ``context_window * parallel`` tokens)."""
     threads: int | None = None
     """CPU threads per engine; ``None`` uses all cores."""
+    flash_attention: bool = False
+    """``llama-batch`` only: llama.cpp's flash attention (faster batched decoding, as ``llama-server`` uses by default;
+    greedy answers may then differ in rare near-ties from the ``llama`` engine's)."""
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     """Largest WebSocket frame accepted; larger ones get FRAME_TOO_LARGE."""
     max_sessions: int = 10_000
