@@ -25,7 +25,7 @@ DEFAULTS = {
     "mdns_interface": "127.0.0.1", "dht_bootstrap": None, "dht_port": 0, "announce_ttl": 60, "announce_price": 0,
     "announce_region": None, "public_url": None, "max_concurrent_per_client": 4,
     "request_read_timeout": 30.0, "ws_idle_timeout": 300.0, "max_connections_per_address": 64,
-    "engine": "llama", "upstream": None, "flash_attention": False,
+    "engine": "llama", "upstream": None, "flash_attention": False, "checkpoint_proofs": False, "zk_cache": None,
 }
 
 
