@@ -11,3 +11,7 @@ npm ci --prefix tools/chain --no-audit --no-fund --loglevel=error >/dev/null
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/mypy
 .venv/bin/python -m pytest -q "$@"
+if [ "$#" -eq 0 ]; then
+    # the node tests once more with every node on the continuous-batching engine (issue 16)
+    FABSTIR_TEST_ENGINE=llama-batch .venv/bin/python -m pytest -q tests/node
+fi

@@ -22,6 +22,7 @@ from tests.processes import node_processes  # noqa: F401 (a fixture for every te
 
 SHARED_MODELS = Path(os.environ.get("FABSTIR_SHARED_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))
 STORIES = SHARED_MODELS / "stories260K.gguf"
+TEST_ENGINE = os.environ.get("FABSTIR_TEST_ENGINE", "llama")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,12 +57,15 @@ NodeFactory = Callable[..., Any]
 
 @pytest.fixture
 async def node_factory(tiny_model: Path) -> AsyncIterator[NodeFactory]:
-    """Start real nodes (llama.cpp over the tiny model unless told otherwise); all stopped at the end."""
+    """Start real nodes (llama.cpp over the tiny model unless told otherwise); all stopped at the end.
+
+    ``$FABSTIR_TEST_ENGINE`` picks the in-process engine of every node a test does not give one
+    (``llama``, the default, or ``llama-batch``: CI runs the node tests once more with it)."""
     stack: list[Any] = []
 
     async def start(**overrides: Any) -> NodeServer:
         settings: dict[str, Any] = {"port": 0, "model_path": str(tiny_model), "context_window": 512,
-                                    "parallel": 2, "threads": 1}
+                                    "parallel": 2, "threads": 1, "engine": TEST_ENGINE}
         billing = overrides.pop("billing", None)
         settings.update(overrides)
         manager = serve_node(NodeConfig(**settings), billing=billing)
