@@ -21,6 +21,9 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -41,6 +44,23 @@ __all__ = ["ProofService"]
 log = logging.getLogger("fabstir.zk.service")
 
 ZERO_HASH = b"\x00" * 32
+
+
+def prover_pool() -> ProcessPoolExecutor:
+    """The one prover process (spawned: EZKL holds the GIL for a whole proof, so it never runs in the node's
+    process). It exits by itself when the node that started it is gone, even one killed without closing it."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In the prover process: a watchdog thread that ends it once its parent is no longer ``parent``."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="fabstir-prover-watchdog", daemon=True).start()
 
 
 def _child_keys(cache_dir: str | None, srs: str | None, progress: bool) -> str:
@@ -103,7 +123,7 @@ class ProofService:
             log.info("checkpoint proofs off: the marketplace takes none")
             self.enabled = False
             return False
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = prover_pool()
         if self._progress:
             self._progress("checkpoint proofs on: building or loading the circuit keys in the prover process")
         loop = asyncio.get_running_loop()
