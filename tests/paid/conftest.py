@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,10 @@ async def add_host(world: PaidWorld, account: LocalAccount, api_url: str, price:
                                    publicKey=encryption_key, capabilities=["e2e-v1"])
     await register_host(world.market, account, metadata=metadata, api_url=api_url, models=[world.model],
                         min_price_native=price, min_price_stable=10_000)
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 120) -> None:
+    """Wait for ``condition`` (polled every 50 ms) with a generous deadline."""
+    async with asyncio.timeout(timeout):
+        while not await condition():
+            await asyncio.sleep(0.05)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from fabstir.node.host_chain import HostChain
 from fabstir.protocol import Feature
 from fabstir.sdk import FabstirSDK, PromptOptions
 from tests.conftest import NodeFactory
-from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, register
+from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, register, until
 
 SECP256K1_ORDER = 2 * SECP256K1_HALF_ORDER + 1
 DEPOSIT = 10**15
@@ -179,12 +179,6 @@ def ledger_ack(ledger: Path, job_id: int) -> tuple[int, int]:
     with sqlite3.connect(ledger) as db:
         row = db.execute("SELECT transcript_tokens, ack_tokens FROM usage WHERE job_id = ?", (job_id,)).fetchone()
     return (int(row[0]), int(row[1])) if row else (-1, -1)
-
-
-async def until(condition: Callable[[], Coroutine[Any, Any, bool]], timeout: float = 120) -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():
-            await asyncio.sleep(0.05)
 
 
 async def test_the_node_settles_exactly_what_the_client_countersigned(slow_world: PaidWorld,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from fabstir.sdk.disputes import evidence_hash, report_substitution, substitutio
 from fabstir.sdk.verification import answer_record, save_record, verify_record
 from fabstir.testing.tiny_gguf import write_tiny_gguf
 from tests.conftest import NodeFactory
-from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, add_host, build_world, register
+from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, add_host, build_world, register, until
 
 DEPOSIT = 10**15
 QUESTION = "Once upon a time"
@@ -66,12 +66,6 @@ def random_weights(tmp_path: Path) -> Path:
 
 def rendered(question: str) -> str:
     return get_template("plain").render([ChatTurn("user", question)])
-
-
-async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 120) -> None:
-    async with asyncio.timeout(seconds):
-        while not await condition():
-            await asyncio.sleep(0.05)
 
 
 async def billed_node(world: PaidWorld, node_factory: NodeFactory, host: LocalAccount, ledger: Path,

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from fabstir.chain.records import JobStatus
 from fabstir.chain.usage import UsageTranscript, sign_usage
-from fabstir.errors import NodeError, StorageError
+from fabstir.errors import NodeError, SessionError, StorageError
 from fabstir.node.billing import BillingService
 from fabstir.node.host_chain import HostChain
 from fabstir.protocol import Feature, UsageAcknowledgement
@@ -27,16 +27,10 @@ from fabstir.sdk.billing import usage_acknowledgement
 from fabstir.sdk.node_client import LLMNodeClient
 from fabstir.sdk.usage_log import JobUsage, UsageLog
 from tests.conftest import NodeFactory
-from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, register
+from tests.paid.conftest import HOST_PRICE_NATIVE, PaidWorld, register, until
 
 DEPOSIT = 10**15
 MARKET = "0x" + "ab" * 20
-
-
-async def until(condition: Callable[[], Coroutine[Any, Any, bool]], timeout: float = 120) -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():
-            await asyncio.sleep(0.05)
 
 
 def test_the_usage_log_keeps_the_highest_count_per_chain_marketplace_and_job(tmp_path: Path) -> None:
@@ -103,9 +97,9 @@ async def test_a_new_process_disputes_an_over_claim_with_the_count_its_predecess
 
     async with FabstirSDK(chain=world.chain, deployment=world.market.deployment, account=world.client,
                           usage_log=False) as forgetful:
-        with pytest.raises(Exception) as info:
+        with pytest.raises(SessionError) as info:
             await forgetful.sessions.dispute_overclaim(job.job_id)
-        assert getattr(info.value, "code", None) == "SESSION_NOT_FOUND", "without a log there is no count to use"
+        assert info.value.code == "SESSION_NOT_FOUND", "without a log there is no count to use"
 
 
 async def test_http_answers_are_countersigned_and_settled_exactly(slow_world: PaidWorld, node_factory: NodeFactory,
@@ -169,8 +163,6 @@ async def test_bad_usage_bodies_get_coded_refusals(world: PaidWorld, node_factor
                                                    tmp_path: Path) -> None:
     """``POST /v1/usage`` with bytes that are not a usage_ack: a coded 400 (or 413), never a 500 or silence;
     a free node has no usage to countersign."""
-    import httpx
-
     billing = BillingService(HostChain(world.market, world.host, world.model), tmp_path / "l.db",
                              complete_sessions=False)
     paid = await node_factory(billing=billing, max_frame_bytes=4096)
