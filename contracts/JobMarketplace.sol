@@ -146,8 +146,14 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     mapping(uint256 => UsageRecord) public usage;
     /// @notice Rules on substitution reports (zero: none are taken); appointed by the owner. A trusted role.
     address public substitutionValidator;
-    /// @notice The evidence hash of each job closed by a substitution report (zero: none).
+    /// @notice The evidence hash of each job a substitution report was upheld on (zero: none).
     mapping(uint256 => bytes32) public substitutionEvidence;
+    /// @notice Seconds after a session settles during which a substitution report on it is still taken (it then
+    ///         slashes the host's stake; the payment already went out). Owner-set; NodeRegistry's
+    ///         `stakeUnbondingPeriod` should be at least this long, so a caught host cannot take its stake away first.
+    uint256 public substitutionReportWindow = 1 days;
+    /// @notice When each session settled (completed, timed out or reported; zero while active).
+    mapping(uint256 => uint256) public settledAt;
 
     event SessionJobCreated(uint256 indexed jobId, address indexed depositor, address indexed host, uint256 deposit);
     event SessionJobCreatedForModel(
@@ -186,6 +192,7 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     );
 
     event SubstitutionValidatorUpdated(address indexed validator);
+    event SubstitutionReportWindowUpdated(uint256 window);
     /// @notice The validator upheld a substitution report: `host` is paid nothing for `jobId`, the depositor gets
     ///         the whole deposit back and `slashed` of the host's stake. The evidence (answer record and verdict,
     ///         re-checkable by anyone holding the named model) hashes to `evidenceHash` and lies at `evidenceUri`.
@@ -257,6 +264,12 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     function setSubstitutionValidator(address validator) external onlyOwner {
         substitutionValidator = validator;
         emit SubstitutionValidatorUpdated(validator);
+    }
+
+    /// @notice How long after settlement a session may still be reported (see substitutionReportWindow).
+    function setSubstitutionReportWindow(uint256 window) external onlyOwner {
+        substitutionReportWindow = window;
+        emit SubstitutionReportWindowUpdated(window);
     }
 
     // ------------------------------------------------------------------ opening sessions
@@ -415,26 +428,35 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
 
     // ------------------------------------------------------------------ ending sessions
 
-    /// @notice The validator reports that the host of active session `jobId` served another model than the job
-    ///         names. The session closes unpaid: the whole deposit goes back to the depositor, and the host's stake
-    ///         is slashed (see SUBSTITUTION_SLASH_BPS) to the depositor. A job is reported once (it is closed).
+    /// @notice The validator reports that the host of session `jobId` served another model than the job names.
+    ///         An active session closes unpaid: the whole deposit goes back to the depositor. A session that
+    ///         settled at most `substitutionReportWindow` seconds ago keeps its settlement (the payment went out).
+    ///         Either way the host's stake is slashed (see SUBSTITUTION_SLASH_BPS) to the depositor, also stake
+    ///         still unbonding after the host unregistered. A job is reported once.
     function reportSubstitution(uint256 jobId, bytes32 evidenceHash, string calldata evidenceUri)
         external
         nonReentrant
     {
         require(msg.sender == substitutionValidator && msg.sender != address(0), "Only validator");
         SessionJob storage job = _session(jobId);
-        require(job.status == SessionStatus.Active, "Session not active");
         require(evidenceHash != bytes32(0), "No evidence");
+        require(substitutionEvidence[jobId] == bytes32(0), "Already reported");
+        bool active = job.status == SessionStatus.Active;
+        require(active || block.timestamp <= settledAt[jobId] + substitutionReportWindow, "Report window over");
         substitutionEvidence[jobId] = evidenceHash;
-        job.tokensUsed = 0;
-        (, uint256 refund) = _close(job, SessionStatus.Completed);
+        uint256 refund;
+        if (active) {
+            job.tokensUsed = 0;
+            (, refund) = _close(job, SessionStatus.Completed);
+        }
         uint256 slashed = nodeRegistry.slash(
             job.host, nodeRegistry.MIN_STAKE() * SUBSTITUTION_SLASH_BPS / BASIS_POINTS, job.depositor
         );
         emit SubstitutionReported(jobId, job.host, msg.sender, evidenceHash, evidenceUri, slashed);
-        emit SessionCompleted(jobId, 0, 0, refund);
-        _refund(jobId, job.depositor, job.paymentToken, refund);
+        if (active) {
+            emit SessionCompleted(jobId, 0, 0, refund);
+            _refund(jobId, job.depositor, job.paymentToken, refund);
+        }
     }
 
     /// @notice Ends and settles the session. The depositor may call at any time (settling accepts the claims it
@@ -673,6 +695,7 @@ contract JobMarketplace is Ownable, ReentrancyGuard {
     /// @dev Effects of settlement: status, amounts, treasury accumulation. No external calls.
     function _close(SessionJob storage job, SessionStatus status) private returns (uint256 hostNet, uint256 refund) {
         job.status = status;
+        settledAt[job.id] = block.timestamp;
         uint256 payment = job.tokensUsed * job.pricePerToken / PRICE_PRECISION;
         uint256 fee = payment * feeBasisPoints / BASIS_POINTS;
         hostNet = payment - fee;

@@ -57,6 +57,18 @@ contract NodeRegistry is Ownable, ReentrancyGuard {
     mapping(bytes32 => mapping(address => uint256)) private _modelNodeSlot; // index + 1; 0 = not listed
     /// @notice The only address that may `slash` stakes (zero: none may).
     address public slashingAuthority;
+    /// @notice Seconds an unregistered host's stake stays slashable before `withdrawUnbondedStake` pays it out
+    ///         (zero: `unregisterNode` pays it at once, as the public registry does). Owner-set; at least the
+    ///         marketplace's substitution report window, so a caught host cannot leave with its stake first.
+    uint256 public stakeUnbondingPeriod = 2 days;
+
+    /// @notice Stake an unregistered host has not withdrawn yet, and when it may.
+    struct UnbondingStake {
+        uint256 amount;
+        uint256 releaseTime;
+    }
+
+    mapping(address => UnbondingStake) public unbondingStake;
 
     event NodeRegistered(address indexed operator, uint256 stakedAmount, string metadata, bytes32[] models);
     event NodeUnregistered(address indexed operator, uint256 returnedAmount);
@@ -73,6 +85,9 @@ contract NodeRegistry is Ownable, ReentrancyGuard {
     event SlashingAuthorityUpdated(address indexed previousAuthority, address indexed newAuthority);
     /// @notice `amount` of `operator`'s stake went to `to`; `remainingStake` is what it has left.
     event StakeSlashed(address indexed operator, uint256 amount, uint256 remainingStake, address indexed to);
+    event StakeUnbonding(address indexed operator, uint256 amount, uint256 releaseTime);
+    event UnbondedStakeWithdrawn(address indexed operator, uint256 amount);
+    event StakeUnbondingPeriodUpdated(uint256 period);
 
     modifier onlyRegistered() {
         require(_registeredSlot[msg.sender] != 0, "Not registered");
@@ -129,15 +144,21 @@ contract NodeRegistry is Ownable, ReentrancyGuard {
         emit StakeAdded(msg.sender, amount, node.stakedAmount);
     }
 
-    /// @notice Moves up to `amount` of `host`'s stake to `to` (all of it when it has less) and returns what moved;
-    ///         0 for an unregistered host. The slashing authority only. The host stays registered.
+    /// @notice Moves up to `amount` of `host`'s stake to `to` (all of it when it has less) and returns what moved:
+    ///         first from its registered stake, then from stake still unbonding after it unregistered; 0 when it
+    ///         has none. The slashing authority only. A registered host stays registered.
     function slash(address host, uint256 amount, address to) external nonReentrant returns (uint256 slashed) {
         require(msg.sender == slashingAuthority, "Not slashing authority");
         require(to != address(0), "Zero address");
         Node storage node = nodes[host];
-        slashed = amount < node.stakedAmount ? amount : node.stakedAmount;
+        uint256 fromStake = amount < node.stakedAmount ? amount : node.stakedAmount;
+        node.stakedAmount -= fromStake;
+        UnbondingStake storage unbonding = unbondingStake[host];
+        uint256 rest = amount - fromStake;
+        uint256 fromUnbonding = rest < unbonding.amount ? rest : unbonding.amount;
+        unbonding.amount -= fromUnbonding;
+        slashed = fromStake + fromUnbonding;
         if (slashed == 0) return 0;
-        node.stakedAmount -= slashed;
         fabToken.safeTransfer(to, slashed);
         emit StakeSlashed(host, slashed, node.stakedAmount, to);
     }
@@ -148,7 +169,14 @@ contract NodeRegistry is Ownable, ReentrancyGuard {
         slashingAuthority = newAuthority;
     }
 
-    /// @notice Removes the caller from every list and returns the whole stake.
+    /// @notice How long an unregistered host's stake stays slashable (see stakeUnbondingPeriod). Owner only.
+    function setStakeUnbondingPeriod(uint256 period) external onlyOwner {
+        stakeUnbondingPeriod = period;
+        emit StakeUnbondingPeriodUpdated(period);
+    }
+
+    /// @notice Removes the caller from every list and releases its whole stake: paid at once when
+    ///         `stakeUnbondingPeriod` is zero, else after it (`withdrawUnbondedStake`), slashable until then.
     /// @dev Open sessions are not checked: they still settle, since the marketplace does not need the stake.
     function unregisterNode() external nonReentrant onlyRegistered {
         Node storage node = nodes[msg.sender];
@@ -158,8 +186,26 @@ contract NodeRegistry is Ownable, ReentrancyGuard {
         _removeRegistered(msg.sender);
         delete nodes[msg.sender];
 
-        fabToken.safeTransfer(msg.sender, returned);
         emit NodeUnregistered(msg.sender, returned);
+        if (stakeUnbondingPeriod == 0) {
+            fabToken.safeTransfer(msg.sender, returned);
+        } else {
+            UnbondingStake storage unbonding = unbondingStake[msg.sender];
+            unbonding.amount += returned;
+            unbonding.releaseTime = block.timestamp + stakeUnbondingPeriod;
+            emit StakeUnbonding(msg.sender, unbonding.amount, unbonding.releaseTime);
+        }
+    }
+
+    /// @notice Pays out the caller's unbonded stake once its release time has passed; returns the amount.
+    function withdrawUnbondedStake() external nonReentrant returns (uint256 amount) {
+        UnbondingStake storage unbonding = unbondingStake[msg.sender];
+        amount = unbonding.amount;
+        require(amount > 0, "Nothing unbonding");
+        require(block.timestamp >= unbonding.releaseTime, "Stake still unbonding");
+        delete unbondingStake[msg.sender];
+        fabToken.safeTransfer(msg.sender, amount);
+        emit UnbondedStakeWithdrawn(msg.sender, amount);
     }
 
     /// @notice Turns the caller's node on or off. An inactive node keeps its registration and stake, is

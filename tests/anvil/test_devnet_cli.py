@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -107,6 +108,21 @@ def test_devnet_up_register_earnings_down(devnet_file: Path, tmp_path: Path,
         owed = cli("node", "earnings", "--network", str(devnet_file), "--account", "host1")
         assert owed.returncode == 0, owed.stderr
         assert owed.stdout.strip() == f"{dev_account(1).address} may withdraw 0 ETH and 0 USDC"
+
+        # leaving: the stake unbonds (still slashable) for two days, then withdraw-stake pays it out
+        host1 = dev_account(1).address
+        fab_before = chain.call_sync(market.stake_token.functions.balanceOf(host1))
+        left = cli("node", "unregister", "--network", str(devnet_file), "--account", "host1", "--json")
+        assert left.returncode == 0, left.stderr
+        record = json.loads(left.stdout.strip().splitlines()[-1])
+        assert record["stake"] == 1000 * 10**18 and record["stake_returned"] == 0 and record["unbonding_until"] > 0
+        early = cli("node", "withdraw-stake", "--network", str(devnet_file), "--account", "host1")
+        assert early.returncode == 1 and "Stake still unbonding" in early.stderr
+        asyncio.run(chain.advance_time(2 * 86_400))
+        paid = cli("node", "withdraw-stake", "--network", str(devnet_file), "--account", "host1")
+        assert paid.returncode == 0, paid.stderr
+        assert paid.stdout.strip() == f"withdrew the unbonded stake of 1000 FAB to {host1}"
+        assert chain.call_sync(market.stake_token.functions.balanceOf(host1)) == fab_before + 1000 * 10**18
 
         # a second devnet on the same port: one clear line, nothing started
         code, out, err = in_process(capsys, "devnet", "up", "--file", str(tmp_path / "second.json"),

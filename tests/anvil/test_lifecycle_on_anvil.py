@@ -114,7 +114,7 @@ async def test_full_paid_lifecycle_on_anvil(anvil_world: PaidWorld, node_factory
     assert (await earnings(world.market, world.host.address)).native == 0
     gas = await gas_paid(world, world.host.address, first_block)
     assert await world.chain.balance(world.host.address) == before + expected.host_earnings - gas
-    assert await unregister_host(world.market, world.host) == 1000 * 10**18
+    assert (await unregister_host(world.market, world.host)).stake == 1000 * 10**18
 
 
 async def test_timed_out_session_is_settled_by_a_third_party(anvil_world: PaidWorld, node_factory: NodeFactory,

@@ -180,7 +180,9 @@ def test_inactive_host_is_unlisted_and_gets_no_sessions(m: Market) -> None:
     m.open_eth()
 
 
-def test_unregister_returns_the_stake_and_swaps_out_of_every_list(m: Market) -> None:
+def test_unregister_releases_the_stake_and_swaps_out_of_every_list(m: Market) -> None:
+    """The stake is released into unbonding (slashable, 2 days by default) and paid by withdrawUnbondedStake
+    once that is over; the hosts left behind stay listed."""
     c, nodes = m.chain, m.nodes.functions
     third = c.accounts[6]
     m.register(m.host2, [m.model_a, m.model_b])
@@ -188,9 +190,22 @@ def test_unregister_returns_the_stake_and_swaps_out_of_every_list(m: Market) -> 
     c.send(m.fab.functions.approve(m.nodes.address, MIN_STAKE), m.host2)
     c.send(nodes.stake(MIN_STAKE), m.host2)
     before = m.fab.functions.balanceOf(m.host2).call()
+    assert nodes.stakeUnbondingPeriod().call() == 2 * 86_400
     receipt = c.send(nodes.unregisterNode(), m.host2)
     assert c.events(m.nodes, "NodeUnregistered", receipt) == [{"operator": m.host2, "returnedAmount": 2 * MIN_STAKE}]
+    release = c.now() + 2 * 86_400
+    assert c.events(m.nodes, "StakeUnbonding", receipt) == [
+        {"operator": m.host2, "amount": 2 * MIN_STAKE, "releaseTime": release}]
+    assert nodes.unbondingStake(m.host2).call() == [2 * MIN_STAKE, release]
+    assert m.fab.functions.balanceOf(m.host2).call() == before
+    with c.reverts("Stake still unbonding"):
+        nodes.withdrawUnbondedStake().transact({"from": m.host2})
+    c.travel(2 * 86_400)
+    receipt = c.send(nodes.withdrawUnbondedStake(), m.host2)
+    assert c.events(m.nodes, "UnbondedStakeWithdrawn", receipt) == [{"operator": m.host2, "amount": 2 * MIN_STAKE}]
     assert m.fab.functions.balanceOf(m.host2).call() == before + 2 * MIN_STAKE
+    with c.reverts("Nothing unbonding"):
+        nodes.withdrawUnbondedStake().transact({"from": m.host2})
     assert set(nodes.getAllActiveNodes().call()) == {m.host, third}
     assert set(nodes.getAllRegisteredNodes().call()) == {m.host, third}
     assert set(nodes.getNodesForModel(m.model_a).call()) == {m.host, third}
@@ -201,6 +216,32 @@ def test_unregister_returns_the_stake_and_swaps_out_of_every_list(m: Market) -> 
         nodes.unregisterNode().transact({"from": m.host2})
     m.register(m.host2, [m.model_b])  # can come back
     assert nodes.getNodesForModel(m.model_b).call()[-1] == m.host2
+
+
+def test_unbonding_stake_stays_slashable_and_a_zero_period_pays_at_once(m: Market) -> None:
+    """A host that unregisters cannot take its stake out of a slash's reach until its unbonding is over; the
+    slash takes the registered stake first. Only the owner sets the period; zero behaves like the public
+    registry (the stake comes back in the same transaction)."""
+    c, nodes = m.chain, m.nodes.functions
+    c.send(nodes.setSlashingAuthority(m.owner), m.owner)
+    c.send(nodes.unregisterNode(), m.host)
+    user_before = m.fab.functions.balanceOf(m.user).call()
+    receipt = c.send(nodes.slash(m.host, MIN_STAKE // 4, m.user), m.owner)
+    assert c.events(m.nodes, "StakeSlashed", receipt) == [
+        {"operator": m.host, "amount": MIN_STAKE // 4, "remainingStake": 0, "to": m.user}]
+    assert nodes.unbondingStake(m.host).call()[0] == MIN_STAKE - MIN_STAKE // 4
+    assert m.fab.functions.balanceOf(m.user).call() == user_before + MIN_STAKE // 4
+    m.register(m.host, [m.model_a])  # back while the old stake still unbonds: the slash takes the new one first
+    c.send(nodes.slash(m.host, MIN_STAKE + 10, m.user), m.owner)
+    assert nodes.nodes(m.host).call()[1] == 0 and nodes.unbondingStake(m.host).call()[0] == MIN_STAKE - MIN_STAKE // 4 - 10
+    with c.reverts("Only owner"):
+        nodes.setStakeUnbondingPeriod(0).transact({"from": m.host})
+    c.send(nodes.setStakeUnbondingPeriod(0), m.owner)
+    m.register(m.host2, [m.model_a])
+    before = m.fab.functions.balanceOf(m.host2).call()
+    receipt = c.send(nodes.unregisterNode(), m.host2)
+    assert m.fab.functions.balanceOf(m.host2).call() == before + MIN_STAKE
+    assert c.events(m.nodes, "StakeUnbonding", receipt) == [] and nodes.unbondingStake(m.host2).call()[0] == 0
 
 
 # ---------------------------------------------------------------------------------------------- lifecycles
@@ -256,9 +297,8 @@ def test_eth_session_completed_by_depositor(m: Market) -> None:
     receipt = c.send(market.withdrawTreasuryNative(), m.owner)
     assert c.balance(m.owner) == treasury_before + 450_000 - c.gas_cost(receipt)
     assert market.accumulatedTreasuryNative().call() == 0
-    stake_before = m.fab.functions.balanceOf(m.host).call()
     c.send(m.nodes.functions.unregisterNode(), m.host)
-    assert m.fab.functions.balanceOf(m.host).call() == stake_before + MIN_STAKE
+    assert m.nodes.functions.unbondingStake(m.host).call()[0] == MIN_STAKE
     with c.reverts("Session not active"):
         market.completeSessionJob(job, "again").transact({"from": m.user})
 
@@ -572,7 +612,7 @@ def test_a_depositor_burning_gas_cannot_block_settlement(m: Market) -> None:
     c.send(wallet.functions.execute(m.market.address, 10**15, create), m.user, value=10**15)
     c.travel(INACTIVITY_TIMEOUT + 1)
     receipt = c.send(market.triggerSessionTimeout(1), m.stranger)
-    assert receipt["gasUsed"] < 250_000
+    assert receipt["gasUsed"] < 275_000  # settlement (with its settledAt record) + the 100k push cap, not all gas
     assert market.refundCredits(wallet.address).call() == 10**15
 
 
@@ -676,7 +716,7 @@ def test_gas_budgets(m: Market) -> None:
     print(used)
     assert used["createSessionJobForModel"] < 300_000
     assert used["submitProofOfWork (first)"] < 280_000 and used["submitProofOfWork (next)"] < 210_000
-    assert used["completeSessionJob"] < 240_000
+    assert used["completeSessionJob"] < 265_000  # with the settledAt record substitution reports need (~22k)
 
 
 # ---------------------------------------------------------------------------------------------- settlement

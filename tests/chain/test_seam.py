@@ -98,7 +98,7 @@ async def test_a_host_registers_updates_and_leaves(world: World) -> None:
     assert events == ["NodeRegistered", "MetadataUpdated", "ApiUrlUpdated", "ModelsUpdated", "PricingUpdated",
                       "PricingUpdated", "ModelPricingUpdated"]
 
-    assert await registry.unregister_node(market, host) == stake
+    assert (await registry.unregister_node(market, host)).stake == stake
     assert not await registry.is_active_node(market, host.address)
     assert (await registry.host_record(market, host.address)).stake == 0
 

@@ -72,7 +72,7 @@ async def test_full_paid_lifecycle_in_eth(world: PaidWorld, node_factory: NodeFa
         assert events.count("ProofSubmitted") >= 1
     assert await withdraw_earnings(world.market, world.host) == expected.host_earnings
     assert (await earnings(world.market, world.host.address)).native == 0
-    assert await unregister_host(world.market, world.host) == 1000 * 10**18
+    assert (await unregister_host(world.market, world.host)).stake == 1000 * 10**18
 
 
 async def test_paid_session_in_stable_token(world: PaidWorld, node_factory: NodeFactory, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from fabstir.chain import jobs, substitution
+from fabstir.chain import jobs, registry, substitution
 from fabstir.chain.backend import Chain, dev_account
 from fabstir.chain.network import NetworkConfig
 from fabstir.chain.proofs import FEATURE_SUBSTITUTION_DISPUTES
@@ -149,9 +149,9 @@ async def test_a_substituting_host_is_caught_refunded_and_slashed(world: PaidWor
     assert await substitution.substitution_evidence(market, job_id) == expected
     assert await substitution.substitution_reports(market, job_id) == [report]
 
-    await refused("Session not active", substitution.report_substitution(market, validator, job_id, expected))
+    await refused("Already reported", substitution.report_substitution(market, validator, job_id, expected))
     async with FabstirSDK(chain=world.chain, deployment=market.deployment, account=validator) as sdk:
-        await refused("Session not active", report_substitution(sdk, job_id, record, verdict))
+        await refused("Already reported", report_substitution(sdk, job_id, record, verdict))
     assert await substitution.substitution_reports(market) == [report]
 
 
@@ -219,11 +219,12 @@ def _result(record: dict[str, Any]) -> Any:
                            receipt=Receipt.from_wire(record["receipt"]))
 
 
-async def test_reports_need_the_appointed_validator_an_active_job_and_evidence(world: PaidWorld) -> None:
-    """No validator appointed: refused. Only the owner appoints. A settled job cannot be reported, nor a job
-    with a zero evidence hash; only the marketplace may slash; the SDK refuses an honest verdict, a record of
-    another host, before anything is sent. The feature bit is advertised. A host that unregistered before the
-    report loses nothing but the job's pay."""
+async def test_reports_need_the_appointed_validator_evidence_and_a_recent_job(world: PaidWorld) -> None:
+    """No validator appointed: refused. Only the owner appoints. A job with a zero evidence hash cannot be
+    reported, nor one reported already; only the marketplace may slash; the SDK refuses an honest verdict, a
+    record of another host, before anything is sent. The feature bit is advertised. A job its host settled
+    before the report is reported within the report window (the host's stake is slashed, its settlement
+    stays), not after. A host that unregistered before the report is slashed from its unbonding stake."""
     market = world.market
     assert await jobs.marketplace_features(market) & FEATURE_SUBSTITUTION_DISPUTES
     assert await substitution.substitution_validator(market) is None
@@ -238,7 +239,6 @@ async def test_reports_need_the_appointed_validator_an_active_job_and_evidence(w
     await refused("Only owner", substitution.set_substitution_validator(market, world.stranger, validator.address))
     await substitution.set_substitution_validator(market, world.owner, validator.address)
     assert await substitution.substitution_validator(market) == validator.address
-    await refused("Session not active", substitution.report_substitution(market, validator, settled, b"\x01" * 32))
     await refused("No evidence", substitution.report_substitution(market, validator, job, bytes(32)))
     await refused("Session not found", substitution.report_substitution(market, validator, 999, b"\x01" * 32))
     await refused("Not slashing authority", world.chain.transact(
@@ -268,8 +268,34 @@ async def test_reports_need_the_appointed_validator_an_active_job_and_evidence(w
     assert (await jobs.get_session_job(market, job)).status is JobStatus.ACTIVE
     assert [r.job_id for r in await substitution.substitution_reports(market)] == [stable_job]
 
-    # a host that unregisters first takes its stake back: the report still refunds, and slashes nothing
-    await world.chain.transact(world.host, market.node_registry.functions.unregisterNode())
+    # a job settled before the report: within the window the host is slashed, the settlement stays
+    half = 500 * 10**18
+    assert await substitution.substitution_report_window(market) == 86_400
+    client_fab, client_eth = await fab(world, world.client.address), await world.chain.balance(world.client.address)
+    after_settling = await substitution.report_substitution(market, validator, settled, b"\x01" * 32)
+    assert after_settling.slashed == half and await fab(world, world.client.address) == client_fab + half
+    assert await world.chain.balance(world.client.address) == client_eth
+    assert (await jobs.get_session_job(market, settled)).status is JobStatus.COMPLETED
+    await refused("Already reported", substitution.report_substitution(market, validator, settled, b"\x04" * 32))
+    await refused("Already reported", substitution.report_substitution(market, validator, stable_job, b"\x04" * 32))
+    async with FabstirSDK(chain=world.chain, deployment=market.deployment, account=world.client) as sdk:
+        old = (await sdk.sessions.create_session(world.host.address, world.model, DEPOSIT, HOST_PRICE_NATIVE)).job_id
+        await sdk.sessions.complete_session(old)
+    await world.chain.advance_time(86_400 + 1)
+    await refused("Report window over", substitution.report_substitution(market, validator, old, b"\x05" * 32))
+    await refused("Only owner", substitution.set_substitution_report_window(market, world.stranger, 7 * 86_400))
+    await substitution.set_substitution_report_window(market, world.owner, 7 * 86_400)
+    with_longer_window = await substitution.report_substitution(market, validator, old, b"\x05" * 32)
+    assert with_longer_window.slashed == 0  # the host's stake is all gone by now (two halves)
+
+    # a host that unregisters before the report: its unbonding stake is still slashed
+    await world.chain.transact(world.owner, market.stake_token.functions.mint(world.host.address, half))
+    await world.chain.transact(world.host, market.stake_token.functions.approve(market.node_registry.address, half))
+    await world.chain.transact(world.host, market.node_registry.functions.stake(half))
+    left = await registry.unregister_node(market, world.host)
+    assert left.stake == half and left.unbonding_until is not None
     before = await world.chain.balance(world.client.address)
     late = await substitution.report_substitution(market, validator, job, b"\x03" * 32)
-    assert late.slashed == 0 and await world.chain.balance(world.client.address) == before + DEPOSIT
+    assert late.slashed == half and await world.chain.balance(world.client.address) == before + DEPOSIT
+    assert (await registry.unbonding_stake(market, world.host.address)).amount == 0
+    await refused("Nothing unbonding", registry.withdraw_unbonded_stake(market, world.host))

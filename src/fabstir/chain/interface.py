@@ -93,6 +93,18 @@ EXTRAS: dict[tuple[str, str], str] = {
                                                 "reports, ours only",
     ("NodeRegistry", "NodeActiveChanged"): "our real active flag (setNodeActive); the public flag never changes",
     ("NodeRegistry", "StakeAdded"): "our stake() event; the public registry emits none for added stake",
+    ("NodeRegistry", "StakeUnbonding"): "stake unbonding after unregisterNode (slashable until released), ours "
+                                        "only: on the public registry the stake comes back at once and the "
+                                        "event never appears",
+    ("NodeRegistry", "unbondingStake"): "stake unbonding after unregisterNode, ours only (`fabstir node "
+                                        "withdraw-stake`, tests)",
+    ("NodeRegistry", "withdrawUnbondedStake"): "stake unbonding after unregisterNode, ours only (`fabstir node "
+                                               "withdraw-stake`)",
+    ("NodeRegistry", "UnbondedStakeWithdrawn"): "stake unbonding after unregisterNode, ours only",
+    ("NodeRegistry", "setStakeUnbondingPeriod"): "owner wiring of stake unbonding, ours only (local chains, tests)",
+    ("JobMarketplace", "substitutionReportWindow"): "substitution disputes (P2): read only where "
+                                                    "marketplaceFeatures has FEATURE_SUBSTITUTION_DISPUTES",
+    ("JobMarketplace", "setSubstitutionReportWindow"): "substitution disputes (P2): owner wiring, ours only",
 }
 """Members only our contracts have, with the reason the code may use them. Ours only: on the public
 network the call is never made (dev-chain tooling) or the event simply never appears."""

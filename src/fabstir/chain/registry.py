@@ -7,6 +7,7 @@ Each awaits :class:`~fabstir.chain.backend.Chain`'s worker thread and turns a re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from eth_account.signers.local import LocalAccount
@@ -19,6 +20,8 @@ from fabstir.chain.records import ZERO_ADDRESS, HostRecord
 from fabstir.chain.tokens import ensure_allowance
 
 __all__ = [
+    "UnbondingStake",
+    "Unregistered",
     "active_nodes",
     "earnings_balance",
     "host_record",
@@ -30,9 +33,12 @@ __all__ = [
     "register_node",
     "registry_events",
     "set_model_pricing",
+    "set_stake_unbonding_period",
+    "unbonding_stake",
     "unregister_node",
     "update_node",
     "withdraw_all_earnings",
+    "withdraw_unbonded_stake",
 ]
 
 
@@ -96,15 +102,66 @@ async def set_model_pricing(market: Marketplace, host: LocalAccount, model: byte
                                                                                      stable_price))
 
 
-async def unregister_node(market: Marketplace, host: LocalAccount) -> int:
-    """``unregisterNode``; returns the stake given back.
+@dataclasses.dataclass(frozen=True)
+class Unregistered:
+    """What ``unregisterNode`` did with the host's stake."""
+
+    stake: int
+    """The whole stake released (stake-token base units)."""
+    unbonding_until: int | None
+    """Chain time (seconds) from which :func:`withdraw_unbonded_stake` pays it out, while it stays slashable
+    (our registry with a non-zero ``stakeUnbondingPeriod``); ``None``: it was paid back at once (the public
+    registry, or a period of zero)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UnbondingStake:
+    """Stake an unregistered host has not withdrawn yet (our registry only)."""
+
+    amount: int
+    release_time: int
+    """Chain time (seconds) from which it may be withdrawn."""
+
+
+async def unregister_node(market: Marketplace, host: LocalAccount) -> Unregistered:
+    """``unregisterNode``: leave every list; the stake is paid back at once or starts unbonding.
 
     Raises:
         ContractError: not registered.
     """
     receipt = await market.chain.transact(host, market.node_registry.functions.unregisterNode())
-    events = market.node_registry.events.NodeUnregistered().process_receipt(receipt, errors=DISCARD)
-    return int(events[0]["args"]["returnedAmount"]) if events else 0
+    events = market.node_registry.events
+    released = events.NodeUnregistered().process_receipt(receipt, errors=DISCARD)
+    unbonding = events.StakeUnbonding().process_receipt(receipt, errors=DISCARD)
+    return Unregistered(int(released[0]["args"]["returnedAmount"]) if released else 0,
+                        int(unbonding[0]["args"]["releaseTime"]) if unbonding else None)
+
+
+async def unbonding_stake(market: Marketplace, address: str) -> UnbondingStake:
+    """The stake ``address`` unregistered and has not withdrawn (amount 0: none)."""
+    call = market.node_registry.functions.unbondingStake(Web3.to_checksum_address(address))
+    amount, release_time = await market.chain.call(call)
+    return UnbondingStake(int(amount), int(release_time))
+
+
+async def withdraw_unbonded_stake(market: Marketplace, host: LocalAccount) -> int:
+    """``withdrawUnbondedStake``: pay out the host's stake once its unbonding period is over; returns the amount.
+
+    Raises:
+        ContractError: "Nothing unbonding", "Stake still unbonding".
+    """
+    receipt = await market.chain.transact(host, market.node_registry.functions.withdrawUnbondedStake())
+    events = market.node_registry.events.UnbondedStakeWithdrawn().process_receipt(receipt, errors=DISCARD)
+    return int(events[0]["args"]["amount"]) if events else 0
+
+
+async def set_stake_unbonding_period(market: Marketplace, owner: LocalAccount, seconds: int) -> None:
+    """How long an unregistered host's stake stays slashable (0: paid back at once). ``owner`` owns the registry.
+
+    Raises:
+        ContractError: "Only owner".
+    """
+    await market.chain.transact(owner, market.node_registry.functions.setStakeUnbondingPeriod(seconds))
 
 
 # --- reads -------------------------------------------------------------------------------------------------

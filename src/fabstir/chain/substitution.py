@@ -1,11 +1,14 @@
-"""Substitution disputes on chain (issue 14 P2): the validator's report closes a job unpaid and slashes its host.
+"""Substitution disputes on chain (issue 14 P2): the validator's report slashes a host caught serving another model.
 
 Our marketplace (feature bit :data:`~fabstir.chain.proofs.FEATURE_SUBSTITUTION_DISPUTES`) acts on reports from
 one validator its owner appoints (``setSubstitutionValidator``). ``reportSubstitution(jobId, evidenceHash,
-evidenceUri)`` on an active job closes it with the host paid nothing, pushes the whole deposit back to the
-depositor, and moves ``SUBSTITUTION_SLASH_BPS`` of the NodeRegistry's ``MIN_STAKE`` (at most the host's stake)
-from the host's stake to the depositor. Each report leaves a ``SubstitutionReported`` event, the public record
-of the evidence (its hash and where it lies). The chain cannot check the evidence: the validator is trusted
+evidenceUri)`` on an active job closes it with the host paid nothing and pushes the whole deposit back to the
+depositor; on a job that settled at most ``substitutionReportWindow`` seconds ago (the host completed it before
+the report came) the payment stays where it went. Either way ``SUBSTITUTION_SLASH_BPS`` of the NodeRegistry's
+``MIN_STAKE`` (at most what the host has) moves from the host's stake to the depositor, also from stake still
+unbonding after the host unregistered (``stakeUnbondingPeriod``), so leaving does not save a caught host's
+stake. A job is reported once. Each report leaves a ``SubstitutionReported`` event, the public record of the
+evidence (its hash and where it lies). The chain cannot check the evidence: the validator is trusted
 (docs/proofs.md, "Disputes on chain").
 """
 
@@ -23,9 +26,11 @@ from fabstir.chain.contracts import Marketplace
 __all__ = [
     "SubstitutionReport",
     "report_substitution",
+    "set_substitution_report_window",
     "set_substitution_validator",
     "slash_amount",
     "substitution_evidence",
+    "substitution_report_window",
     "substitution_reports",
     "substitution_validator",
 ]
@@ -64,6 +69,20 @@ async def substitution_validator(market: Marketplace) -> str | None:
     return None if int(address, 16) == 0 else address
 
 
+async def substitution_report_window(market: Marketplace) -> int:
+    """Seconds after settlement during which a job may still be reported (its host is then only slashed)."""
+    return int(await market.chain.call(market.marketplace.functions.substitutionReportWindow()))
+
+
+async def set_substitution_report_window(market: Marketplace, owner: LocalAccount, seconds: int) -> None:
+    """Set :func:`substitution_report_window`; ``owner`` owns the marketplace.
+
+    Raises:
+        ContractError: "Only owner".
+    """
+    await market.chain.transact(owner, market.marketplace.functions.setSubstitutionReportWindow(seconds))
+
+
 async def slash_amount(market: Marketplace) -> int:
     """What an upheld report slashes from a host with enough stake: ``MIN_STAKE x SUBSTITUTION_SLASH_BPS / 10000``."""
     min_stake = int(await market.chain.call(market.node_registry.functions.MIN_STAKE()))
@@ -73,11 +92,11 @@ async def slash_amount(market: Marketplace) -> int:
 
 async def report_substitution(market: Marketplace, validator: LocalAccount, job_id: int, evidence_hash: bytes,
                               evidence_uri: str = "") -> SubstitutionReport:
-    """``reportSubstitution``: close ``job_id`` unpaid, refund its deposit and slash its host.
+    """``reportSubstitution``: slash ``job_id``'s host; an active job also closes unpaid, its deposit refunded.
 
     Raises:
-        ContractError: "Only validator", "Session not active" (settled, or already reported), "Session not
-            found", "No evidence" (a zero hash).
+        ContractError: "Only validator", "Already reported", "Report window over" (settled longer ago than
+            :func:`substitution_report_window`), "Session not found", "No evidence" (a zero hash).
     """
     call = market.marketplace.functions.reportSubstitution(job_id, evidence_hash, evidence_uri)
     receipt = await market.chain.transact(validator, call)

@@ -20,7 +20,10 @@ def register(app: typer.Typer) -> None:
     node = typer.Typer(help="run a host node and manage its registration and earnings", no_args_is_help=True)
     node.command("serve", help="serve a model over HTTP and /v1/ws (until Ctrl-C)")(serve)
     node.command("register", help="stake and register this host on the NodeRegistry")(register_host)
-    node.command("unregister", help="leave the registry and get the stake back")(unregister)
+    node.command("unregister", help="leave the registry; the stake comes back at once or after its unbonding "
+                                    "period (then withdraw-stake)")(unregister)
+    node.command("withdraw-stake", help="withdraw the stake once its unbonding period after unregister is over"
+                 )(withdraw_stake)
     node.command("earnings", help="show what the host may withdraw")(earnings)
     node.command("withdraw", help="withdraw the host's earnings")(withdraw)
     node.command("proof-keys", help="build the checkpoint-proof keys now (once; a proving node builds them on "
@@ -126,6 +129,11 @@ def register_host(
 def unregister(network: NetworkOption, key: KeyOption = None, account: AccountOption = None,
                json: JsonOption = False) -> int:
     return _chain_command("unregister", **locals())
+
+
+def withdraw_stake(network: NetworkOption, key: KeyOption = None, account: AccountOption = None,
+                   json: JsonOption = False) -> int:
+    return _chain_command("withdraw-stake", **locals())
 
 
 def earnings(network: NetworkOption, key: KeyOption = None, account: AccountOption = None,

@@ -1,8 +1,9 @@
-"""``fabstir node register | unregister | earnings | withdraw``: the host's on-chain chores."""
+"""``fabstir node register | unregister | withdraw-stake | earnings | withdraw``: the host's on-chain chores."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 
 import coincurve
@@ -17,7 +18,13 @@ from fabstir.cli.output import print_json
 from fabstir.errors import ConfigError
 from fabstir.keys import load_signing_key
 from fabstir.node.config import check_host_key
-from fabstir.node.registration import earnings, register_host, unregister_host, withdraw_earnings
+from fabstir.node.registration import (
+    earnings,
+    register_host,
+    unregister_host,
+    withdraw_earnings,
+    withdraw_unbonded_stake,
+)
 from fabstir.sdk.sessions import resolve_model_id
 
 __all__ = ["run_host_command"]
@@ -59,9 +66,20 @@ async def run_host_command(args: argparse.Namespace) -> int:
             _report(args, {"host": host.address, "api_url": args.api_url, "stake": stake},
                     f"registered {host.address} at {args.api_url} with a stake of {format_units(stake, 18, 'FAB')}")
         elif args.node_command == "unregister":
-            returned = await unregister_host(market, host)
-            _report(args, {"host": host.address, "stake_returned": returned},
-                    f"unregistered {host.address}; stake returned: {format_units(returned, 18, 'FAB')}")
+            left = await unregister_host(market, host)
+            released = format_units(left.stake, 18, "FAB")
+            if left.unbonding_until is None:
+                text = f"unregistered {host.address}; stake returned: {released}"
+            else:
+                until = datetime.datetime.fromtimestamp(left.unbonding_until, datetime.timezone.utc)
+                text = (f"unregistered {host.address}; stake of {released} unbonding (slashable) until "
+                        f"{until:%Y-%m-%d %H:%M} UTC: then `fabstir node withdraw-stake`")
+            _report(args, {"host": host.address, "stake": left.stake, "unbonding_until": left.unbonding_until,
+                           "stake_returned": left.stake if left.unbonding_until is None else 0}, text)
+        elif args.node_command == "withdraw-stake":
+            amount = await withdraw_unbonded_stake(market, host)
+            _report(args, {"host": host.address, "amount": amount},
+                    f"withdrew the unbonded stake of {format_units(amount, 18, 'FAB')} to {host.address}")
         elif args.node_command == "earnings":
             owed = await earnings(market, host.address)
             _report(args, {"host": host.address, "native": owed.native, "stable": owed.stable},

@@ -1,6 +1,6 @@
 """Host registration on the NodeRegistry, and the host's earnings.
 
-Used by ``fabstir node register / unregister / earnings / withdraw`` and by the demo; the contract calls are
+Used by ``fabstir node register / unregister / withdraw-stake / earnings / withdraw`` and by the demo; the contract calls are
 in :mod:`fabstir.chain.registry`.
 """
 
@@ -14,8 +14,9 @@ from fabstir.chain import registry
 from fabstir.chain.contracts import Marketplace
 from fabstir.chain.registry import register_node as register_host
 from fabstir.chain.registry import unregister_node as unregister_host
+from fabstir.chain.registry import withdraw_unbonded_stake
 
-__all__ = ["Earnings", "earnings", "register_host", "unregister_host", "withdraw_earnings"]
+__all__ = ["Earnings", "earnings", "register_host", "unregister_host", "withdraw_earnings", "withdraw_unbonded_stake"]
 
 
 @dataclasses.dataclass(frozen=True)

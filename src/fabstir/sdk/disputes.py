@@ -55,13 +55,16 @@ async def report_substitution(sdk: FabstirSDK, job_id: int, record: dict[str, An
                               evidence_uri: str = "") -> SubstitutionReport:
     """Report that ``job_id``'s host served another model: ``sdk.account`` must be the appointed validator.
 
-    On success the job is closed unpaid, its deposit refunded in full and its host's stake slashed.
+    On success the host's stake is slashed to the depositor; an active job is also closed unpaid with its
+    deposit refunded in full (a job its host already settled keeps its settlement: it can be reported for
+    :func:`fabstir.chain.substitution.substitution_report_window` seconds after it settled).
 
     Raises:
         ConfigError: DISPUTE_NOT_CAUGHT, the verdict is honest; DISPUTE_WRONG_HOST, the receipt is not the job
             host's; DISPUTES_UNSUPPORTED, the marketplace lacks FEATURE_SUBSTITUTION_DISPUTES; CONFIG_ERROR, the
             SDK has no chain or account.
-        ContractError: refused on chain ("Only validator", "Session not active", "Session not found").
+        ContractError: refused on chain ("Only validator", "Already reported", "Report window over",
+            "Session not found").
     """
     if verdict.honest:
         raise ConfigError(f"job {job_id}: the answer matches the named model; nothing to report",
