@@ -9,7 +9,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 
 from fabstir.chain.backend import dev_account
-from fabstir.discovery import Requirements, SelectionError
+from fabstir.discovery import HostSelector, Requirements, SelectionError
 from fabstir.discovery.chain_source import ChainSource
 from fabstir.node.billing import BillingService
 from fabstir.node.host_chain import HostChain
@@ -110,3 +110,32 @@ async def test_chain_source_follows_registry_events_after_the_first_read(world: 
         assert source.full_reads == 1
         fresh = ChainSource(sdk, incremental=False)
         assert await fresh.discover() == [] and fresh.full_reads == 1
+
+
+async def test_chain_source_prices_a_model_at_the_hosts_price_for_it(world: PaidWorld) -> None:
+    """For a model requirement a host's price is its per-model price where it set one (else its default), so
+    "cheapest" ranks by what a session on that model costs; a pricing change is picked up by the next refresh,
+    and a slash by the next stake read."""
+    registry = world.market.node_registry.functions
+    await add_host(world, world.host, "http://127.0.0.1:1", 2_000_000)
+    await add_host(world, world.stranger, "http://127.0.0.1:2", 3_000_000)
+    await world.chain.transact(world.host, registry.setModelPricing(world.model, 4_000_000, 0))
+    async with FabstirSDK(chain=world.chain, deployment=world.market.deployment) as sdk:
+        source = ChainSource(sdk)
+        wanted = Requirements(model=f"local/{world.model_file}")
+        for_model = {h.address: h.price_per_token for h in await source.discover(wanted)}
+        assert for_model == {world.host.address: 4_000_000, world.stranger.address: 3_000_000}
+        cheapest = HostSelector().select_optimal_host(await source.discover(wanted), strategy="cheapest")
+        assert cheapest.address == world.stranger.address
+        defaults = {h.address: h.price_per_token for h in await source.discover()}
+        assert defaults == {world.host.address: 2_000_000, world.stranger.address: 3_000_000}
+
+        await world.chain.transact(world.host, registry.clearModelPricing(world.model))
+        for_model = {h.address: h.price_per_token for h in await source.discover(wanted)}
+        assert for_model[world.host.address] == 2_000_000
+
+        stake = {h.address: h.stake for h in await source.discover()}[world.host.address]
+        await world.chain.transact(world.owner, registry.setSlashingAuthority(world.owner.address))
+        await world.chain.transact(world.owner, registry.slash(world.host.address, 10**18, world.owner.address))
+        assert {h.address: h.stake for h in await source.discover()}[world.host.address] == stake - 10**18
+        assert source.full_reads == 1

@@ -93,6 +93,8 @@ EXTRAS: dict[tuple[str, str], str] = {
                                                 "reports, ours only",
     ("NodeRegistry", "NodeActiveChanged"): "our real active flag (setNodeActive); the public flag never changes",
     ("NodeRegistry", "StakeAdded"): "our stake() event; the public registry emits none for added stake",
+    ("NodeRegistry", "StakeSlashed"): "our slash() event (substitution reports); discovery re-reads a slashed "
+                                      "host's stake. The public registry's slashing is not offered",
     ("NodeRegistry", "StakeUnbonding"): "stake unbonding after unregisterNode (slashable until released), ours "
                                         "only: on the public registry the stake comes back at once and the "
                                         "event never appears",

@@ -205,12 +205,12 @@ async def model_pricing(market: Marketplace, address: str, model: bytes, token: 
 
 
 async def registry_events(market: Marketplace, from_block: int = 0) -> list[RegistryEvent]:
-    """Registrations, updates (prices, per-model prices included) and exits since ``from_block``, in block
-    order. Events a deployment does not emit are simply absent."""
+    """Registrations, updates (prices, per-model prices, stake and slashes included) and exits since
+    ``from_block``, in block order. Events a deployment does not emit are simply absent."""
     events = market.node_registry.events
     kinds = (events.NodeRegistered, events.NodeUnregistered, events.MetadataUpdated, events.ApiUrlUpdated,
              events.ModelsUpdated, events.PricingUpdated, events.ModelPricingUpdated, events.NodeActiveChanged,
-             events.StakeAdded)
+             events.StakeAdded, events.StakeSlashed)
 
     def fetch() -> list[RegistryEvent]:
         found = []

@@ -6,9 +6,11 @@ is one), so discovery depends on the chain layer only, never on the SDK.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
+from fabstir.chain import registry
 from fabstir.chain.contracts import Marketplace
 from fabstir.chain.hosts import HostInfo, RegistryEvent, resolve_model_id
 from fabstir.discovery.merge import CHAIN
@@ -80,8 +82,10 @@ class ChainSource:
     """Active hosts of the NodeRegistry, read through ``sdk.registry``.
 
     The first call reads every active host; later calls read only the hosts named by registry events since the
-    last call (registrations, exits, metadata, URL, models, pricing, stake, active flag), so a refresh costs
-    what changed, not the size of the registry.
+    last call (registrations, exits, metadata, URL, models, pricing, stake, slashes, active flag), so a refresh
+    costs what changed, not the size of the registry. For a model requirement each host's price is its price
+    for that model (``getModelPricing``: a per-model price where the host set one, else its default), read once
+    per host and model and again after that host's next event.
 
     Args:
         sdk: an SDK with a chain and deployment (any :class:`RegistryView`).
@@ -96,6 +100,7 @@ class ChainSource:
         self.payment_token = payment_token
         self.incremental = incremental
         self._hosts: dict[str, HostCandidate] | None = None
+        self._model_prices: dict[tuple[str, bytes], int] = {}
         self._next_block = 0
         self.full_reads = 0
         self.hosts_read = 0
@@ -107,11 +112,14 @@ class ChainSource:
         if self._hosts is None or not self.incremental:
             infos = await self._sdk.registry.get_all_active_nodes()
             self._hosts = {info.address: candidate_from_host_info(info, self.payment_token) for info in infos}
+            self._model_prices.clear()
             self.full_reads += 1
             self.hosts_read += len(infos)
         elif block >= self._next_block:
             events = await self._sdk.registry.get_registry_events(from_block=self._next_block)
-            for address in sorted({e.operator for e in events if e.block_number <= block}):
+            changed = {e.operator for e in events if e.block_number <= block}
+            self._model_prices = {k: v for k, v in self._model_prices.items() if k[0] not in changed}
+            for address in sorted(changed):
                 info = await self._sdk.registry.get_host(address)
                 self.hosts_read += 1
                 if info.record.active:
@@ -123,4 +131,24 @@ class ChainSource:
         aliases = model_aliases(requirements.model) if requirements and requirements.model else ()
         if aliases:
             hosts = [h for h in hosts if any(a in h.models for a in aliases)]
+            model_key = _registry_id(aliases)
+            if model_key is not None:
+                hosts = [await self._priced_for(host, model_key) for host in hosts]
         return hosts
+
+    async def _priced_for(self, host: HostCandidate, model_key: bytes) -> HostCandidate:
+        """``host`` with its minimum price for the model ``model_key`` (remembered until its next event)."""
+        key = (host.address, model_key)
+        price = self._model_prices.get(key)
+        if price is None:
+            price = self._model_prices[key] = await registry.model_pricing(
+                self._sdk.marketplace, host.address, model_key, self.payment_token)
+        return host if price == host.price_per_token else dataclasses.replace(host, price_per_token=price)
+
+
+def _registry_id(aliases: tuple[str, ...]) -> bytes | None:
+    """The 32-byte registry id among a model's aliases (the ``0x`` one :func:`model_aliases` adds), if any."""
+    for alias in aliases:
+        if alias.startswith("0x") and len(alias) == 66:
+            return bytes.fromhex(alias[2:])
+    return None
