@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -66,7 +67,8 @@ class Chain:
     @classmethod
     def embedded(cls, funded_accounts: int = 10) -> Chain:
         """A fresh in-process EVM with the first ``funded_accounts`` development accounts funded."""
-        provider = EthereumTesterProvider()
+        with warnings.catch_warnings():  # eth-tester turns every warning on, process-wide, as it picks a backend
+            provider = EthereumTesterProvider()
         w3 = Web3(provider)
         tester = provider.ethereum_tester
         funder = w3.eth.accounts[0]
