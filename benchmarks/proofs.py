@@ -15,6 +15,9 @@ touching the others.
   side in ABBA order (target >= 0.97). ``fingerprint_overhead_prefill`` measures the alternative the same
   way: no states while generating, and one prefill pass over prompt + answer on a second (embeddings) context
   after each answer.
+- ``fingerprint_overhead_batching``: the same for the continuous-batching engine (``llama-batch``): the median
+  tokens/s of one ``BatchingEngine`` (4 sequences) that fingerprints over one that does not, each run being 4
+  answers of ``max_tokens`` generated together, ABBA.
 - ``verify_cost_ratio``: the time to verify ``runs`` fingerprinted answers (one prefill of prompt + answer on
   the verifier's context, top-k and comparison; the verifier's calibration, once per model, not counted) over
   the time it took to generate them (target <= 0.10). Nothing runs between the answers, nor between the
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +40,7 @@ from pathlib import Path
 from common import Settings, log
 from fabstir.fingerprints import Fingerprint, PrefillStates, Verifier
 from fabstir.node.engines.base import Finished, GenerationParams, TokenPiece
+from fabstir.node.engines.batching import BatchingEngine
 from fabstir.node.engines.llama import LlamaCppEngine
 from fabstir.testing.substitution import quantize_gguf, run_host
 from fabstir.testing.tiny_gguf import write_tiny_gguf
@@ -115,6 +120,7 @@ def _overhead(settings: Settings) -> dict[str, object]:
     finally:
         for closing in (plain, printing, prefill):
             closing.close()
+    batching_ratio = _batching_overhead(settings, params)
     log(f"verifying {len(answers)} answers")
     with Verifier(settings.model, threads=settings.threads) as verifier:
         started = time.perf_counter()
@@ -126,6 +132,7 @@ def _overhead(settings: Settings) -> dict[str, object]:
     return {
         "fingerprint_overhead": round(live_rate / plain_rate, 4),
         "fingerprint_overhead_prefill": round(after_rate / plain_rate_2, 4),
+        "fingerprint_overhead_batching": round(batching_ratio, 4),
         "verify_cost_ratio": round(verify_seconds / sum(took for _, _, took in answers), 4),
         "tokens_per_s_plain": round(plain_rate, 1),
         "tokens_per_s_fingerprinted": round(live_rate, 1),
@@ -133,6 +140,38 @@ def _overhead(settings: Settings) -> dict[str, object]:
         "runs": settings.runs,
         "max_tokens": settings.max_tokens,
     }
+
+
+def _batching_overhead(settings: Settings, params: GenerationParams, sequences: int = 4) -> float:
+    """Tokens/s of a fingerprinting batching engine over a plain one, ``sequences`` answers at a time, ABBA."""
+    log(f"fingerprint overhead, batching engine: {sequences} answers at a time, {settings.runs} runs per side")
+    kwargs = {"context_window": settings.context_window, "sequences": sequences, "threads": settings.threads}
+    engines = [BatchingEngine(settings.model, fingerprints=on, **kwargs) for on in (True, False)]
+
+    def together(engine: BatchingEngine) -> float:
+        tokens = [0] * sequences
+
+        def answer(index: int) -> None:
+            for event in engine.generate(settings.prompt, dataclasses.replace(params, seed=index), lambda: False):
+                if isinstance(event, Finished):
+                    tokens[index] = event.completion_tokens
+
+        started = time.perf_counter()
+        workers = [threading.Thread(target=answer, args=(i,)) for i in range(sequences)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        if not all(tokens):
+            raise RuntimeError("a batched answer produced no tokens")
+        return sum(tokens) / (time.perf_counter() - started)
+
+    try:
+        with_states, without = _abba(lambda: together(engines[0]), lambda: together(engines[1]), settings)
+    finally:
+        for engine in engines:
+            engine.close()
+    return with_states / without
 
 
 def _abba(first: Callable[[], float], second: Callable[[], float], settings: Settings) -> tuple[float, float]:

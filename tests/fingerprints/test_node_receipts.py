@@ -4,6 +4,7 @@ SDK and by ``fabstir verify`` (exit 3, the signed receipt as evidence)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -55,6 +56,20 @@ async def test_the_sdk_receives_a_signed_fingerprint_and_verifies_it(node: NodeS
             assert verdict.honest, verdict.to_json()
             assert len(verdict.chunks) == 2  # 39 states: 32 + 7
             assert not verify_result(verifier, rendered("another question"), result).honest
+
+
+async def test_a_batching_node_signs_fingerprints_of_answers_decoded_together(node_factory: NodeFactory,
+                                                                              tiny_model: Path) -> None:
+    """``engine = "llama-batch"``: three answers decoded in one context at once; each signed receipt's
+    fingerprint passes the check with the named model."""
+    batching = await node_factory(engine="llama-batch", parallel=3)
+    results = await asyncio.gather(*(ask(batching, f"batch-{n}", q) for n, q in enumerate(QUESTIONS)))
+    with Verifier(tiny_model, threads=1) as verifier:
+        for question, result in zip(QUESTIONS, results):
+            assert result.receipt is not None and result.receipt.fingerprint is not None
+            verdict = verify_result(verifier, rendered(question), result,
+                                    expected_key=batching.runtime.signing_public_key)
+            assert verdict.honest, verdict.to_json()
 
 
 async def test_a_tampered_fingerprint_breaks_the_signature(node: NodeServer, tiny_model: Path) -> None:

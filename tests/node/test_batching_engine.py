@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from fabstir.errors import EngineError
+from fabstir.fingerprints import Verifier
 from fabstir.node.engines.base import Finished, GenerationEvent, GenerationParams, TokenPiece
 from fabstir.node.engines.batching import BatchingEngine
 from fabstir.node.engines.llama import LlamaCppEngine
+from fabstir.testing.tiny_gguf import write_tiny_gguf
 
 PROMPTS = ["Once upon a time", "The little dog", "Lily and Tom went to the park", "One day", "The sun was",
            "A big red ball", "Tom said", "She was happy because", "Once upon a time there was"]
@@ -249,5 +251,73 @@ def test_flash_attention_engine_answers(model: Path, expected: dict[str, Outcome
     try:
         text, reason, tokens = outcome(engine.generate(PROMPTS[0], GREEDY, never))
         assert tokens == expected[PROMPTS[0]][2] and reason == expected[PROMPTS[0]][1] and text
+    finally:
+        engine.close()
+
+
+def finished_of(engine: BatchingEngine | LlamaCppEngine, prompt: str, params: GenerationParams) -> Finished:
+    events = list(engine.generate(prompt, params, never))
+    assert isinstance(events[-1], Finished)
+    return events[-1]
+
+
+def test_answers_decoded_together_carry_fingerprints_the_named_model_reproduces(
+        model: Path, batching: BatchingEngine, single: LlamaCppEngine) -> None:
+    """Each answer's fingerprint covers its own tokens (the single engine's, greedy) and passes the verifier's
+    check, although the states came from batches of several sequences, some steps split around prompt chunks;
+    the check fails against another prompt. Without fingerprints the engine makes none."""
+    jobs = PROMPTS[:6]
+    fingerprints: list[Finished | None] = [None] * len(jobs)
+
+    def work(index: int) -> None:
+        fingerprints[index] = finished_of(batching, jobs[index], GREEDY)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    with Verifier(model, threads=1) as verifier:
+        for prompt, finished in zip(jobs, fingerprints):
+            assert finished is not None and finished.fingerprint is not None
+            alone = finished_of(single, prompt, GREEDY).fingerprint
+            assert alone is not None and finished.fingerprint.tokens == alone.tokens
+            assert len(finished.fingerprint.tokens) == finished.completion_tokens
+            verdict = verifier.check(prompt, finished.fingerprint)
+            assert verdict.honest, verdict.to_json()
+        assert not verifier.check("Another prompt entirely", fingerprints[0].fingerprint).honest  # type: ignore[union-attr]
+    plain = BatchingEngine(model, context_window=512, sequences=2, threads=1, fingerprints=False)
+    try:
+        assert finished_of(plain, PROMPTS[0], GREEDY).fingerprint is None
+    finally:
+        plain.close()
+
+
+def test_an_answer_ended_by_the_model_has_no_state_for_its_end(tmp_path: Path) -> None:
+    """An answer that ends with the end-of-sequence token (a tiny GGUF that emits it after 7-14 tokens) has a
+    fingerprint of its tokens with one state fewer, as the single engine's, and it verifies."""
+    model = write_tiny_gguf(tmp_path / "ends.gguf", seed=0, context_length=512, eos_weight=0.013)
+    engine = BatchingEngine(model, context_window=512, sequences=3, threads=1)
+    try:
+        single = LlamaCppEngine(model, context_window=512, threads=1)
+        results: list[Finished | None] = [None] * 3
+
+        def work(index: int) -> None:
+            results[index] = finished_of(engine, PROMPTS[index], GREEDY)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        with Verifier(model, threads=1) as verifier:
+            for prompt, finished in zip(PROMPTS, results):
+                assert finished is not None and finished.finish_reason == "stop" and finished.fingerprint is not None
+                alone = finished_of(single, prompt, GREEDY)
+                assert alone.finish_reason == "stop" and alone.fingerprint is not None
+                assert finished.fingerprint.tokens == alone.fingerprint.tokens
+                assert 2 <= finished.completion_tokens < GREEDY.max_tokens
+                assert verifier.check(prompt, finished.fingerprint).honest
+        single.close()
     finally:
         engine.close()

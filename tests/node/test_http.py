@@ -15,8 +15,8 @@ from fabstir.node.server import NodeServer
 from fabstir.protocol import ChatTurn
 from tests.conftest import TEST_ENGINE, NodeFactory
 
-FINGERPRINTS = ["activation-fingerprint"] if TEST_ENGINE == "llama" else []
-"""Only the single-sequence llama engine fingerprints its answers (the batching engine does not yet)."""
+FINGERPRINTS = ["activation-fingerprint"] if TEST_ENGINE in ("llama", "llama-batch") else []
+"""Both llama.cpp engines fingerprint their answers."""
 
 GOLDEN = ", there was a little girl named Lily. She loved to play outside in the park."
 

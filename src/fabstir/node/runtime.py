@@ -116,6 +116,6 @@ class NodeRuntime:
             features.append(Feature.PERMESSAGE_DEFLATE)
         if self.config.encryption:
             features += [Feature.E2E, Feature.E2E_COMPRESSION]
-        if self.config.engine == "llama":  # its receipts carry activation fingerprints
+        if self.config.engine in ("llama", "llama-batch"):  # their receipts carry activation fingerprints
             features.append(Feature.ACTIVATION_FINGERPRINT)
         return tuple(str(f) for f in features)

@@ -15,6 +15,12 @@ scheduler thread owns the context; every step it
    single engine does), and finishes those that stopped, reached ``max_tokens`` or were cancelled; a finished
    sequence is free for the next request at the next step.
 
+Activation fingerprints (:mod:`fabstir.fingerprints`), as the single engine makes them: each answer's
+:class:`Finished` carries the final hidden states at the positions of its generated tokens but the last. llama.cpp
+gives states for every position of a batch once they are on (and then computes logits for every position too),
+so while fingerprinting, a step whose batch would mix prompt chunks with generating sequences decodes them as two
+batches: the generating tokens with states on, the prompt chunks with states off.
+
 KV reuse: a finished sequence keeps its tokens in the cache. A new request goes to the free sequence whose
 cached tokens share the longest prefix with its prompt (a session's next turn, or another answer to the same
 system prompt) and only the rest is read; the tail that differs is removed first.
@@ -28,6 +34,7 @@ hand-offs of the GIL would slow every step); :meth:`BatchingEngine.generate` is 
 from __future__ import annotations
 
 import codecs
+import ctypes
 import dataclasses
 import os
 import queue
@@ -38,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from fabstir.errors import EngineError, ModelNotFoundError
+from fabstir.fingerprints import fingerprint_states, stack_states
 from fabstir.node.engines.base import Engine, Finished, FinishReason, GenerationEvent, GenerationParams, TokenPiece
 from fabstir.node.engines.stops import StopMatcher
 
@@ -84,6 +92,10 @@ class _Sequence:
     decoder: Any = None
     stops: StopMatcher | None = None
     last_used: int = 0
+    fingerprinted: list[int] = dataclasses.field(default_factory=list)
+    """The answer's generated tokens (with fingerprints on)."""
+    states: list[bytes] = dataclasses.field(default_factory=list)
+    """The hidden states at the positions of ``fingerprinted`` but the last, as float32 bytes."""
 
 
 class BatchingEngine:
@@ -96,6 +108,8 @@ class BatchingEngine:
         sequences: answers decoded together at most (the node's pool hands out this many slots).
         threads: CPU threads for decoding (``None``: all cores).
         prefill_chunk: prompt tokens read per step at most while other sequences are generating.
+        fingerprints: put each answer's activation fingerprint in its :class:`Finished` (see the module
+            docstring).
     """
 
     def __init__(
@@ -109,6 +123,7 @@ class BatchingEngine:
         seed: int = 0,
         prefill_chunk: int = 256,
         flash_attention: bool = False,
+        fingerprints: bool = True,
     ) -> None:
         path = Path(model_path)
         if not path.is_file():
@@ -128,6 +143,8 @@ class BatchingEngine:
         self._vocab = self._model.vocab
         self._n_vocab = int(self._lib.llama_vocab_n_tokens(self._vocab))
         self._eos = int(self._model.token_eos())
+        self._n_embd = int(self._lib.llama_model_n_embd(self._model.model)) if fingerprints else 0
+        self._states_on = False
         self._eog: dict[int, bool] = {}
         self._pieces: dict[int, bytes] = {}
         self._sequences = [_Sequence(i) for i in range(sequences)]
@@ -315,6 +332,7 @@ class BatchingEngine:
             del seq.cached[keep:]
         seq.todo = request.prompt[keep:]
         seq.generated = seq.held_tokens = 0
+        seq.fingerprinted, seq.states = [], []
         seq.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         seq.stops = StopMatcher(request.params.stop)
         seq.sampler = self._sampler(request.params)
@@ -344,9 +362,6 @@ class BatchingEngine:
 
     def _step(self) -> None:
         """One decode of every generating sequence plus a chunk of prompts; then sample and hand out."""
-        lib = self._lib
-        batch = self._batch
-        n = 0
         decoding: list[_Sequence] = []
         reading: list[_Sequence] = []
         for seq in self._sequences:
@@ -362,6 +377,17 @@ class BatchingEngine:
         budget = BATCH_TOKENS - len(decoding)
         if decoding:
             budget = min(budget, self._prefill_chunk)
+        if self._n_embd and decoding:  # states for the generating tokens only: two batches
+            self._decode_and_sample(decoding, [], 0)
+            self._decode_and_sample([], reading, budget)
+        else:
+            self._decode_and_sample(decoding, reading, budget)
+
+    def _decode_and_sample(self, decoding: list[_Sequence], reading: list[_Sequence], budget: int) -> None:
+        """One ``llama_decode`` of the generating ``decoding`` and up to ``budget`` prompt tokens of ``reading``;
+        then sample every sequence that produced logits (and, fingerprinting, keep the generating ones' states)."""
+        lib = self._lib
+        n = 0
         for seq in decoding:
             n = self._add(seq, seq.todo, n, True)
             seq.todo = []
@@ -377,13 +403,25 @@ class BatchingEngine:
                 seq.output_index = -1
         if n == 0:
             return
-        batch.n_tokens = n
-        code = lib.llama_decode(self._ctx, batch)
+        states = bool(self._n_embd) and not reading
+        if states != self._states_on:
+            lib.llama_set_embeddings(self._ctx, states)
+            self._states_on = states
+        self._batch.n_tokens = n
+        code = lib.llama_decode(self._ctx, self._batch)
         if code != 0:
             raise EngineError(f"llama_decode failed with code {code}", code="ENGINE_DECODE_FAILED")
         for seq in decoding + reading:
             if seq.request is not None and seq.output_index >= 0:
-                self._advance(seq, int(self._sample(seq.sampler, self._ctx, seq.output_index)))
+                state = self._state(seq.output_index) if states else None
+                self._advance(seq, int(self._sample(seq.sampler, self._ctx, seq.output_index)), state)
+
+    def _state(self, index: int) -> bytes:
+        """The hidden state at batch ``index`` of the last decode (float32 bytes, a copy)."""
+        pointer = self._lib.llama_get_embeddings_ith(self._ctx, index)
+        if not pointer:
+            raise EngineError("llama.cpp returned no hidden state", code="ENGINE_DECODE_FAILED")
+        return ctypes.string_at(pointer, 4 * self._n_embd)
 
     def _add(self, seq: _Sequence, tokens: list[int], n: int, wants_logits: bool) -> int:
         """Append ``tokens`` of ``seq`` to the batch at index ``n``; the last one outputs logits if asked."""
@@ -404,8 +442,10 @@ class BatchingEngine:
             seq.output_index = n - 1
         return n
 
-    def _advance(self, seq: _Sequence, token: int) -> None:
-        """``token`` was sampled for ``seq``: hand out its text, or finish."""
+    def _advance(self, seq: _Sequence, token: int, state: bytes | None = None) -> None:
+        """``token`` was sampled for ``seq`` (after the hidden ``state`` of the token before, when fingerprinting):
+        hand out its text, or finish. An end-of-generation token ends the answer without its state, as the
+        single engine's fingerprint has none for the last token."""
         request = seq.request
         assert request is not None and seq.stops is not None
         if self._is_end(token):
@@ -413,6 +453,10 @@ class BatchingEngine:
             return
         seq.generated += 1
         seq.held_tokens += 1
+        if self._n_embd:
+            if state is not None:
+                seq.states.append(state)
+            seq.fingerprinted.append(token)
         text = seq.stops.feed(seq.decoder.decode(self._piece(token)))
         if text:
             request.put(TokenPiece(text, seq.held_tokens))
@@ -435,7 +479,10 @@ class BatchingEngine:
             tail = stops.feed(seq.decoder.decode(b"", final=True)) + stops.flush()
             if tail:
                 request.put(TokenPiece(tail, seq.held_tokens))
-        self._release(seq, Finished(reason, seq.generated))
+        fingerprint = (fingerprint_states(stack_states(seq.states, self._n_embd), seq.fingerprinted)
+                       if self._n_embd else None)
+        seq.states = []
+        self._release(seq, Finished(reason, seq.generated, fingerprint))
 
     def _release(self, seq: _Sequence, last: GenerationEvent | BaseException) -> None:
         """Hand ``seq``'s request its ``last`` event and free the sequence for the next request."""
