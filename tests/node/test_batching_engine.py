@@ -261,31 +261,38 @@ def finished_of(engine: BatchingEngine | LlamaCppEngine, prompt: str, params: Ge
     return events[-1]
 
 
+def finished_together(engine: BatchingEngine, prompts: list[str]) -> list[Finished]:
+    """The last event of each greedy answer to ``prompts``, all generated at once."""
+    results: list[Finished | None] = [None] * len(prompts)
+
+    def work(index: int) -> None:
+        results[index] = finished_of(engine, prompts[index], GREEDY)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert all(result is not None for result in results), "an answer never finished"
+    return results  # type: ignore[return-value]
+
+
 def test_answers_decoded_together_carry_fingerprints_the_named_model_reproduces(
         model: Path, batching: BatchingEngine, single: LlamaCppEngine) -> None:
     """Each answer's fingerprint covers its own tokens (the single engine's, greedy) and passes the verifier's
     check, although the states came from batches of several sequences, some steps split around prompt chunks;
     the check fails against another prompt. Without fingerprints the engine makes none."""
     jobs = PROMPTS[:6]
-    fingerprints: list[Finished | None] = [None] * len(jobs)
-
-    def work(index: int) -> None:
-        fingerprints[index] = finished_of(batching, jobs[index], GREEDY)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
+    fingerprints = finished_together(batching, jobs)
     with Verifier(model, threads=1) as verifier:
         for prompt, finished in zip(jobs, fingerprints):
-            assert finished is not None and finished.fingerprint is not None
+            assert finished.fingerprint is not None
             alone = finished_of(single, prompt, GREEDY).fingerprint
             assert alone is not None and finished.fingerprint.tokens == alone.tokens
             assert len(finished.fingerprint.tokens) == finished.completion_tokens
             verdict = verifier.check(prompt, finished.fingerprint)
             assert verdict.honest, verdict.to_json()
-        assert not verifier.check("Another prompt entirely", fingerprints[0].fingerprint).honest  # type: ignore[union-attr]
+        assert not verifier.check("Another prompt entirely", fingerprints[0].fingerprint).honest
     plain = BatchingEngine(model, context_window=512, sequences=2, threads=1, fingerprints=False)
     try:
         assert finished_of(plain, PROMPTS[0], GREEDY).fingerprint is None
@@ -300,19 +307,10 @@ def test_an_answer_ended_by_the_model_has_no_state_for_its_end(tmp_path: Path) -
     engine = BatchingEngine(model, context_window=512, sequences=3, threads=1)
     try:
         single = LlamaCppEngine(model, context_window=512, threads=1)
-        results: list[Finished | None] = [None] * 3
-
-        def work(index: int) -> None:
-            results[index] = finished_of(engine, PROMPTS[index], GREEDY)
-
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=300)
+        results = finished_together(engine, PROMPTS[:3])
         with Verifier(model, threads=1) as verifier:
             for prompt, finished in zip(PROMPTS, results):
-                assert finished is not None and finished.finish_reason == "stop" and finished.fingerprint is not None
+                assert finished.finish_reason == "stop" and finished.fingerprint is not None
                 alone = finished_of(single, prompt, GREEDY)
                 assert alone.finish_reason == "stop" and alone.fingerprint is not None
                 assert finished.fingerprint.tokens == alone.fingerprint.tokens
