@@ -179,7 +179,10 @@ def test_a_session_turn_reuses_the_cached_prefix(model: Path, single: LlamaCppEn
         reused = outcome(engine.generate(follow_up, GREEDY, never))
         cached = engine.cached_tokens()
         assert max(cached) >= engine.count_tokens(follow_up), "the next turn extends the first turn's sequence"
+        assert min(cached) == 0, f"the next turn went to another sequence and read everything again: {cached}"
         assert reused == outcome(single.generate(follow_up, GREEDY, never))
+        other = outcome(engine.generate(PROMPTS[3], GREEDY, never))  # no shared start: the free sequence
+        assert sorted(engine.cached_tokens())[0] > 0 and other[2] > 0
     finally:
         engine.close()
 

@@ -292,20 +292,21 @@ class BatchingEngine:
                 if active:
                     return True
                 self._wake.wait()
-            admitted = []
-            while self._pending:
-                free = [seq for seq in self._sequences if seq.request is None]
-                if not free:
-                    break
-                request = self._pending.popleft()
-                seq = max(free, key=lambda s: (_common_prefix(s.cached, request.prompt), -s.last_used))
-                admitted.append((seq, request))
-                seq.request = request  # reserved under the lock; set up below
-        for seq, request in admitted:
+            free = sum(seq.request is None for seq in self._sequences)
+            admitted = [self._pending.popleft() for _ in range(min(free, len(self._pending)))]
+        for request in admitted:
             try:
-                self._read_prompt(request)
-                self._start(seq, request)
+                self._read_prompt(request)  # tokenized first: the sequence is chosen by its cached prefix
             except Exception as exc:  # this request fails; the others go on
+                request.put(exc)
+                continue
+            seq = max((s for s in self._sequences if s.request is None),
+                      key=lambda s: (_shared_start(s.cached, request.prompt), -s.last_used))
+            with self._wake:
+                seq.request = request
+            try:
+                self._start(seq, request)
+            except Exception as exc:
                 self._release(seq, exc)
         return True
 
@@ -538,6 +539,13 @@ class _Slot:
 
     def close(self) -> None:
         self._engine.close()
+
+
+def _shared_start(cached: list[int], prompt: list[int]) -> int:
+    """How many of ``prompt``'s tokens a sequence holding ``cached`` already has; a lone BOS does not count, so
+    a prompt that shares nothing more goes to the least recently used sequence and leaves the others' caches."""
+    shared = _common_prefix(cached, prompt)
+    return shared if shared > 1 else 0
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
