@@ -322,3 +322,44 @@ def test_an_answer_ended_by_the_model_has_no_state_for_its_end(tmp_path: Path) -
         single.close()
     finally:
         engine.close()
+
+
+def test_a_prompt_shares_the_start_another_running_sequence_has_read(model: Path, single: LlamaCppEngine) -> None:
+    """While one answer streams, a second request with the same long start reads only what differs: its
+    sequence shares the first one's KV cells. The second answer is the single engine's; the first, stopped
+    once the second is done, is the start of the single engine's."""
+    engine = BatchingEngine(model, context_window=512, sequences=2, threads=1)
+    try:
+        start = "the dog and the cat went out to play in the park " * 4
+        first_prompt, second_prompt = start + "Then", start + "After that"
+        long = GenerationParams(max_tokens=400, temperature=0.0, repeat_penalty=1.1)
+        first_events: list[object] = []
+        first_token, stop_first, first_done = threading.Event(), threading.Event(), threading.Event()
+
+        def first_sink(event: object) -> None:
+            first_events.append(event)
+            first_token.set()
+            if isinstance(event, (Finished, BaseException)):
+                first_done.set()
+
+        engine.submit(first_prompt, long, stop_first.is_set, first_sink)
+        assert first_token.wait(120), "the first answer never streamed"
+        read_before = engine.prompt_tokens_read
+        second = outcome(engine.generate(second_prompt, GREEDY, never))
+        read_for_second = engine.prompt_tokens_read - read_before
+        stop_first.set()
+        assert first_done.wait(120)
+        finished = first_events[-1]
+        assert isinstance(finished, Finished) and finished.finish_reason == "cancelled", "it ran throughout"
+        shared = engine.count_tokens(start) - 1
+        assert shared > 40 and read_for_second <= engine.count_tokens(second_prompt) - shared + 1, read_for_second
+        assert second == outcome(single.generate(second_prompt, GREEDY, never))
+        text = "".join(e.text for e in first_events if isinstance(e, TokenPiece))
+        assert single_text_starts_with(single, first_prompt, long, text)
+    finally:
+        engine.close()
+
+
+def single_text_starts_with(single: LlamaCppEngine, prompt: str, params: GenerationParams, text: str) -> bool:
+    """Whether the single engine's answer begins with ``text`` (a stopped answer is the start of the whole)."""
+    return outcome(single.generate(prompt, params, never))[0].startswith(text)

@@ -23,7 +23,10 @@ batches: the generating tokens with states on, the prompt chunks with states off
 
 KV reuse: a finished sequence keeps its tokens in the cache. A new request goes to the free sequence whose
 cached tokens share the longest prefix with its prompt (a session's next turn, or another answer to the same
-system prompt) and only the rest is read; the tail that differs is removed first.
+system prompt) and only the rest is read; the tail that differs is removed first. When another sequence, running
+or not, holds a longer shared start, its cells are shared instead (``llama_memory_seq_cp`` in the unified cache
+adds this sequence's id to them; nothing is copied or decoded again). ``prompt_tokens_read`` counts the prompt
+tokens actually decoded.
 
 Threads: :meth:`BatchingEngine.submit` (any thread) queues a request with a sink; the scheduler thread, the only
 one that touches the llama.cpp context, tokenizes it and calls the sink with each event. The node's pool hands
@@ -145,6 +148,8 @@ class BatchingEngine:
         self._eos = int(self._model.token_eos())
         self._n_embd = int(self._lib.llama_model_n_embd(self._model.model)) if fingerprints else 0
         self._states_on = False
+        self.prompt_tokens_read = 0
+        """Prompt tokens decoded since the engine started (what the KV reuse saved is not in it)."""
         self._eog: dict[int, bool] = {}
         self._pieces: dict[int, bytes] = {}
         self._sequences = [_Sequence(i) for i in range(sequences)]
@@ -323,9 +328,18 @@ class BatchingEngine:
         request.primed = self._answer_tokens(request.text, tokens, request.params.answer_prefix)
 
     def _start(self, seq: _Sequence, request: _Request) -> None:
-        """Give ``seq`` to ``request``: keep the cached prefix, build its sampler."""
+        """Give ``seq`` to ``request``: keep the cached prefix (or share a longer one another sequence holds),
+        build its sampler."""
         lib = self._lib
         keep = min(_common_prefix(seq.cached, request.prompt), len(request.prompt) - 1)
+        donor = max((s for s in self._sequences if s is not seq),
+                    key=lambda s: _shared_start(s.cached, request.prompt), default=None)
+        shared = min(_shared_start(donor.cached, request.prompt), len(request.prompt) - 1) if donor else 0
+        if donor is not None and shared > keep:  # its cells get this sequence's id too: nothing is decoded again
+            lib.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+            lib.llama_memory_seq_cp(self._memory, donor.seq_id, seq.seq_id, 0, shared)
+            seq.cached = donor.cached[:shared]
+            keep = shared
         if keep < len(seq.cached):
             if not lib.llama_memory_seq_rm(self._memory, seq.seq_id, keep, -1):
                 keep = 0
@@ -399,6 +413,7 @@ class BatchingEngine:
             chunk = seq.todo[:budget]
             seq.todo = seq.todo[len(chunk):]
             budget -= len(chunk)
+            self.prompt_tokens_read += len(chunk)
             n = self._add(seq, chunk, n, not seq.todo)
             if seq.todo:
                 seq.output_index = -1
