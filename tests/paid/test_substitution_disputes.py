@@ -200,6 +200,7 @@ async def test_the_cli_reports_the_caught_host_and_never_the_honest_one(
                                        "--evidence-uri", "https://example.invalid/e.json") == CAUGHT
     caught = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (caught["honest"], caught["reported"], caught["host"]) == (False, True, cheat.address)
+    assert caught["refund"] == DEPOSIT  # the job was active: its deposit came back whole
     on_chain = await substitution.substitution_evidence(world.market, cheat_job)
     assert on_chain is not None and caught["evidence_hash"] == "0x" + on_chain.hex()
     assert evidence_hash(json.loads(evidence.read_text(encoding="utf-8"))) == on_chain
@@ -274,6 +275,7 @@ async def test_reports_need_the_appointed_validator_evidence_and_a_recent_job(wo
     client_fab, client_eth = await fab(world, world.client.address), await world.chain.balance(world.client.address)
     after_settling = await substitution.report_substitution(market, validator, settled, b"\x01" * 32)
     assert after_settling.slashed == half and await fab(world, world.client.address) == client_fab + half
+    assert after_settling.refund == 0
     assert await world.chain.balance(world.client.address) == client_eth
     assert (await jobs.get_session_job(market, settled)).status is JobStatus.COMPLETED
     await refused("Already reported", substitution.report_substitution(market, validator, settled, b"\x04" * 32))
@@ -297,5 +299,6 @@ async def test_reports_need_the_appointed_validator_evidence_and_a_recent_job(wo
     before = await world.chain.balance(world.client.address)
     late = await substitution.report_substitution(market, validator, job, b"\x03" * 32)
     assert late.slashed == half and await world.chain.balance(world.client.address) == before + DEPOSIT
+    assert late.refund == DEPOSIT
     assert (await registry.unbonding_stake(market, world.host.address)).amount == 0
     await refused("Nothing unbonding", registry.withdraw_unbonded_stake(market, world.host))

@@ -38,7 +38,7 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class SubstitutionReport:
-    """One ``SubstitutionReported`` event: an upheld report that closed ``job_id``."""
+    """One ``SubstitutionReported`` event: an upheld report on ``job_id``."""
 
     job_id: int
     host: str
@@ -49,6 +49,9 @@ class SubstitutionReport:
     """Stake moved from the host to the depositor (stake-token base units)."""
     tx_hash: str
     block_number: int
+    refund: int | None = dataclasses.field(default=None, compare=False)
+    """The deposit the report pushed back (it closed an active job); 0 when the job had settled before (its
+    payment stands); ``None`` when read from logs (:func:`substitution_reports`)."""
 
 
 async def set_substitution_validator(market: Marketplace, owner: LocalAccount, validator: str | None) -> str:
@@ -100,8 +103,11 @@ async def report_substitution(market: Marketplace, validator: LocalAccount, job_
     """
     call = market.marketplace.functions.reportSubstitution(job_id, evidence_hash, evidence_uri)
     receipt = await market.chain.transact(validator, call)
-    logs = market.marketplace.events.SubstitutionReported().process_receipt(receipt, errors=DISCARD)
-    return _report(logs[0])
+    events = market.marketplace.events
+    logs = events.SubstitutionReported().process_receipt(receipt, errors=DISCARD)
+    closed = events.SessionCompleted().process_receipt(receipt, errors=DISCARD)
+    refund = int(closed[0]["args"]["userRefund"]) if closed else 0
+    return dataclasses.replace(_report(logs[0]), refund=refund)
 
 
 async def substitution_evidence(market: Marketplace, job_id: int) -> bytes | None:

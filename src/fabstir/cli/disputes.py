@@ -129,13 +129,16 @@ async def run_substitution(job: int, *, record_path: str, model: str, network: s
         finally:
             chain.close()
         result.update(reported=True, tx_hash=report.tx_hash, host=report.host, slashed=report.slashed,
-                      evidence_hash="0x" + evidence_hash(evidence).hex(), evidence_uri=report.evidence_uri)
+                      refund=report.refund, evidence_hash="0x" + evidence_hash(evidence).hex(),
+                      evidence_uri=report.evidence_uri)
     if as_json:
         print_json(result)
     elif verdict.honest:
         print(f"honest: the answer's fingerprint matches {model}; nothing reported")
     else:
         print(f"CAUGHT: {verdict.reason}")
+        settlement = ("deposit refunded in full" if result["refund"]
+                      else "the job had settled before the report: its payment stands")
         print(f"reported job {job} on chain: tx {result['tx_hash']}, host {result['host']} slashed "
-              f"{result['slashed']} (stake-token base units), deposit refunded in full")
+              f"{result['slashed']} (stake-token base units), {settlement}")
     return 0 if verdict.honest else CAUGHT
