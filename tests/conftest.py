@@ -78,6 +78,20 @@ async def node_factory(tiny_model: Path) -> AsyncIterator[NodeFactory]:
         await manager.__aexit__(None, None, None)
 
 
+def batching_nodes(node_factory: NodeFactory) -> NodeFactory:
+    """``node_factory`` with the batching engine (4 sequences) unless a test names other settings."""
+
+    async def start(**overrides: Any) -> NodeServer:
+        overrides.setdefault("engine", "llama-batch")
+        overrides.setdefault("parallel", 4)
+        server: NodeServer = await node_factory(**overrides)
+        if overrides["engine"] == "llama-batch":
+            assert type(server.runtime.inference.pool.primary).__name__ == "_Slot"
+        return server
+
+    return start
+
+
 @pytest.fixture
 async def node(node_factory: NodeFactory) -> NodeServer:
     server: NodeServer = await node_factory()

@@ -7,7 +7,6 @@ The tests are the existing ones (imported here); this module's ``node_factory`` 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +15,7 @@ from fabstir.errors import ConfigError
 from fabstir.node.config import NodeConfig, load_node_config
 from fabstir.node.engines.pool import EnginePool
 from fabstir.node.server import NodeServer
-from tests.conftest import NodeFactory
+from tests.conftest import NodeFactory, batching_nodes
 from tests.node.test_http import (  # noqa: F401  (collected again here, against the batching engine)
     test_golden_stories,
     test_greedy_is_deterministic_and_max_tokens_exact,
@@ -42,14 +41,7 @@ from tests.sdk.test_continuation import (  # noqa: F401
 @pytest.fixture
 async def node_factory(node_factory: NodeFactory) -> NodeFactory:
     """The suite's node factory, with the batching engine unless a test names another."""
-
-    async def start(**overrides: Any) -> NodeServer:
-        overrides.setdefault("engine", "llama-batch")
-        overrides.setdefault("parallel", 4)
-        server: NodeServer = await node_factory(**overrides)
-        return server
-
-    return start
+    return batching_nodes(node_factory)
 
 
 async def test_the_node_runs_one_batching_engine(node: NodeServer) -> None:

@@ -6,12 +6,9 @@ starts every node with ``engine = "llama-batch"``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from fabstir.node.server import NodeServer
-from tests.conftest import NodeFactory
+from tests.conftest import NodeFactory, batching_nodes
 from tests.paid.test_billing_rules import (  # noqa: F401  (collected again here, against the batching engine)
     test_deposit_limits_what_is_served,
     test_long_answers_are_checkpointed_while_they_stream,
@@ -22,12 +19,4 @@ from tests.paid.test_paid_flow import test_full_paid_lifecycle_in_eth  # noqa: F
 @pytest.fixture
 async def node_factory(node_factory: NodeFactory) -> NodeFactory:
     """The suite's node factory, with the batching engine."""
-
-    async def start(**overrides: Any) -> NodeServer:
-        overrides.setdefault("engine", "llama-batch")
-        overrides.setdefault("parallel", 4)
-        server: NodeServer = await node_factory(**overrides)
-        assert type(server.runtime.inference.pool.primary).__name__ == "_Slot"
-        return server
-
-    return start
+    return batching_nodes(node_factory)
